@@ -1,0 +1,1 @@
+"""Sandboxes: workspace snapshots and isolated command execution."""

@@ -1,0 +1,371 @@
+"""Offload's in-sandbox command runner.
+
+Started once per sandbox (`python3 runner.py --root /workspace`), it keeps one JSON-lines channel
+with the host on its stdin/stdout and runs every command in a process group of its own, so that a
+timeout, a cancel or the host going away kills the whole command: the Docker API cannot kill an
+exec, and an exec's process outlives a client that disconnects. Stdlib only and self-contained,
+because it is shipped into images we do not control (Debian bookworm's python3 3.11 at least).
+
+Requests (one JSON object a line, each with an integer "id"): exec, kill, read, write, delete,
+ping. Events: out, exit, result, error. See offload.sandbox.channel for the host side.
+"""
+
+import argparse
+import base64
+import binascii
+import codecs
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+CHUNK = 64 * 1024  # the most output bytes one `out` event carries
+COALESCE = 0.005  # small writes are gathered this long, so a chatty command sends few events
+TICK = 0.05  # how often a command's pump looks at its process when no output arrives
+GRACE = 2.0  # SIGTERM, then SIGKILL this much later
+DRAIN = 1.0  # after the command exits, how long a background child may keep its output open
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class BadRequest(Exception):
+    """A request the runner refuses; answered with an `error` event, never fatal."""
+
+
+def _field(req, name, kinds, what):
+    value = req.get(name)
+    if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+        raise BadRequest(f"{name} must be {what}")
+    return value
+
+
+def _signal_group(pgid, sig):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+class Command:
+    """One running command: its process group, its output pump, and why it may be killed."""
+
+    def __init__(self, runner, rid, argv, cwd, env, stdin, timeout, max_output):
+        self.runner, self.id, self.argv, self.cwd, self.env = runner, rid, argv, cwd, env
+        self.stdin, self.timeout, self.max_output = stdin, timeout, max_output
+        self.kill_requested = threading.Event()
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.pending = bytearray()
+        self.flush_at = 0.0
+        self.total = 0
+        self.eof = self.limited = self.killed = self.timed_out = self.kill_sent = False
+        self.term_at = None
+        self.thread = None
+
+    def start(self):
+        self.started = time.monotonic()
+        try:
+            self.proc = subprocess.Popen(
+                self.argv, cwd=self.cwd, env=self.env, start_new_session=True,
+                stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        except OSError as exc:  # like a shell: a message and 127/126, not a protocol error
+            self.runner.send({"id": self.id, "ev": "out", "data": f"offload-runner: cannot run {self.argv[0]!r}: {exc}\n"})
+            self._send_exit(127 if isinstance(exc, FileNotFoundError) else 126, None)
+            return
+        self.pgid = self.proc.pid
+        self.deadline = None if self.timeout is None else self.started + self.timeout
+        self.runner.started(self)
+        if self.stdin:
+            threading.Thread(target=self._feed, daemon=True).start()
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def kill(self):
+        self.kill_requested.set()
+
+    def _feed(self):
+        """Write stdin from its own thread: a command that does not read it must not block us."""
+        with contextlib.suppress(OSError):
+            self.proc.stdin.write(self.stdin.encode("utf-8", "replace"))
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+
+    def _pump(self):
+        """Forward output and enforce timeout, kill and max_output until the command is over."""
+        fd = self.proc.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        exited_at = None
+        while True:
+            now = time.monotonic()
+            if self.pending and (self.eof or len(self.pending) >= CHUNK or now >= self.flush_at):
+                self._flush()
+            if exited_at is None and self.proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and (self.eof or now >= exited_at + DRAIN):
+                break
+            wake = now + TICK
+            if self.term_at is None:
+                if self.kill_requested.is_set():
+                    self.killed = True
+                    self._terminate()
+                elif exited_at is None and self.deadline is not None:
+                    if now >= self.deadline:
+                        self.timed_out = True
+                        self._terminate()
+                    wake = min(wake, self.deadline)
+            if self.term_at is not None and not self.kill_sent:
+                if now >= self.term_at + GRACE:
+                    _signal_group(self.pgid, signal.SIGKILL)
+                    self.kill_sent = True
+                wake = min(wake, self.term_at + GRACE)
+            if exited_at is not None:
+                wake = min(wake, exited_at + DRAIN)
+            if self.pending:
+                wake = min(wake, self.flush_at)
+            delay = max(0.0, wake - now)
+            if self.eof:  # output closed, process not reaped yet
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(delay)
+            elif poller.poll(delay * 1000):
+                self._read(fd)
+        self._flush(final=True)
+        if self.term_at is not None:  # members that ignore SIGTERM but already closed the pipe
+            _signal_group(self.pgid, signal.SIGKILL)
+        self.runner.finished(self)
+        rc = self.proc.returncode
+        self._send_exit(128 - rc if rc < 0 else rc, -rc if rc < 0 else None)
+        if not self.eof:  # keep a background child that holds the pipe from dying of SIGPIPE
+            while os.read(fd, CHUNK):
+                pass
+        self.proc.stdout.close()
+        self.runner.forget_group(self.pgid)
+
+    def _read(self, fd):
+        data = os.read(fd, CHUNK)
+        if not data:
+            self.eof = True
+            return
+        if self.limited:
+            return
+        if self.max_output is not None and self.total + len(data) > self.max_output:
+            data = data[: self.max_output - self.total]
+            self.limited = True
+            if self.term_at is None:
+                self._terminate()
+        self.total += len(data)
+        if not self.pending:
+            self.flush_at = time.monotonic() + COALESCE
+        self.pending += data
+
+    def _flush(self, final=False):
+        while self.pending:
+            text = self.decoder.decode(bytes(self.pending[:CHUNK]))
+            del self.pending[:CHUNK]
+            if text:
+                self.runner.send({"id": self.id, "ev": "out", "data": text})
+        tail = self.decoder.decode(b"", final=True) if final else ""
+        if tail:
+            self.runner.send({"id": self.id, "ev": "out", "data": tail})
+
+    def _terminate(self):
+        self.term_at = time.monotonic()
+        _signal_group(self.pgid, signal.SIGTERM)
+
+    def _send_exit(self, code, sig):
+        self.runner.send({
+            "id": self.id, "ev": "exit", "code": code, "signal": sig, "timed_out": self.timed_out,
+            "killed": self.killed, "output_limited": self.limited,
+            "duration": round(time.monotonic() - self.started, 6)})
+
+
+class Runner:
+    """The request loop: file operations inline, commands on their own threads."""
+
+    def __init__(self, root, out):
+        self.root = os.path.realpath(root)
+        self._out = out
+        self._out_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._commands = {}  # id -> Command, until its exit event
+        self._groups = set()  # pgids that may still hold processes, killed at shutdown
+
+    def send(self, event):
+        line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
+        with self._out_lock:
+            with contextlib.suppress(OSError, ValueError):  # host gone: stdin EOF follows
+                self._out.write(line)
+                self._out.flush()
+
+    def serve(self, inp):
+        for line in inp:
+            if line.strip():
+                self.handle(line)
+        self.shutdown()
+
+    def handle(self, line):
+        rid = None
+        try:
+            try:
+                req = json.loads(line)
+            except ValueError as exc:
+                raise BadRequest(f"malformed JSON line: {exc}") from None
+            if not isinstance(req, dict):
+                raise BadRequest("a request must be a JSON object")
+            if not isinstance(req.get("id"), int) or isinstance(req.get("id"), bool):
+                raise BadRequest("a request needs an integer id")
+            rid = req["id"]
+            op = req.get("op")
+            handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
+            if handler is None:
+                raise BadRequest(f"unknown op: {op!r}")
+            result = handler(rid, req)
+            if result is not None:
+                self.send({"id": rid, "ev": "result", **result})
+        except BadRequest as exc:
+            self.send({"id": rid, "ev": "error", "message": str(exc)})
+        except Exception as exc:  # a failing request must never take the runner down
+            self.send({"id": rid, "ev": "error", "message": f"{type(exc).__name__}: {exc}"})
+
+    def shutdown(self):
+        """The host is gone: kill every group this runner started, so the sandbox stops by itself."""
+        with self._lock:
+            commands = list(self._commands.values())
+            groups = list(self._groups)
+        for command in commands:
+            command.kill()
+        for pgid in groups:
+            _signal_group(pgid, signal.SIGTERM)
+        end = time.monotonic() + GRACE
+        for command in commands:
+            command.thread.join(max(0.0, end - time.monotonic()))
+        for pgid in groups:
+            _signal_group(pgid, signal.SIGKILL)
+
+    def started(self, command):
+        with self._lock:
+            self._commands[command.id] = command
+            self._groups.add(command.pgid)
+
+    def finished(self, command):
+        with self._lock:
+            self._commands.pop(command.id, None)
+
+    def forget_group(self, pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, 0)
+            return
+        with self._lock:
+            self._groups.discard(pgid)
+
+    # --- operations -------------------------------------------------------------------------
+
+    def op_exec(self, rid, req):
+        argv = req.get("argv")
+        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+            raise BadRequest("argv must be a non-empty list of strings")
+        env = req.get("env") or {}
+        if not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
+            raise BadRequest("env must be an object of strings")
+        cwd = _field(req, "cwd", str, "a string")
+        stdin = _field(req, "stdin", str, "a string")
+        timeout = _field(req, "timeout", (int, float), "a number")
+        max_output = _field(req, "max_output", int, "an integer")
+        if timeout is not None and not timeout >= 0:
+            raise BadRequest("timeout must not be negative")
+        if max_output is not None and max_output < 0:
+            raise BadRequest("max_output must not be negative")
+        with self._lock:
+            if rid in self._commands:
+                raise BadRequest(f"command {rid} is already running")
+        env = dict(env)  # exactly the host's environment, plus working defaults
+        env.setdefault("PATH", os.environ.get("PATH", DEFAULT_PATH))
+        env.setdefault("HOME", os.path.expanduser("~"))
+        env.setdefault("LANG", os.environ.get("LANG", "C.UTF-8"))
+        cwd = os.path.join(self.root, cwd) if cwd else self.root
+        Command(self, rid, argv, cwd, env, stdin, timeout, max_output).start()
+
+    def op_kill(self, rid, req):
+        with self._lock:
+            command = self._commands.get(req.get("target"))
+        if command is not None:
+            command.kill()
+        return {"ok": True, "running": command is not None}
+
+    def op_ping(self, rid, req):
+        return {"ok": True}
+
+    def op_read(self, rid, req):
+        _, target = self._paths(req.get("path"))
+        try:
+            fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return {"missing": True}
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO would block the request loop
+                raise BadRequest(f"not a regular file: {req['path']}")
+            return {"data": base64.b64encode(f.read()).decode("ascii")}
+
+    def op_write(self, rid, req):
+        _, target = self._paths(req.get("path"))
+        try:
+            data = base64.b64decode(req.get("data") or "", validate=True)
+        except (binascii.Error, TypeError, ValueError) as exc:
+            raise BadRequest(f"data must be base64: {exc}") from None
+        mode = _field(req, "mode", int, "an integer")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(target, flags, 0o666)
+        with open(fd, "wb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise BadRequest(f"not a regular file: {req['path']}")
+            if mode is not None:
+                os.fchmod(fd, mode & 0o7777)  # exactly this mode, whatever the umask
+            f.write(data)
+        return {"ok": True}
+
+    def op_delete(self, rid, req):
+        entry, _ = self._paths(req.get("path"))
+        if entry == self.root:
+            raise BadRequest("refusing to delete the sandbox root")
+        try:
+            st = os.lstat(entry)
+        except FileNotFoundError:
+            return {"ok": True, "missing": True}
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(entry)
+        else:
+            os.unlink(entry)
+        return {"ok": True}
+
+    def _paths(self, path):
+        """(entry, target): the path with its parent resolved but its last component kept, and
+        fully resolved. Both must stay inside the root, so no symlink leads a file op out."""
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise BadRequest("path must be a non-empty string")
+        full = os.path.join(self.root, path)  # an absolute path replaces the root
+        target = os.path.realpath(full)
+        head, name = os.path.split(full.rstrip("/"))
+        entry = target if name in ("", ".", "..") else os.path.join(os.path.realpath(head), name)
+        for p in (entry, target):
+            if os.path.commonpath([self.root, p]) != self.root:
+                raise BadRequest(f"path escapes the sandbox root {self.root}: {path}")
+        return entry, target
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Offload's in-sandbox command runner (JSON lines on stdin/stdout).")
+    parser.add_argument("--root", required=True, help="the directory file operations are confined to")
+    args = parser.parse_args(argv)
+    runner = Runner(args.root, os.fdopen(os.dup(1), "wb"))
+    os.dup2(2, 1)  # a stray print can never corrupt the channel
+    os.chdir(runner.root)
+    runner.serve(sys.stdin.buffer)
+
+
+if __name__ == "__main__":
+    main()

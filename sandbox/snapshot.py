@@ -1,0 +1,135 @@
+"""Workspace snapshots: the repository as it is on disk, frozen into an immutable cache.
+
+A snapshot is HEAD plus uncommitted and untracked-not-ignored files. It is taken through a
+temporary index, so the user's index, working tree and refs never change (git only gains
+unreferenced blob and tree objects). The snapshot is materialised once per tree into
+`<cache>/snapshots/<tree>/`: a git repository whose single commit (the *base*) holds that
+tree, so sandboxes can start from it and diff against it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SandboxError
+
+# Fixed identity and date: the same tree always gives the same base commit.
+_BASE_ENV = {
+    "GIT_AUTHOR_NAME": "Offload",
+    "GIT_AUTHOR_EMAIL": "offload@localhost",
+    "GIT_COMMITTER_NAME": "Offload",
+    "GIT_COMMITTER_EMAIL": "offload@localhost",
+    "GIT_AUTHOR_DATE": "2000-01-01T00:00:00+0000",
+    "GIT_COMMITTER_DATE": "2000-01-01T00:00:00+0000",
+}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A materialised workspace: `path` is a git work tree whose HEAD is `base`."""
+
+    root: Path  # the user's repository (or plain directory) root
+    subdir: str  # where the task points, relative to root ("" for the root)
+    tree: str  # git tree id of the snapshot
+    base: str  # commit id of the base commit inside `path`
+    path: Path  # the cached work tree
+
+    def base_file(self, rel: str) -> bytes | None:
+        """A file's content at the base, or None when the base lacks it."""
+        proc = subprocess.run(
+            ["git", "-C", str(self.path), "cat-file", "blob", f"{self.base}:{rel}"],
+            capture_output=True,
+        )
+        return proc.stdout if proc.returncode == 0 else None
+
+
+def _git(args: list[str], cwd: Path, env: dict | None = None, stdin: bytes | None = None) -> str:
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(["git", *args], cwd=cwd, env=full_env, input=stdin, capture_output=True)
+    if proc.returncode != 0:
+        raise SandboxError(f"git {' '.join(args[:2])} failed in {cwd}: {proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout.decode().strip()
+
+
+def find_root(directory: Path) -> tuple[Path, bool]:
+    """The repository root containing `directory` and whether it is a git repository."""
+    proc = subprocess.run(
+        ["git", "-C", str(directory), "rev-parse", "--show-toplevel"], capture_output=True, text=True
+    )
+    if proc.returncode == 0:
+        return Path(proc.stdout.strip()).resolve(), True
+    return directory.resolve(), False
+
+
+def take_snapshot(directory: str | os.PathLike, cache_dir: str | os.PathLike) -> Snapshot:
+    """Snapshot `directory` (inside a git repository or not) and materialise it in the cache."""
+    directory = Path(directory).resolve()
+    if not directory.is_dir():
+        raise SandboxError(f"not a directory: {directory}")
+    root, is_git = find_root(directory)
+    subdir = os.path.relpath(directory, root)
+    subdir = "" if subdir == "." else subdir
+    snapshots = Path(cache_dir) / "snapshots"
+    snapshots.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=snapshots, prefix=".new-") as tmp:
+        work = Path(tmp) / "work"
+        _git(["init", "-q", "-b", "main", str(work)], cwd=Path(tmp))
+        if is_git:
+            tree = _tree_from_repo(root, work)
+        else:
+            tree = _tree_from_directory(root, work)
+        final = snapshots / tree
+        if not final.exists():  # renamed into place whole, so existing means complete
+            _check_out(work, tree)
+            try:
+                os.rename(work, final)
+            except OSError:
+                if not final.exists():  # not a concurrent twin: a real failure
+                    raise
+        os.utime(final)  # recency for cache eviction
+    base = _git(["rev-parse", "HEAD"], cwd=final)
+    return Snapshot(root=root, subdir=subdir, tree=tree, base=base, path=final)
+
+
+def _tree_from_repo(root: Path, work: Path) -> str:
+    """Write the working tree through a temporary index and copy its objects into `work`."""
+    index = Path(_git(["rev-parse", "--path-format=absolute", "--git-path", "index"], cwd=root))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_index = Path(tmp) / "index"
+        if index.exists():
+            shutil.copyfile(index, tmp_index)  # stat cache: only changed files are hashed
+        env = {"GIT_INDEX_FILE": str(tmp_index)}
+        _git(["add", "-A", "."], cwd=root, env=env)
+        tree = _git(["write-tree"], cwd=root, env=env)
+    objects = _git(["rev-list", "--objects", tree], cwd=root)
+    pack = subprocess.run(
+        ["git", "pack-objects", "--stdout", "-q"], cwd=root, input=(objects + "\n").encode(), capture_output=True
+    )
+    if pack.returncode != 0:
+        raise SandboxError(f"git pack-objects failed: {pack.stderr.decode(errors='replace')}")
+    _git(["index-pack", "--stdin", "-q"], cwd=work, stdin=pack.stdout)
+    return tree
+
+
+def _tree_from_directory(root: Path, work: Path) -> str:
+    """Hash a plain directory straight into `work`'s object store."""
+    env = {"GIT_DIR": str(work / ".git"), "GIT_WORK_TREE": str(root)}
+    _git(["add", "-A", "."], cwd=root, env=env)
+    tree = _git(["write-tree"], cwd=root, env=env)
+    (work / ".git" / "index").unlink()
+    return tree
+
+
+def _check_out(work: Path, tree: str) -> None:
+    """Make `tree` the base commit of `work` and populate its files."""
+    _git(["read-tree", tree], cwd=work)
+    _git(["checkout-index", "-a", "-f"], cwd=work)
+    commit = _git(["commit-tree", tree, "-m", "Offload snapshot"], cwd=work, env=_BASE_ENV)
+    _git(["update-ref", "refs/heads/main", commit], cwd=work)
+    _git(["config", "user.name", "Offload"], cwd=work)
+    _git(["config", "user.email", "offload@localhost"], cwd=work)

@@ -1,0 +1,1 @@
+"""Offload language server, CLI, task manager and agent."""

@@ -1,0 +1,66 @@
+"""The instructions the model works under: our system prompt and the repository's AGENTS.md files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+AGENTS_BUDGET = 32 * 1024
+
+SYSTEM = """You are Offload, a software engineer working on a task in a sandbox: a private copy of \
+the user's repository, with no network. Nothing you do reaches the user's checkout; the user \
+reviews your change afterwards and decides what to apply.
+
+How to work:
+- Explore before you edit: read the relevant files and run the project's own tests, linters \
+and type checkers to see where things stand.
+- Edit files with the apply_patch tool. Use the shell tool for everything else; give it the \
+command as a list of arguments and a timeout_ms when a command needs longer than ten minutes.
+- Keep the change small and focused on the task, in the style of the code around it.
+- After your last edit, run the checks again (every check that AGENTS.md lists, and the tests \
+that cover your change) until they pass or you know why they cannot.
+- Do not commit; the harness commits your work when you finish.
+- Refuse to write malware or anything meant to harm people or systems.
+
+When you are done, end with a final message in this shape:
+## Summary
+What you changed and why, citing files as path:Lstart-Lend.
+## Testing
+One line per check you ran: the command, then passed, failed, or blocked by the environment.
+Report honestly: never claim a check passed that you did not see pass."""
+
+ASK = """This is a question, not a change: the workspace is read-only and you have no patch tool. \
+Read the code with the shell tool, then answer in Markdown, citing files as path:Lstart-Lend. \
+Mermaid diagrams (```mermaid) are welcome where they help."""
+
+
+def agents_instructions(workspace: Path, subdir: str = "") -> tuple[str, list[str]]:
+    """AGENTS.md from the root down to `subdir`, root first; drops the least specific over budget.
+
+    Returns the joined text and a note for each file dropped or cut.
+    """
+    dirs = [workspace]
+    for part in Path(subdir).parts if subdir else ():
+        dirs.append(dirs[-1] / part)
+    files = [(d / "AGENTS.md") for d in dirs if (d / "AGENTS.md").is_file()]
+    texts = [(os.path.relpath(f, workspace), f.read_text(errors="replace")) for f in files]
+    notes = []
+    while texts and sum(len(t.encode()) for _, t in texts) > AGENTS_BUDGET:
+        if len(texts) == 1:
+            name, text = texts[0]
+            texts[0] = (name, text.encode()[:AGENTS_BUDGET].decode(errors="ignore"))
+            notes.append(f"{name} cut to {AGENTS_BUDGET} bytes")
+            break
+        name, _ = texts.pop(0)
+        notes.append(f"{name} dropped: AGENTS.md files exceed {AGENTS_BUDGET} bytes")
+    joined = "\n\n".join(f"# AGENTS.md ({name})\n{text}" for name, text in texts)
+    return joined, notes
+
+
+def system_prompt(workspace: Path, subdir: str, read_only: bool) -> tuple[str, list[str]]:
+    agents, notes = agents_instructions(workspace, subdir)
+    parts = [SYSTEM, ASK] if read_only else [SYSTEM]
+    if agents:
+        parts.append("The repository's instructions (deeper files win on conflict; the user's words win over all):\n\n"
+                     + agents)
+    return "\n\n".join(parts), notes

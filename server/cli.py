@@ -1,0 +1,223 @@
+"""The `offload` command line: the task manager, headless, plus the language server and set-up verbs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import config as cfg
+from .agent.evidence import checks_passed
+from .agent.loop import preview
+from .tasks.manager import TaskError, TaskManager
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+def _progress_line(record: dict, event: dict) -> str | None:
+    """One human line for an event worth showing while a task runs."""
+    kind = event["type"]
+    if kind == "state":
+        return f"[{record['id']}] {event['state']}" + (f": {event['reason']}" if event.get("reason") else "")
+    if kind == "tool.call":
+        return f"[{record['id']}]   {event['name']}: {preview(event['arguments'])}"
+    if kind == "tool.result" and "exit_code" in event:
+        return f"[{record['id']}]   → exit {event['exit_code']} in {event['duration']:.1f}s"
+    if kind in ("model.error", "error", "note"):
+        return f"[{record['id']}]   {event.get('error') or event.get('text')}"
+    return None
+
+
+async def _run_task(args: argparse.Namespace, kind: str) -> int:
+    repo = Path(args.repo).expanduser().resolve()
+    try:
+        cfg.resolve_model(cfg.load_config(repo))  # fail at once, before any sandbox, when no model is set
+    except cfg.ConfigError as e:
+        print(f"offload: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    manager = TaskManager()
+
+    def show(record: dict, event: dict) -> None:
+        if args.json:
+            print(json.dumps({"task": record["id"], **event}), flush=True)
+        else:
+            line = _progress_line(record, event)
+            if line:
+                print(line, file=sys.stderr, flush=True)
+
+    manager.listeners.append(show)
+    try:
+        record = manager.submit(args.prompt, repo, kind=kind)
+    except TaskError as e:
+        print(f"offload: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    record = await manager.wait(record["id"])
+    if record["state"] == "finished" and kind == "code" and getattr(args, "apply", False):
+        try:
+            merged = manager.apply(record["id"])
+            print(f"applied {len(merged)} file(s) to {record['repo']}", file=sys.stderr)
+        except TaskError as e:
+            print(f"offload: {e}", file=sys.stderr)
+            return EXIT_FAILED
+    if args.json:
+        print(json.dumps({"task": record["id"], "type": "result", "record": record}), flush=True)
+    else:
+        if record["message"]:
+            print(record["message"].rstrip() + "\n")
+        if kind == "code":
+            print(manager.diff(record["id"]), end="")
+        if record["state"] != "finished":
+            print(f"offload: task {record['id']} {record['state']}: {record['reason']}", file=sys.stderr)
+    if record["state"] != "finished":
+        return EXIT_FAILED
+    return 0 if kind == "ask" or checks_passed(record["checks"]) else EXIT_FAILED
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return asyncio.run(_run_task(args, "code"))
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    return asyncio.run(_run_task(args, "ask"))
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    tasks = TaskManager().list(Path.cwd() if not args.all else None)
+    for t in tasks:
+        if args.json:
+            print(json.dumps(t))
+        else:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(t["created"]))
+            print(f"{t['id']}  {t['state']:<9}  {when}  {t['kind']:<4}  {t['prompt'][:60]}")
+    if not tasks and not args.json:
+        print("no tasks for this repository" + ("" if args.all else " (use --all for every repository)"),
+              file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    manager = TaskManager()
+    record = manager.get(args.id)
+    if args.json:
+        print(json.dumps({**record, "events": manager.events(record["id"])}))
+        return 0
+    print(f"task {record['id']} ({record['kind']}) — {record['state']}" + (f": {record['reason']}" if record["reason"] else ""))
+    print(f"repository: {record['directory']}\nprompt: {record['prompt']}")
+    print(f"steps: {record['steps']}, tokens: {record['input_tokens']} in / {record['output_tokens']} out")
+    for change in record["changes"]:
+        print(f"  {change['status']:<8} {change['path']}")
+    if record["message"]:
+        print("\n" + record["message"].rstrip())
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    print(TaskManager().diff(args.id), end="")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    merged = TaskManager().apply(args.id)
+    for m in merged:
+        print(f"{'deleted' if m.content is None else 'unchanged' if m.unchanged else 'updated'}  {m.path}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    record = TaskManager().cancel(args.id)
+    print(f"cancelling {record['id']}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .lsp.server import serve
+
+    serve(tcp=args.tcp)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import doctor
+
+    return doctor(json_output=args.json)
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from offload.sandbox.docker_backend import connect
+    from offload.sandbox.image import build_image
+
+    config = cfg.load_config(Path.cwd())
+    client = connect(config.get("sandbox.docker_host") or None)
+    how = build_image(client, config.get("sandbox.image"), cfg.cache_dir(), force=args.force,
+                      log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(f"{config.get('sandbox.image')}: {how}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="offload", description="A local software-engineering agent: "
+                                     "tasks run in isolated sandboxes and come back as reviewable diffs.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+
+    def verb(name: str, help_text: str, func, json_flag: bool = False) -> argparse.ArgumentParser:
+        p = verbs.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    p = verb("serve", "run the language server (stdio by default)", cmd_serve)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (default)")
+    group.add_argument("--tcp", metavar="HOST:PORT", help="listen for one LSP client over TCP (for debugging)")
+    p = verb("run", "run a Code task headless: progress on stderr, summary and diff on stdout", cmd_run, True)
+    p.add_argument("prompt", help="what to do, in plain language")
+    p.add_argument("--repo", default=".", help="the repository (or a directory in it); default: here")
+    p.add_argument("--apply", action="store_true", help="apply the change to the checkout when the task finishes")
+    p = verb("ask", "ask a question about the code: a read-only task that answers with citations", cmd_ask, True)
+    p.add_argument("prompt", metavar="question")
+    p.add_argument("--repo", default=".", help="the repository (or a directory in it); default: here")
+    p = verb("tasks", "list the tasks of this repository", cmd_tasks, True)
+    p.add_argument("--all", action="store_true", help="tasks of every repository")
+    p = verb("show", "show a task: state, changes, summary", cmd_show, True)
+    p.add_argument("id")
+    p = verb("diff", "print a task's diff against its base", cmd_diff)
+    p.add_argument("id")
+    p = verb("apply", "apply a finished task's change to the checkout (three-way merge)", cmd_apply)
+    p.add_argument("id")
+    p = verb("cancel", "cancel a queued or running task", cmd_cancel)
+    p.add_argument("id")
+    verb("doctor", "check what works here: sandbox backends, image, model endpoint, config", cmd_doctor, True)
+    p = verb("image", "manage the sandbox image", lambda a: (p.print_help(), EXIT_USAGE)[1])
+    image_verbs = p.add_subparsers(dest="image_verb", metavar="ACTION")
+    b = image_verbs.add_parser("build", help="build the sandbox base image (offline-capable)",
+                               description="build the sandbox base image (offline-capable)")
+    b.add_argument("--force", action="store_true", help="rebuild even when the image is current")
+    b.set_defaults(func=cmd_image_build)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (TaskError, cfg.ConfigError) as e:
+        print(f"offload: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        from offload.sandbox.errors import SandboxError
+
+        if isinstance(e, SandboxError):
+            print(f"offload: {e}", file=sys.stderr)
+            return EXIT_FAILED
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

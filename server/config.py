@@ -1,0 +1,185 @@
+"""Layered configuration: defaults → user file → repository file → OFFLOAD_* → editor.
+
+Every key is `section.name`; its default fixes its type, so values from the environment
+and from editors are coerced and a wrong type is a clear error rather than a surprise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {
+        "name": "",
+        "base_url": "",
+        "api": "chat",
+        "api_key_env": "OPENAI_API_KEY",
+        "stream": True,
+        "timeout": 600.0,
+        "max_retries": 4,
+    },
+    "sandbox": {
+        "backend": "auto",
+        "image": "offload-base:bookworm",
+        "setup": "",
+        "network": "off",
+        "memory": "2g",
+        "cpus": 2.0,
+        "pids": 512,
+        "docker_host": "",
+    },
+    "tasks": {"concurrency": 4, "attempts": 1},
+    "budget": {"max_steps": 60, "max_tokens": 2_000_000, "max_cost_usd": 5.0, "max_minutes": 60.0},
+}
+
+# Where a local OpenAI-compatible server usually listens: Ollama, vLLM, llama.cpp, LM Studio.
+LOCAL_PORTS = (11434, 8000, 8080, 1234)
+DEFAULT_OPENAI_MODEL = "gpt-5-codex"
+
+
+class ConfigError(Exception):
+    """A setting is wrong or missing; the message says what to set."""
+
+
+def state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "offload"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "offload"
+
+
+def _config_home() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"))
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if isinstance(default, (int, float)) and not isinstance(value, (int, float)):
+            return type(default)(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, str) and not isinstance(value, str):
+            raise ValueError(value)
+        return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a {type(default).__name__}, got {value!r}") from None
+
+
+class Config:
+    """The merged settings, with where each one came from."""
+
+    def __init__(self, values: dict[str, dict[str, Any]], sources: dict[str, str]) -> None:
+        self.values = values
+        self.sources = sources
+
+    def get(self, key: str) -> Any:
+        section, name = key.split(".", 1)
+        return self.values[section][name]
+
+    def set(self, key: str, value: Any, source: str) -> None:
+        section, name = key.split(".", 1)
+        if section not in DEFAULTS or name not in DEFAULTS[section]:
+            raise ConfigError(f"unknown setting {key!r} (from {source})")
+        self.values[section][name] = _coerce(key, value, DEFAULTS[section][name])
+        self.sources[key] = source
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {section: dict(values) for section, values in self.values.items()}
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def _apply(config: Config, data: dict, source: str) -> None:
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        for name, value in values.items():
+            config.set(f"{section}.{name}", value, source)
+
+
+def load_config(repo: Path | None = None, overrides: dict | None = None, env: dict | None = None) -> Config:
+    """Merge every layer; `overrides` are the editor's settings, as nested tables."""
+    env = os.environ if env is None else env
+    config = Config({s: dict(v) for s, v in DEFAULTS.items()}, {})
+    _apply(config, _read_toml(_config_home() / "offload" / "config.toml"), "user config")
+    if repo is not None:
+        repo_file = Path(repo) / ".offload" / "config.toml"
+        if repo_file.exists():
+            _apply(config, _read_toml(repo_file), str(repo_file))
+        else:
+            pyproject = _read_toml(Path(repo) / "pyproject.toml")
+            _apply(config, pyproject.get("tool", {}).get("offload", {}), "pyproject.toml [tool.offload]")
+    for section, values in DEFAULTS.items():
+        for name in values:
+            var = f"OFFLOAD_{section}_{name}".upper()
+            if var in env:
+                config.set(f"{section}.{name}", env[var], var)
+    _apply(config, overrides or {}, "editor settings")
+    return config
+
+
+def _probe(base_url: str, timeout: float = 0.4) -> list[str] | None:
+    """The model ids an OpenAI-compatible server lists, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/models", timeout=timeout) as response:
+            data = json.load(response)
+        return [m["id"] for m in data.get("data", []) if isinstance(m, dict) and "id" in m]
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+
+
+def resolve_model(config: Config, env: dict | None = None) -> dict[str, str]:
+    """The endpoint, key and model a task uses, finding a local server when none is set.
+
+    Raises ConfigError saying exactly what to set when there is no model to talk to.
+    """
+    env = os.environ if env is None else env
+    api_key = env.get(config.get("model.api_key_env"), "")
+    base_url = config.get("model.base_url") or env.get("OPENAI_BASE_URL", "")
+    name = config.get("model.name")
+    if not base_url and not api_key:
+        for port in LOCAL_PORTS:
+            models = _probe(f"http://127.0.0.1:{port}/v1")
+            if models:
+                base_url = f"http://127.0.0.1:{port}/v1"
+                name = name if name in models else (name or models[0])
+                break
+    if not base_url and not api_key:
+        raise ConfigError(
+            "No model is configured. Either set OPENAI_API_KEY (and optionally OFFLOAD_MODEL_NAME, "
+            f"default {DEFAULT_OPENAI_MODEL}) to use OpenAI, or point Offload at any OpenAI-compatible "
+            "server with OPENAI_BASE_URL (or model.base_url in ~/.config/offload/config.toml) and "
+            "OFFLOAD_MODEL_NAME, e.g. OPENAI_BASE_URL=http://127.0.0.1:11434/v1 OFFLOAD_MODEL_NAME=qwen2.5-coder "
+            "for Ollama. No local server answered on ports " + ", ".join(map(str, LOCAL_PORTS)) + "."
+        )
+    if not name:
+        if base_url:
+            models = _probe(base_url.rstrip("/"), timeout=2.0) or []
+            name = models[0] if models else ""
+        name = name or DEFAULT_OPENAI_MODEL
+    return {"base_url": base_url.rstrip("/"), "api_key": api_key or "not-needed", "name": name}

@@ -1,0 +1,230 @@
+"""The task manager: queue, run and record tasks; the CLI and the language server share it.
+
+A task goes queued → preparing → running → finished | failed | cancelled. Every step is an
+event in its log; listeners (progress displays, editors) get each event as it is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from offload.sandbox.errors import SandboxError
+from offload.sandbox.manager import SandboxConfig, SandboxManager
+from offload.sandbox.snapshot import find_root
+
+from .. import config as cfg
+from ..agent.evidence import testing_checks
+from ..agent.loop import Budget, run_agent
+from ..agent.model import ModelClient
+from .merge import Merged, merge_file
+from .store import TaskStore
+
+FINAL_STATES = ("finished", "failed", "cancelled")
+Listener = Callable[[dict, dict], None]  # (task record, event)
+
+
+class TaskError(Exception):
+    """A request about a task cannot be done; the message says why."""
+
+
+@dataclass
+class _Running:
+    cancel: threading.Event
+    job: asyncio.Task | None = None
+
+
+class TaskManager:
+    def __init__(self, state_dir: Path | None = None, cache_dir: Path | None = None,
+                 overrides: dict | None = None) -> None:
+        self.store = TaskStore(state_dir or cfg.state_dir())
+        self.cache_dir = Path(cache_dir or cfg.cache_dir())
+        self.overrides = overrides or {}
+        self.listeners: list[Listener] = []
+        self._running: dict[str, _Running] = {}
+        self._slots: asyncio.Semaphore | None = None
+
+    # ---- queries -------------------------------------------------------------------------
+    def list(self, repo: Path | None = None) -> list[dict]:
+        tasks = self.store.all()
+        if repo is not None:
+            root = str(find_root(Path(repo))[0])
+            tasks = [t for t in tasks if t["repo"] == root]
+        return tasks
+
+    def get(self, task_id: str) -> dict:
+        record = self.store.load(task_id) if isinstance(task_id, str) and task_id else None
+        if record is None:
+            matches = [t for t in self.store.all() if isinstance(task_id, str) and task_id and t["id"].startswith(task_id)]
+            if len(matches) != 1:
+                raise TaskError(f"no task {task_id!r}" if not matches else f"task id {task_id!r} is ambiguous")
+            record = matches[0]
+        return record
+
+    def events(self, task_id: str) -> list[dict]:
+        return self.store.events(self.get(task_id)["id"])
+
+    # ---- life ----------------------------------------------------------------------------
+    def submit(self, prompt: str, repo: str | Path, kind: str = "code") -> dict:
+        """Record a new task and start it in the background; returns at once."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise TaskError("a task needs a prompt")
+        directory = Path(repo).expanduser().resolve()
+        if not directory.is_dir():
+            raise TaskError(f"not a directory: {directory}")
+        root, _ = find_root(directory)
+        now = time.time()
+        record = {
+            "id": time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + "-" + secrets.token_hex(3),
+            "kind": kind, "prompt": prompt, "repo": str(root), "directory": str(directory),
+            "state": "queued", "reason": "", "created": now, "updated": now,
+            "message": "", "checks": [], "changes": [], "commit": None, "base": None,
+            "steps": 0, "input_tokens": 0, "output_tokens": 0,
+        }
+        self.store.create(record)
+        self._emit(record, "state", {"state": "queued"})
+        running = _Running(threading.Event())
+        self._running[record["id"]] = running
+        running.job = asyncio.get_running_loop().create_task(self._run(record, running.cancel))
+        return record
+
+    async def wait(self, task_id: str) -> dict:
+        running = self._running.get(task_id)
+        if running and running.job:
+            await asyncio.shield(running.job)
+        return self.get(task_id)
+
+    def cancel(self, task_id: str) -> dict:
+        record = self.get(task_id)
+        running = self._running.get(record["id"])
+        if record["state"] in FINAL_STATES:
+            raise TaskError(f"task {record['id']} is {record['state']}; only a queued or running task can be cancelled")
+        if running is not None:
+            running.cancel.set()
+        else:  # running in another process: it watches for this marker
+            (self.store.dir(record["id"]) / "cancel-requested").touch()
+        return record
+
+    async def _watch_cancel(self, task_id: str, cancel: threading.Event) -> None:
+        marker = self.store.dir(task_id) / "cancel-requested"
+        while not cancel.is_set():
+            if marker.exists():
+                cancel.set()
+            await asyncio.sleep(0.3)
+
+    def _emit(self, record: dict, kind: str, data: dict) -> dict:
+        event = self.store.append(record["id"], kind, data)
+        for listener in list(self.listeners):
+            listener(record, event)
+        return event
+
+    def _set_state(self, record: dict, state: str, reason: str = "", **fields) -> None:
+        record.update(state=state, reason=reason, updated=time.time(), **fields)
+        self.store.save(record)
+        self._emit(record, "state", {"state": state, "reason": reason})
+
+    async def _run(self, record: dict, cancel: threading.Event) -> None:
+        sandbox = None
+        watcher = asyncio.get_running_loop().create_task(self._watch_cancel(record["id"], cancel))
+        try:
+            config = cfg.load_config(Path(record["repo"]), self.overrides)
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(max(1, config.get("tasks.concurrency")))
+            async with self._slots:
+                if cancel.is_set():
+                    return self._set_state(record, "cancelled", "cancelled before it started")
+                self._set_state(record, "preparing", "snapshotting the workspace and starting a sandbox")
+                model_settings = cfg.resolve_model(config)
+                sandboxes = SandboxManager(_sandbox_config(config), self.cache_dir, owner=f"offload-{os.getpid()}")
+                snapshot = await asyncio.to_thread(sandboxes.snapshot, record["directory"])
+                record.update(base=snapshot.base, tree=snapshot.tree)
+                sandbox = await asyncio.to_thread(sandboxes.create, snapshot, {"offload.task": record["id"]})
+                self._emit(record, "sandbox", {"sandbox": sandbox.id, "backend": sandbox.backend.backend,
+                                               "base": snapshot.base, "workdir": sandbox.workdir})
+                if cancel.is_set():
+                    return self._set_state(record, "cancelled", "cancelled while preparing")
+                self._set_state(record, "running", f"working with {model_settings['name']}")
+                model = ModelClient(model_settings["base_url"], model_settings["api_key"], model_settings["name"],
+                                    api=config.get("model.api"), stream=config.get("model.stream"),
+                                    timeout=config.get("model.timeout"), max_retries=config.get("model.max_retries"))
+                try:
+                    result = await run_agent(
+                        sandbox, model, record["prompt"], lambda kind, data: self._emit(record, kind, data),
+                        cancel, read_only=record["kind"] == "ask",
+                        budget=Budget(config.get("budget.max_steps"), config.get("budget.max_tokens"),
+                                      config.get("budget.max_minutes")),
+                    )
+                finally:
+                    await model.close()
+                record.update(message=result.message, commit=result.commit, steps=result.steps,
+                              input_tokens=result.input_tokens, output_tokens=result.output_tokens,
+                              checks=testing_checks(result.message), plan=result.plan)
+                if record["kind"] == "code" and result.outcome in ("completed", "budget"):
+                    changes = await asyncio.to_thread(sandbox.export)
+                    diff = await asyncio.to_thread(sandbox.diff)
+                    self.store.save_changes(record["id"], changes, diff)
+                    record["changes"] = [{"path": c.path, "status": c.status} for c in changes]
+                state = {"completed": "finished", "cancelled": "cancelled"}.get(result.outcome, "failed")
+                self._set_state(record, state, result.reason)
+        except (cfg.ConfigError, SandboxError) as e:
+            self._set_state(record, "failed", str(e))
+        except Exception as e:  # a bug of ours: record it on the task, never lose the task
+            self._emit(record, "error", {"error": f"{type(e).__name__}: {e}"})
+            self._set_state(record, "failed", f"internal error: {type(e).__name__}: {e}")
+        finally:
+            watcher.cancel()
+            if sandbox is not None:
+                await asyncio.to_thread(sandbox.destroy)
+            self._running.pop(record["id"], None)
+
+    # ---- results -------------------------------------------------------------------------
+    def diff(self, task_id: str) -> str:
+        return self.store.diff(self.get(task_id)["id"])
+
+    def merge(self, task_id: str, read_current: Callable[[str], bytes | None] | None = None) -> list[Merged]:
+        """The task's change merged three ways onto the files as they are now."""
+        record = self.get(task_id)
+        if record["state"] != "finished":
+            raise TaskError(f"task {record['id']} is {record['state']}; only a finished task can be applied")
+        root = Path(record["repo"])
+
+        def from_disk(path: str) -> bytes | None:
+            file = root / path
+            return file.read_bytes() if file.is_file() else None
+
+        read = read_current or from_disk
+        return [merge_file(c.path, c.base, c.result, read(c.path)) for c in self.store.changes(record["id"])]
+
+    def apply(self, task_id: str) -> list[Merged]:
+        """Write the merged change into the checkout; nothing is written when any file conflicts."""
+        record = self.get(task_id)
+        merged = self.merge(task_id)
+        conflicts = [m.path for m in merged if m.conflict]
+        if conflicts:
+            raise TaskError("your files changed where the task changed them; nothing was applied. Conflicts: "
+                            + ", ".join(conflicts))
+        root = Path(record["repo"])
+        for m in merged:
+            target = root / m.path
+            if m.content is None:
+                target.unlink(missing_ok=True)
+            elif not m.unchanged:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(m.content)
+        self._emit(record, "applied", {"files": [m.path for m in merged]})
+        return merged
+
+
+def _sandbox_config(config: cfg.Config) -> SandboxConfig:
+    return SandboxConfig(
+        backend=config.get("sandbox.backend"), image=config.get("sandbox.image"),
+        network=config.get("sandbox.network"), memory=config.get("sandbox.memory"),
+        cpus=config.get("sandbox.cpus"), pids=config.get("sandbox.pids"),
+        docker_host=config.get("sandbox.docker_host") or None,
+    )

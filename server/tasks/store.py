@@ -1,0 +1,91 @@
+"""Tasks on disk: an append-only JSONL event log per task beside its latest summary.
+
+`$XDG_STATE_HOME/offload/tasks/<id>/` holds `events.jsonl` (every event, appended and
+flushed one line at a time, so a killed process loses nothing already emitted), `task.json`
+(the summary, replaced atomically) and `changes.json` (both sides of every changed file,
+for applying later even when the sandbox is gone).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+from offload.sandbox.manager import ChangedFile
+
+
+class TaskStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root) / "tasks"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def dir(self, task_id: str) -> Path:
+        return self.root / task_id
+
+    def create(self, record: dict) -> None:
+        self.dir(record["id"]).mkdir(parents=True)
+        self.save(record)
+
+    def save(self, record: dict) -> None:
+        path = self.dir(record["id"]) / "task.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+
+    def load(self, task_id: str) -> dict | None:
+        try:
+            return json.loads((self.dir(task_id) / "task.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError, NotADirectoryError):
+            return None
+
+    def append(self, task_id: str, kind: str, data: dict) -> dict:
+        event = {"t": round(time.time(), 3), "type": kind, **data}
+        line = json.dumps(event, ensure_ascii=False) + "\n"
+        with self._lock, open(self.dir(task_id) / "events.jsonl", "a", encoding="utf-8") as f:
+            f.write(line)
+        return event
+
+    def events(self, task_id: str) -> list[dict]:
+        path = self.dir(task_id) / "events.jsonl"
+        if not path.exists():
+            return []
+        events = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash mid-write
+        return events
+
+    def all(self) -> list[dict]:
+        records = [self.load(d.name) for d in self.root.iterdir() if d.is_dir()]
+        return sorted((r for r in records if r), key=lambda r: r["created"])
+
+    def save_changes(self, task_id: str, changes: list[ChangedFile], diff: str) -> None:
+        def enc(data: bytes | None) -> str | None:
+            return None if data is None else base64.b64encode(data).decode()
+
+        (self.dir(task_id) / "changes.json").write_text(json.dumps(
+            [{"path": c.path, "status": c.status, "base": enc(c.base), "result": enc(c.result)} for c in changes]
+        ))
+        (self.dir(task_id) / "diff.patch").write_text(diff)
+
+    def changes(self, task_id: str) -> list[ChangedFile]:
+        path = self.dir(task_id) / "changes.json"
+        if not path.exists():
+            return []
+
+        def dec(text: str | None) -> bytes | None:
+            return None if text is None else base64.b64decode(text)
+
+        return [ChangedFile(c["path"], c["status"], dec(c["base"]), dec(c["result"]))
+                for c in json.loads(path.read_text())]
+
+    def diff(self, task_id: str) -> str:
+        path = self.dir(task_id) / "diff.patch"
+        return path.read_text() if path.exists() else ""

@@ -1,0 +1,81 @@
+"""Shared fixtures: isolated state dirs, a real git repository, the real Docker engine, the model stand-in."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "calc"
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+def make_repo(path: Path, source: Path = EXAMPLE) -> Path:
+    """A real git repository with `source`'s files committed."""
+    shutil.copytree(source, path)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "add", "-A")
+    git(path, "-c", "user.name=Dev", "-c", "user.email=dev@example.com", "commit", "-q", "-m", "initial")
+    return path
+
+
+@pytest.fixture
+def sample_repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "calc")
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Each test gets its own state, cache and config dirs, and no model settings from the host."""
+    dirs = {name: str(tmp_path / "xdg" / name.lower()) for name in ("XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME")}
+    for name, value in dirs.items():
+        monkeypatch.setenv(name, value)
+    for name in list(os.environ):
+        if name.startswith(("OPENAI_", "OFFLOAD_")):
+            monkeypatch.delenv(name)
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """The real Docker engine with the sandbox image; a failure (not a skip) under CI=true."""
+    import docker
+
+    from offload.sandbox.image import DEFAULT_IMAGE, image_is_current
+
+    problem = None
+    try:
+        client = docker.from_env()
+        client.ping()
+        if not image_is_current(client, DEFAULT_IMAGE):
+            problem = f"sandbox image {DEFAULT_IMAGE} is missing: run `offload image build`"
+    except Exception as e:  # any way the engine is unreachable
+        problem = f"no Docker engine: {e}"
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    return client
+
+
+@pytest.fixture
+def fake_model():
+    from tests.fakemodel import FakeModel, load_scenarios
+
+    with FakeModel(scenarios=load_scenarios("tests.scenarios")) as model:
+        yield model
+    assert not model.errors, model.errors
+
+
+def offload_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300):
+    """The real `offload` command in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "offload.server.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=timeout)

@@ -1,0 +1,69 @@
+"""Named scenarios shared by the agent's tests and by editor end-to-end runs.
+
+They are written against the sample repository ``examples/calc`` (``calc.py`` whose ``add``
+subtracts; ``test_calc.py`` run with ``python3 -m unittest -q``) but read what the tools return,
+so a tool that misbehaves makes them fail or answer differently instead of passing on a script.
+"""
+
+import re
+
+from tests.fakemodel import apply_patch, fail, say, scenario, shell
+
+UNITTEST = ["python3", "-m", "unittest", "-q"]
+_MARKS = {"passed": "✅", "failed": "❌", "blocked": "⚠️"}
+
+
+def report(summary: list[str], testing: list[tuple[str, str]]) -> str:
+    """Codex's final-message shape: a Summary whose claims cite ``path:Lstart-Lend`` ranges, and a
+    Testing section marking each check passed, failed or blocked (by the environment)."""
+    lines = ["## Summary", *(f"- {claim}" for claim in summary), "", "## Testing"]
+    lines += [f"- {_MARKS[status]} `{command}` {status}" for command, status in testing]
+    return "\n".join(lines)
+
+
+def output_text(out: str) -> str:
+    """The command's own output from a shell tool reply (``Exit code: …\\nWall time: …\\nOutput:\\n…``)."""
+    return out.split("Output:\n", 1)[1] if "Output:\n" in out else out
+
+
+@scenario("fix-failing-test")
+def fix_failing_test(req):
+    """Runs the tests, finds ``add``'s lines, patches it, re-runs the tests and reports."""
+    out = yield shell(UNITTEST)
+    if "FAILED" not in out:
+        return (yield say("Tests already pass; nothing to change."))
+    out = yield shell(["grep", "-n", "-e", "def add", "-e", "return a - b", "calc.py"])
+    lines = [int(n) for n in re.findall(r"^(\d+):", output_text(out), re.M)]
+    assert len(lines) == 2, f"expected grep to find add's two lines, got:\n{out}"
+    out = yield apply_patch("*** Begin Patch\n*** Update File: calc.py\n@@\n-    return a - b\n+    return a + b\n"
+                            "*** End Patch")
+    assert "Success" in out, out
+    out = yield shell(UNITTEST)
+    status = "passed" if re.search(r"^OK", output_text(out), re.M) and "FAILED" not in out else "failed"
+    yield say(report([f"Fixed `add` to return `a + b` instead of `a - b` (calc.py:L{lines[0]}-L{lines[1]})."],
+                     [(" ".join(UNITTEST), status)]))
+
+
+@scenario("fix-after-rate-limit")
+def fix_after_rate_limit(req):
+    """The same fix behind one 429 with a short Retry-After: the client must wait and retry."""
+    yield fail(429, retry_after=0.2)
+    yield from fix_failing_test(req)
+
+
+@scenario("ask-explain")
+def ask_explain(req):
+    """An Ask: greps for the definition the question names, reads its file, answers citing its lines."""
+    out = yield shell(["grep", "-rnE", r"^\s*(def|class) \w+", "--include=*.py", "."])
+    hits = re.findall(r"^(?:\./)?([^:\n]+):(\d+):\s*(?:def|class) (\w+)", output_text(out), re.M)
+    assert hits, f"grep found no definitions:\n{out}"
+    path, start, name = next((h for h in hits if re.search(rf"\b{h[2]}\b", req.prompt)), hits[0])
+    out = yield shell(["cat", path])
+    source = output_text(out).splitlines()
+    first = last = int(start)
+    while last < len(source) and (source[last].startswith((" ", "\t")) or not source[last].strip()):
+        last += 1
+    while last > first and not source[last - 1].strip():
+        last -= 1
+    snippet = "\n".join(source[first - 1:last])
+    yield say(f"`{name}` is defined at {path}:L{first}-L{last}:\n\n```python\n{snippet}\n```")

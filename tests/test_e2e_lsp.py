@@ -1,0 +1,146 @@
+"""One Code task end to end through the language server over stdio, with pytest-lsp as the editor."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+import pytest_lsp
+from lsprotocol import types
+from pygls.uris import from_fs_path
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+from tests.conftest import make_repo
+
+pytestmark = pytest.mark.docker
+
+SERVER = ClientServerConfig(server_command=[sys.executable, "-m", "offload.server.cli", "serve"])
+
+
+class Editor:
+    """What a test needs from its client: task notifications and the edits it was asked to apply."""
+
+    def __init__(self, client: LanguageClient) -> None:
+        self.client = client
+        self.updates: list[dict] = []
+        self.edits: list[types.ApplyWorkspaceEditParams] = []
+        self.changed = asyncio.Condition()
+
+        @client.feature("offload/taskUpdated")
+        async def task_updated(params):
+            self.updates.append(client.protocol._converter.unstructure(params))
+            async with self.changed:
+                self.changed.notify_all()
+
+        @client.feature(types.WORKSPACE_APPLY_EDIT)
+        async def apply_edit(params: types.ApplyWorkspaceEditParams):
+            self.edits.append(params)
+            async with self.changed:
+                self.changed.notify_all()
+            return types.ApplyWorkspaceEditResult(applied=True)
+
+    async def until(self, predicate, timeout: float = 180) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(predicate), timeout)
+
+    def state(self, task_id: str) -> str | None:
+        states = [u["state"] for u in self.updates if u["taskId"] == task_id]
+        return states[-1] if states else None
+
+
+async def start(client: LanguageClient, repo, fake_model, capabilities: str) -> Editor:
+    editor = Editor(client)
+    await client.initialize_session(types.InitializeParams(
+        capabilities=client_capabilities(capabilities),
+        root_uri=from_fs_path(str(repo)),
+        workspace_folders=[types.WorkspaceFolder(uri=from_fs_path(str(repo)), name="calc")],
+        initialization_options={"settings": {"model": {"base_url": fake_model.base_url, "name": "fix-failing-test"}}},
+    ))
+    return editor
+
+
+@pytest_lsp.fixture(config=SERVER)
+async def client(lsp_client: LanguageClient):
+    yield
+    await lsp_client.shutdown_session()
+
+
+def execute(client: LanguageClient, command: str, arg):
+    return client.workspace_execute_command_async(types.ExecuteCommandParams(command=command, arguments=[arg]))
+
+
+@pytest.mark.parametrize("capabilities", ["visual-studio-code", "neovim@v0.11.0"])
+async def test_code_task_from_the_editor_to_an_applied_edit(client, fake_model, tmp_path, capabilities):
+    repo = make_repo(tmp_path / "calc")
+    editor = await start(client, repo, fake_model, capabilities)
+    calc = repo / "calc.py"
+    before = calc.read_text()
+
+    reply = await execute(client, "offload.code", {"prompt": "Make the failing test pass",
+                                                   "uri": from_fs_path(str(repo / "test_calc.py"))})
+    task_id = reply["taskId"]
+    await editor.until(lambda: editor.state(task_id) in ("finished", "failed", "cancelled"))
+    assert editor.state(task_id) == "finished", await execute(client, "offload.showTask", {"taskId": task_id})
+
+    # progress from begin to end, with the steps between
+    reports = client.progress_reports[f"offload-{task_id}"]
+    assert isinstance(reports[0], types.WorkDoneProgressBegin)
+    assert any(isinstance(r, types.WorkDoneProgressReport) and "unittest" in (r.message or "") for r in reports)
+    assert isinstance(reports[-1], types.WorkDoneProgressEnd)
+    # nothing touched the checkout yet
+    assert calc.read_text() == before
+    shown = await execute(client, "offload.showTask", {"taskId": task_id})
+    assert "+    return a + b" in shown["diff"]
+
+    applied = await execute(client, "offload.apply", {"taskId": task_id})
+    assert applied["files"] == ["calc.py"]
+    await editor.until(lambda: editor.edits)
+    edit = editor.edits[0].edit
+    uri = from_fs_path(str(calc))
+    if capabilities == "visual-studio-code":  # declares versioned documentChanges
+        (change,) = edit.document_changes
+        assert change.text_document.uri == uri
+        text_edits = change.edits
+    else:  # Neovim 0.11 does not: plain changes
+        assert edit.document_changes is None
+        text_edits = edit.changes[uri]
+    (text_edit,) = text_edits
+    assert text_edit.new_text == before.replace("a - b", "a + b")
+    assert text_edit.range.start == types.Position(0, 0)
+    assert calc.read_text() == before  # the editor applies the edit, not the server
+
+
+async def test_bad_commands_get_clear_errors_and_the_server_keeps_serving(client, fake_model, tmp_path):
+    repo = make_repo(tmp_path / "calc")
+    await start(client, repo, fake_model, "visual-studio-code")
+    bad = [
+        ("offload.code", {"prompt": 42}, "prompt"),
+        ("offload.code", "just a string", "one JSON object"),
+        ("offload.apply", {"taskId": "no-such-task"}, "no task"),
+        ("offload.cancel", {}, "taskId"),
+        ("offload.showTask", {"taskId": "nope"}, "no task"),
+    ]
+    for command, arg, expected in bad:
+        with pytest.raises(Exception, match=expected):
+            await execute(client, command, arg)
+    listed = await execute(client, "offload.listTasks", {})
+    assert listed == {"tasks": []}
+
+
+async def test_quick_fix_on_a_diagnostic_offers_offload(client, fake_model, tmp_path):
+    repo = make_repo(tmp_path / "calc")
+    await start(client, repo, fake_model, "visual-studio-code")
+    uri = from_fs_path(str(repo / "calc.py"))
+    client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
+        uri=uri, language_id="python", version=1, text=(repo / "calc.py").read_text())))
+    diagnostic = types.Diagnostic(range=types.Range(types.Position(4, 4), types.Position(4, 16)),
+                                  message="add() subtracts", source="pytest")
+    actions = await client.text_document_code_action_async(types.CodeActionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), range=diagnostic.range,
+        context=types.CodeActionContext(diagnostics=[diagnostic])))
+    (action,) = actions
+    assert action.title == "Offload: fix this"
+    command = action.command if isinstance(action.command, types.Command) else action
+    assert command.command == "offload.code"
+    assert "add() subtracts" in command.arguments[0]["prompt"]
