@@ -264,7 +264,8 @@ def local_transport(argv: Sequence[str], env: dict[str, str] | None = None):
     stdin/stdout. Without `env` it gets only PATH, HOME and LANG: host secrets never leak in."""
     if env is None:
         env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
-    proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    # Its own session: a Ctrl-C at the host's terminal must not kill the runner behind our back.
+    proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True)
 
     def write(data: bytes) -> None:
         proc.stdin.write(data)

@@ -124,8 +124,9 @@ def _debootstrap(rootfs_tar: Path, log: Callable[[str], None]) -> None:
             raise SandboxError(f"debootstrap failed: {(proc.stdout + proc.stderr)[-2000:]}")
         _add_user(root)
         for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            for entry in (root / cache).glob("*.deb"):
-                entry.unlink()
+            for entry in (root / cache).iterdir():
+                if entry.is_file():
+                    entry.unlink()
         partial = rootfs_tar.with_suffix(".partial")
         with tarfile.open(partial, "w") as tar:
             tar.add(root, arcname=".")

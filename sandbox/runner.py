@@ -99,6 +99,11 @@ class Command:
         fd = self.proc.stdout.fileno()
         poller = select.poll()
         poller.register(fd, select.POLLIN)
+        try:  # wakes us the moment the command exits
+            pidfd = os.pidfd_open(self.pgid)
+            poller.register(pidfd, select.POLLIN)
+        except (AttributeError, OSError):  # an old kernel or a seccomp filter: look every TICK instead
+            pidfd = None
         exited_at = None
         while True:
             now = time.monotonic()
@@ -106,6 +111,10 @@ class Command:
                 self._flush()
             if exited_at is None and self.proc.poll() is not None:
                 exited_at = now
+                if pidfd is not None:
+                    poller.unregister(pidfd)
+                    os.close(pidfd)
+                    pidfd = None
             if exited_at is not None and (self.eof or now >= exited_at + DRAIN):
                 break
             wake = now + TICK
@@ -128,11 +137,13 @@ class Command:
             if self.pending:
                 wake = min(wake, self.flush_at)
             delay = max(0.0, wake - now)
-            if self.eof:  # output closed, process not reaped yet
+            if self.eof and pidfd is None:  # output closed, process not reaped yet
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(delay)
-            elif poller.poll(delay * 1000):
+            elif any(f == fd for f, _ in poller.poll(delay * 1000)):
                 self._read(fd)
+                if self.eof:
+                    poller.unregister(fd)
         self._flush(final=True)
         if self.term_at is not None:  # members that ignore SIGTERM but already closed the pipe
             _signal_group(self.pgid, signal.SIGKILL)
@@ -202,10 +213,12 @@ class Runner:
                 self._out.flush()
 
     def serve(self, inp):
-        for line in inp:
-            if line.strip():
-                self.handle(line)
-        self.shutdown()
+        try:
+            for line in inp:
+                if line.strip():
+                    self.handle(line)
+        finally:  # stdin EOF, or SIGTERM/SIGHUP
+            self.shutdown()
 
     def handle(self, line):
         rid = None
@@ -361,6 +374,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Offload's in-sandbox command runner (JSON lines on stdin/stdout).")
     parser.add_argument("--root", required=True, help="the directory file operations are confined to")
     args = parser.parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # stopped from outside: still clean up
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     runner = Runner(args.root, os.fdopen(os.dup(1), "wb"))
     os.dup2(2, 1)  # a stray print can never corrupt the channel
     os.chdir(runner.root)

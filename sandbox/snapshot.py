@@ -112,7 +112,7 @@ def _tree_from_repo(root: Path, work: Path) -> str:
     )
     if pack.returncode != 0:
         raise SandboxError(f"git pack-objects failed: {pack.stderr.decode(errors='replace')}")
-    _git(["index-pack", "--stdin", "-q"], cwd=work, stdin=pack.stdout)
+    _git(["index-pack", "--stdin"], cwd=work, stdin=pack.stdout)
     return tree
 
 

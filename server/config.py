@@ -165,9 +165,9 @@ def resolve_model(config: Config, env: dict | None = None) -> dict[str, str]:
     if not base_url and not api_key:
         for port in LOCAL_PORTS:
             models = _probe(f"http://127.0.0.1:{port}/v1")
-            if models:
+            if models is not None:
                 base_url = f"http://127.0.0.1:{port}/v1"
-                name = name if name in models else (name or models[0])
+                name = name or (models[0] if models else "")
                 break
     if not base_url and not api_key:
         raise ConfigError(

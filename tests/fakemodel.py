@@ -334,7 +334,7 @@ class _Replay:
         h = _history(self.req)
         gen = self.fn(self.req)
         consumed: set[str] = set()
-        followups, index, delay, cuts = 0, 0, 0.0, []
+        followups, index, delay, cut_pending = 0, 0, 0.0, False
         try:
             move = self._step(gen, None, 0, first=True)
             while True:
@@ -343,21 +343,20 @@ class _Replay:
                 value: Any = None
                 if isinstance(move, Fault):
                     key = (self.name, self.req.prompt, index)
-                    if at_end and self.server._take(key, move.times):
+                    # Faults fire in order: once a cut fires, later faults wait for later requests.
+                    if at_end and not cut_pending and self.server._take(key, move.times):
                         if move.kind == "hang":
                             delay += move.seconds
                         elif move.kind == "cut":
-                            cuts.append(key)
+                            cut_pending = True
                         else:
-                            for k in cuts:  # the cut will show on the retry, not here
-                                self.server._give_back(k)
                             return _Plan(index, move, delay)
                 elif isinstance(move, Say):
                     if followups == len(h.followups):
                         if leftover:
                             raise self._mismatch(index, move, f"the request carries outputs for {leftover}, "
                                                               "calls the scenario never made")
-                        return _Plan(index, move, delay, bool(cuts))
+                        return _Plan(index, move, delay, cut_pending)
                     value, before = h.followups[followups]
                     if not before <= consumed:
                         raise self._mismatch(index, move, f"the follow-up {value[:60]!r} comes after outputs "
@@ -368,7 +367,7 @@ class _Replay:
                     ids = [f"call_{index}_{k}" for k in range(len(calls))]
                     missing = [cid for cid in ids if cid not in h.outputs]
                     if len(missing) == len(ids) and at_end:
-                        return _Plan(index, calls, delay, bool(cuts))
+                        return _Plan(index, calls, delay, cut_pending)
                     if missing:
                         raise self._mismatch(index, move, f"the request has no output for {missing} "
                                                           f"(it has outputs for {leftover})")
@@ -585,12 +584,18 @@ class _Handler(BaseHTTPRequestHandler):
                     req.body = json.loads(raw)
                 except ValueError:
                     raise _Answer(400, "We could not parse the JSON body of your request.") from None
-            handle(req)
+            try:
+                handle(req)
+            except (_Answer, OSError):
+                raise
+            except Exception:  # a request shape nobody foresaw: still a clear answer, never a hang-up
+                raise _Answer(500, f"The stand-in failed on this request:\n{traceback.format_exc()}",
+                              "stand_in_error", "server_error") from None
         except _Answer as a:
             model._note(f"{a.status} {req.method} {req.path}: {a.message}")
             # Don't let the SDK retry what will fail again: the test should fail at once, loudly.
             self._json(a.status, _error_body(a.message, a.kind, a.code), {"x-should-retry": "false"})
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:
             self.close_connection = True  # the client left (e.g. it timed out during a hang)
 
     def _get(self, req: Request) -> None:
@@ -777,10 +782,6 @@ class FakeModel:
                 return False
             self._fired[key] = fired + 1
             return True
-
-    def _give_back(self, key: tuple) -> None:
-        with self._lock:
-            self._fired[key] -= 1
 
     def _note(self, error: str) -> None:
         self.errors.append(error)

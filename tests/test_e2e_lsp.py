@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Union
 
 import pytest
 import pytest_lsp
@@ -24,14 +25,19 @@ class Editor:
     def __init__(self, client: LanguageClient) -> None:
         self.client = client
         self.updates: list[dict] = []
+        self.events: list[dict] = []
         self.edits: list[types.ApplyWorkspaceEditParams] = []
         self.changed = asyncio.Condition()
 
         @client.feature("offload/taskUpdated")
         async def task_updated(params):
-            self.updates.append(client.protocol._converter.unstructure(params))
+            self.updates.append(params._asdict())  # custom notifications arrive as named tuples
             async with self.changed:
                 self.changed.notify_all()
+
+        @client.feature("offload/taskEvent")
+        def task_event(params):
+            self.events.append(params._asdict())
 
         @client.feature(types.WORKSPACE_APPLY_EDIT)
         async def apply_edit(params: types.ApplyWorkspaceEditParams):
@@ -60,8 +66,20 @@ async def start(client: LanguageClient, repo, fake_model, capabilities: str) -> 
     return editor
 
 
+def structure_code_actions_as_editors_do(client: LanguageClient) -> None:
+    """lsprotocol reads any code action carrying a command as a bare Command; editors don't."""
+    converter = client.protocol._converter
+
+    def structure(obj, _):
+        kind = types.Command if isinstance(obj.get("command"), str) else types.CodeAction
+        return converter.structure(obj, kind)
+
+    converter.register_structure_hook(Union[types.Command, types.CodeAction], structure)
+
+
 @pytest_lsp.fixture(config=SERVER)
 async def client(lsp_client: LanguageClient):
+    structure_code_actions_as_editors_do(lsp_client)
     yield
     await lsp_client.shutdown_session()
 
@@ -141,6 +159,7 @@ async def test_quick_fix_on_a_diagnostic_offers_offload(client, fake_model, tmp_
         context=types.CodeActionContext(diagnostics=[diagnostic])))
     (action,) = actions
     assert action.title == "Offload: fix this"
-    command = action.command if isinstance(action.command, types.Command) else action
+    assert isinstance(action, types.CodeAction) and action.kind == types.CodeActionKind.QuickFix
+    command = action.command
     assert command.command == "offload.code"
     assert "add() subtracts" in command.arguments[0]["prompt"]

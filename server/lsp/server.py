@@ -127,7 +127,7 @@ class OffloadServer(LanguageServer):
             self.tasks()._emit(self.tasks().get(task_id), "applied" if applied else "apply.rejected",
                                {"reason": getattr(response, "failure_reason", None)})
         except Exception as e:
-            self.window_show_message(types.ShowMessageParams(types.MessageType.Error, f"Offload: apply failed: {e}"))
+            self.window_show_message(types.ShowMessageParams(type=types.MessageType.Error, message=f"Offload: apply failed: {e}"))
 
 
 def _supports(ls: LanguageServer, *path: str):
@@ -300,9 +300,9 @@ def code_actions(ls: OffloadServer, params: types.CodeActionParams) -> list[type
         prompt = f"Fix this problem reported at line {line}: {diagnostic.message}"
         actions.append(types.CodeAction(
             title="Offload: fix this", kind=types.CodeActionKind.QuickFix, diagnostics=[diagnostic],
-            command=types.Command("Offload: fix this", "offload.code", [
+            command=types.Command(title="Offload: fix this", command="offload.code", arguments=[
                 {"prompt": prompt, "uri": params.text_document.uri,
-                 "range": ls.converter.unstructure(diagnostic.range)}])))
+                 "range": ls.protocol._converter.unstructure(diagnostic.range)}])))
     return actions
 
 
