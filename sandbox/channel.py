@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from .errors import SandboxError
+
 log = logging.getLogger(__name__)
 
 CANCEL_POLL = 0.05  # how soon run() notices its cancel event
@@ -27,11 +29,7 @@ CLOSE_WAIT = 5.0  # the runner needs up to its 2 s grace to kill its commands be
 _CLOSED = object()  # queued to every pending call when the channel ends
 
 
-class SandboxError(Exception):
-    """The runner refused a request: a path outside the sandbox root, a malformed call."""
-
-
-class ChannelClosed(Exception):
+class ChannelClosed(SandboxError):
     """The channel to the runner is gone (it exited, its sandbox died, or close() was called)."""
 
 

@@ -175,7 +175,7 @@ def create(
 def _start_runner(client: docker.DockerClient, container) -> RunnerClient:
     exec_id = client.api.exec_create(
         container.id,
-        ["python3", "-u", "-c", runner_source(), "--root", WORKSPACE],
+        ["python3", "-I", "-u", "-c", runner_source(), "--root", WORKSPACE],
         stdin=True, stdout=True, stderr=True, tty=False,
         user=f"{SANDBOX_UID}:{SANDBOX_UID}",
     )["Id"]

@@ -85,6 +85,7 @@ class Command:
         self.thread.start()
 
     def kill(self):
+        self.killed = True  # set here, not by the pump: a kill that races the exit still counts
         self.kill_requested.set()
 
     def _feed(self):
@@ -120,7 +121,6 @@ class Command:
             wake = now + TICK
             if self.term_at is None:
                 if self.kill_requested.is_set():
-                    self.killed = True
                     self._terminate()
                 elif exited_at is None and self.deadline is not None:
                     if now >= self.deadline:

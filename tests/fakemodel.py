@@ -486,7 +486,7 @@ def _response_output(req: Request, r: _Reply) -> list[dict]:
     for cid, c in r.calls:
         if c.patch is not None and _custom_patch(req):
             output.append({"id": f"ctc_{cid}", "type": "custom_tool_call", "call_id": cid, "name": c.name,
-                           "input": c.patch, "status": "completed"})
+                           "input": c.patch})
         else:
             output.append({"id": f"fc_{cid}", "type": "function_call", "call_id": cid, "name": c.name,
                            "arguments": c.arguments, "status": "completed"})
@@ -501,7 +501,8 @@ def _response_json(req: Request, r: _Reply, status: str = "completed", output: l
     return {"id": f"resp_{r.tag}", "object": "response", "created_at": int(time.time()), "status": status,
             "model": req.model, "output": _response_output(req, r) if output is None else output,
             "instructions": req._get("instructions"), "tools": req.tools,
-            "tool_choice": req._get("tool_choice", "auto"), "parallel_tool_calls": req._get("parallel_tool_calls", True),
+            "tool_choice": req._get("tool_choice", "auto"),
+            "parallel_tool_calls": req._get("parallel_tool_calls", True),
             "temperature": 1.0, "top_p": 1.0, "error": None, "incomplete_details": None, "metadata": {},
             "previous_response_id": None, "store": req._get("store", False), "text": {"format": {"type": "text"}},
             "truncation": "disabled", "usage": usage if done else None}
@@ -526,7 +527,8 @@ def _response_events(req: Request, r: _Reply) -> list[str]:
             ev("response.content_part.added", item_id=iid, output_index=i, content_index=0, part={**part, "text": ""})
             for p in _pieces(part["text"]):
                 ev("response.output_text.delta", item_id=iid, output_index=i, content_index=0, delta=p, logprobs=[])
-            ev("response.output_text.done", item_id=iid, output_index=i, content_index=0, text=part["text"], logprobs=[])
+            ev("response.output_text.done", item_id=iid, output_index=i, content_index=0, text=part["text"],
+               logprobs=[])
             ev("response.content_part.done", item_id=iid, output_index=i, content_index=0, part=part)
         else:
             payload = "input" if item["type"] == "custom_tool_call" else "arguments"
@@ -726,7 +728,8 @@ class FakeModel:
         self._http = _HTTPServer(self, port)
         self.port = self._http.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self._thread = threading.Thread(target=self._http.serve_forever, name=f"fakemodel:{self.port}", daemon=True)
+        self._thread = threading.Thread(target=self._http.serve_forever, args=(0.02,),  # quick close()
+                                        name=f"fakemodel:{self.port}", daemon=True)
         self._thread.start()
 
     def env(self) -> dict[str, str]:

@@ -20,8 +20,8 @@ import pytest
 from openai import OpenAI
 
 from tests import scenarios
-from tests.fakemodel import (FakeModel, apply_patch, call, cut, drop, empty, fail, hang, say, scenario, shell,
-                             update_plan)
+from tests.fakemodel import (FakeModel, apply_patch, call, cut, drop, empty, fail, hang, load_scenarios, say,
+                             scenario, shell, update_plan)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODES = ["chat", "chat-stream", "responses", "responses-stream", "responses-helper"]
@@ -64,7 +64,8 @@ def turn(client, mode, history, model="default", tools=None):
             text, calls = chat_stream(client.chat.completions.create(
                 **args, stream=True, stream_options={"include_usage": True}))
         tool_calls = [{"id": i, "type": "function", "function": {"name": n, "arguments": a}} for i, n, a, _ in calls]
-        return Turn(text, calls, [{"role": "assistant", "content": text, **({"tool_calls": tool_calls} if calls else {})}])
+        message = {"role": "assistant", "content": text, **({"tool_calls": tool_calls} if calls else {})}
+        return Turn(text, calls, [message])
     args = dict(model=model, input=history, tools=tools or responses_tools())
     if mode == "responses":
         response = client.responses.create(**args)
@@ -171,13 +172,6 @@ def test_the_next_move_depends_on_the_tool_output(mode):
         assert not fm.errors
 
 
-def sample_repo(tmp_path):
-    (tmp_path / "calc.py").write_text("def add(a, b):\n    return a - b\n")
-    (tmp_path / "test_calc.py").write_text("import unittest\nfrom calc import add\n\n\nclass TestAdd(unittest.TestCase):\n"
-                                           "    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n")
-    return tmp_path
-
-
 def real_tools(repo):
     """Just enough of the agent's tools, real processes included, to carry the shared scenarios."""
 
@@ -195,26 +189,32 @@ def real_tools(repo):
     return tool
 
 
+def lines_of_add(repo):
+    """Where ``add`` sits in the sample repository, as ``calc.py:Lstart-Lend``."""
+    start = (repo / "calc.py").read_text().splitlines().index("def add(a, b):") + 1
+    return f"calc.py:L{start}-L{start + 1}"
+
+
 @pytest.mark.parametrize("mode", ["chat-stream", "responses-helper"])
-def test_fix_failing_test_fixes_the_sample_repo(tmp_path, mode):
-    repo = sample_repo(tmp_path)
-    with FakeModel(scenarios=scenarios.load_scenarios(scenarios)) as fm:
+def test_fix_failing_test_fixes_the_sample_repo(sample_repo, mode):
+    cited = lines_of_add(sample_repo)
+    with FakeModel(scenarios=load_scenarios(scenarios)) as fm:
         client = client_for(fm)
-        text, calls = converse(client, mode, "Fix the failing test", real_tools(repo), model="fix-failing-test")
-        assert "return a + b" in (repo / "calc.py").read_text()
+        fix = real_tools(sample_repo)
+        text, calls = converse(client, mode, "Fix the failing test", fix, model="fix-failing-test")
+        assert "return a + b" in (sample_repo / "calc.py").read_text()
         assert [n for n, _ in calls] == ["shell", "shell", "apply_patch", "shell"]
-        assert re.search(r"## Summary\n.*calc\.py:L1-L2.*\n\n## Testing\n.*unittest -q` passed", text, re.S), text
-        text, calls = converse(client, mode, "Fix the failing test", real_tools(repo), model="fix-failing-test")
+        assert re.search(rf"## Summary\n.*{cited}.*\n\n## Testing\n.*unittest -q` passed", text, re.S), text
+        text, calls = converse(client, mode, "Fix the failing test", fix, model="fix-failing-test")
         assert text == "Tests already pass; nothing to change." and len(calls) == 1
         assert not fm.errors
 
 
-def test_ask_explain_cites_the_definition(tmp_path):
-    repo = sample_repo(tmp_path)
+def test_ask_explain_cites_the_definition(sample_repo):
     with FakeModel(default=scenarios.ask_explain) as fm:
-        text, calls = converse(client_for(fm), "responses", "What does add do?", real_tools(repo))
+        text, calls = converse(client_for(fm), "responses", "What does add do?", real_tools(sample_repo))
         assert [json.loads(a)["command"][0] for _, a in calls] == ["grep", "cat"]
-        assert text.startswith("`add` is defined at calc.py:L1-L2") and "return a - b" in text
+        assert text.startswith(f"`add` is defined at {lines_of_add(sample_repo)}:") and "return a - b" in text
 
 
 @scenario("view")
@@ -290,7 +290,8 @@ def test_a_follow_up_message_is_what_say_evaluates_to():
         history = start("chat", "q")
         t = turn(client, "chat", history)
         assert t.text == "first answer"
-        assert turn(client, "chat", history + t.history + [{"role": "user", "content": "more"}]).text == "you said: more"
+        follow = history + t.history + [{"role": "user", "content": "more"}]
+        assert turn(client, "chat", follow).text == "you said: more"
 
 
 @scenario("echo")
@@ -300,12 +301,28 @@ def echo(req):
 
 
 def test_conversations_run_concurrently_without_server_state():
+    def run_echo(name, arguments):
+        return json.loads(arguments)["command"][1]
+
     with FakeModel(default=echo) as fm:
         client = client_for(fm)
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda i: converse(client, MODES[i % 5], f"p{i}", lambda n, a: json.loads(a)
-                                                       ["command"][1])[0], range(16)))
+            answers = list(pool.map(lambda i: converse(client, MODES[i % 5], f"p{i}", run_echo)[0], range(16)))
     assert answers == [f"p{i}" for i in range(16)]
+
+
+async def test_the_async_client_parses_both_streams():
+    with FakeModel(default=echo) as fm:
+        client = openai.AsyncOpenAI(base_url=fm.base_url, api_key="x", max_retries=0, timeout=5)
+        chunks = [c async for c in await client.chat.completions.create(
+            model="m", messages=start("chat", "a"), stream=True)]
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
+        async with client.responses.stream(model="m", input="a") as stream:
+            call_item = (await stream.get_final_response()).output[0]
+        history = [{"role": "user", "content": "a"}, call_item.model_dump(exclude_none=True),
+                   {"type": "function_call_output", "call_id": call_item.call_id, "output": "A"}]
+        async with client.responses.stream(model="m", input=history) as stream:
+            assert (await stream.get_final_response()).output_text == "A"
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,7 +369,7 @@ def test_http_errors_fire_as_often_as_asked_in_order():
         for error in expected:
             with pytest.raises(error) as e:
                 turn(client, "chat", start("chat", "q"), model="gpt-x")
-        assert e.value.message == "custom"
+        assert e.value.code == "x" and e.value.message.endswith("custom")
         assert turn(client, "chat", start("chat", "q")).text == "ok"
         assert not fm.errors  # scripted faults are not failures
 
@@ -401,8 +418,10 @@ def test_drop_then_cut_mid_stream(mode):
             else:
                 received += client.responses.create(input=start(mode, "q"), **args)
         assert received, "a cut stream delivers a first part before breaking"
-        assert all(getattr(r, "type", "") != "response.completed" and not r.choices[0].finish_reason
-                   if mode == "chat-stream" else r.type != "response.completed" for r in received)
+        if mode == "chat-stream":
+            assert not any(r.choices[0].finish_reason for r in received)
+        else:
+            assert received[-1].type != "response.completed"
         with pytest.raises(openai.APIConnectionError):  # a plain JSON body is cut too
             turn(client, mode.split("-")[0], start(mode, "q"))
         assert turn(client, mode, start(mode, "q")).text == "a long enough final answer to be cut in pieces"

@@ -761,10 +761,10 @@ def _update(op: FileOp, data: bytes) -> bytes:
     ends_file = any(c.end_of_file and any(o != " " for o, _ in c.lines) for c in op.chunks)
     keep_missing = not f.final_newline and not ends_file
     pieces = ["\ufeff"] if f.bom else []
-    for k, (text, eol) in enumerate(out):
-        if k == len(out) - 1 and keep_missing:
-            eol = ""
+    for text, eol in out:
         pieces.append(text + (eol or f.nl))
+    if keep_missing and out:
+        pieces[-1] = out[-1][0]
     return _encode("".join(pieces), op.path)
 
 

@@ -1,24 +1,22 @@
 """The apply_patch corpus: patches written the way models really write them, with the one right outcome.
 
-Cases live in the `*.toml` files beside this module, grouped by theme. Each is a `[[case]]`:
+Cases live in the `*.toml` files beside this module, grouped by theme. Each is a `[[case]]`
+table with these keys:
 
-    [[case]]
-    name = "fix-subtraction"          # unique across the corpus; the test id
-    why = "…"                          # optional: what the case is about
-    patch = '''…'''                    # the apply_patch input, verbatim
-    patch_crlf = true                  # optional: send the patch with CRLF line endings
-    crlf = ["win.txt"]                 # optional: these files (before and after) use CRLF
-    [case.files]                       # the workspace before: path = text
-    "calc.py" = '''…'''
-    [case.expect]                      # the files the patch creates or changes, exactly
-    "calc.py" = '''…'''
-    deleted = ["old.py"]               # (in the case table) files the patch removes
-    summary = "…"                      # optional: the exact success summary
+    name        unique across the corpus; the test id
+    why         optional: what the case is about
+    patch       the apply_patch input, verbatim
+    patch_crlf  optional: send the patch with CRLF line endings
+    crlf        optional: paths whose text (before and after) uses CRLF
+    files       sub-table: the workspace before, path = text
+    expect      sub-table: every file the patch creates or changes, with its exact text after
+    deleted     paths the patch removes
+    summary     optional: the exact success summary
+    refused     true, or text the error message must contain: the patch must be refused
 
-A case that must be refused says `refused = true`, or `refused = "text"` that the error
-message must contain, and has no `expect`/`deleted`. Every file not named in `expect` or
-`deleted` must come out untouched. TOML literal strings ('''…''') keep text verbatim;
-basic strings ("""…""") are used where a case needs visible escapes (\\t, \\u00a0, \\r\\n).
+A refused case has no `expect`/`deleted`. Every file not named in `expect` or `deleted` must
+come out untouched. Literal strings (three single quotes) keep text verbatim; basic strings
+(three double quotes) are used where a case needs visible escapes: tabs, NBSP, CRLF, NUL.
 """
 
 from __future__ import annotations
