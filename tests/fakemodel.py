@@ -562,6 +562,7 @@ def _error_body(message: str, kind: str, code: str | None) -> dict:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive and chunked streams, as real endpoints do
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: don't wait 40 ms for an ACK
     server: _HTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
@@ -720,7 +721,8 @@ class FakeModel:
         if default is not None and hasattr(default, "scenario_name"):
             self.scenarios.setdefault(default.scenario_name, default)
         self.requests: list[Request] = []
-        self.errors: list[str] = []  # every error answer not scripted by a fault (scenario failures, mismatches)
+        # Every error answer no fault scripted: scenario failures, history mismatches, unknown models.
+        self.errors: list[str] = []
         self._log = log
         self._fired: dict[tuple, int] = {}
         self._lock = threading.Lock()

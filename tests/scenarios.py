@@ -57,7 +57,8 @@ def ask_explain(req):
     out = yield shell(["grep", "-rnE", r"^\s*(def|class) \w+", "--include=*.py", "."])
     hits = re.findall(r"^(?:\./)?([^:\n]+):(\d+):\s*(?:def|class) (\w+)", output_text(out), re.M)
     assert hits, f"grep found no definitions:\n{out}"
-    path, start, name = next((h for h in hits if re.search(rf"\b{h[2]}\b", req.prompt)), hits[0])
+    question = "\n".join(req.user_messages)  # the prompt may come after AGENTS.md or other context
+    path, start, name = next((h for h in hits if re.search(rf"\b{h[2]}\b", question)), hits[0])
     out = yield shell(["cat", path])
     source = output_text(out).splitlines()
     first = last = int(start)
@@ -67,3 +68,15 @@ def ask_explain(req):
         last -= 1
     snippet = "\n".join(source[first - 1:last])
     yield say(f"`{name}` is defined at {path}:L{first}-L{last}:\n\n```python\n{snippet}\n```")
+
+
+@scenario("fix-and-document")
+def fix_and_document(req):
+    """Two hunks in one file: the fix, and a comment on ``multiply`` that a reviewer may reject."""
+    out = yield apply_patch("*** Begin Patch\n*** Update File: calc.py\n@@ def add(a, b):\n-    return a - b\n"
+                            "+    return a + b\n@@ def multiply(a, b):\n+    # the product of a and b\n"
+                            "     return a * b\n*** End Patch")
+    assert "Success" in out, out
+    out = yield shell(UNITTEST)
+    status = "passed" if re.search(r"^OK", output_text(out), re.M) else "failed"
+    yield say(report(["Fixed `add` and documented `multiply` (calc.py:L4-L10)."], [(" ".join(UNITTEST), status)]))

@@ -26,29 +26,31 @@ class Editor:
         self.client = client
         self.updates: list[dict] = []
         self.events: list[dict] = []
+        self.lens_refreshes = 0
         self.edits: list[types.ApplyWorkspaceEditParams] = []
-        self.changed = asyncio.Condition()
 
         @client.feature("offload/taskUpdated")
         async def task_updated(params):
             self.updates.append(params._asdict())  # custom notifications arrive as named tuples
-            async with self.changed:
-                self.changed.notify_all()
 
         @client.feature("offload/taskEvent")
         def task_event(params):
             self.events.append(params._asdict())
 
+        @client.feature(types.WORKSPACE_CODE_LENS_REFRESH)
+        def code_lens_refresh(params):
+            self.lens_refreshes += 1
+
         @client.feature(types.WORKSPACE_APPLY_EDIT)
         async def apply_edit(params: types.ApplyWorkspaceEditParams):
             self.edits.append(params)
-            async with self.changed:
-                self.changed.notify_all()
             return types.ApplyWorkspaceEditResult(applied=True)
 
     async def until(self, predicate, timeout: float = 180) -> None:
-        async with self.changed:
-            await asyncio.wait_for(self.changed.wait_for(predicate), timeout)
+        """Wait for what the server sends (notifications, edits, diagnostics) to satisfy `predicate`."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.05)
 
     def state(self, task_id: str) -> str | None:
         states = [u["state"] for u in self.updates if u["taskId"] == task_id]
@@ -163,3 +165,55 @@ async def test_quick_fix_on_a_diagnostic_offers_offload(client, fake_model, tmp_
     command = action.command
     assert command.command == "offload.code"
     assert "add() subtracts" in command.arguments[0]["prompt"]
+
+
+async def test_review_hunk_by_hunk_in_the_editor(client, fake_model, tmp_path):
+    repo = make_repo(tmp_path / "calc")
+    editor = Editor(client)
+    await client.initialize_session(types.InitializeParams(
+        capabilities=client_capabilities("visual-studio-code"), root_uri=from_fs_path(str(repo)),
+        initialization_options={"model": {"base_url": fake_model.base_url, "name": "fix-and-document"}}))
+    uri = from_fs_path(str(repo / "calc.py"))
+    before = (repo / "calc.py").read_text()
+    client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
+        uri=uri, language_id="python", version=1, text=before)))
+    task_id = (await execute(client, "offload.code", {"prompt": "Fix add and document multiply"}))["taskId"]
+    await editor.until(lambda: editor.state(task_id) == "finished")
+    await editor.until(lambda: len(client.diagnostics.get(uri, [])) == 2, timeout=10)
+
+    fix, comment = sorted(client.diagnostics[uri], key=lambda d: d.range.start.line)
+    assert fix.source == "offload" and fix.severity == types.DiagnosticSeverity.Information
+    assert fix.range.start.line == 4 and comment.range.start.line == 8
+    # code actions on the hunk's diagnostic accept or reject it
+    actions = await client.text_document_code_action_async(types.CodeActionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), range=comment.range,
+        context=types.CodeActionContext(diagnostics=[comment])))
+    titles = [a.title for a in actions]
+    assert titles == ["Offload: accept this change", "Offload: reject this change", "Offload: accept the whole task"]
+    lenses = await client.text_document_code_lens_async(types.CodeLensParams(
+        text_document=types.TextDocumentIdentifier(uri=uri)))
+    assert [lens.command.title for lens in lenses] == ["Offload: Accept", "Reject"] * 2
+
+    reject = next(a for a in actions if "reject" in a.title).command
+    await execute(client, reject.command, reject.arguments[0])
+    await editor.until(lambda: len(client.diagnostics.get(uri, [])) == 1, timeout=10)
+
+    # the user edits the file before accepting: the edit is kept
+    edited = before.replace('"""A tiny calculator', '"""A small calculator')
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+        content_changes=[types.TextDocumentContentChangeWholeDocument(text=edited)]))
+    accept = client.diagnostics[uri][0].data
+    await execute(client, "offload.acceptHunk", accept)
+    await editor.until(lambda: editor.edits)
+    (change,) = editor.edits[0].edit.document_changes
+    assert change.text_document.version == 2
+    new_text = change.edits[0].new_text
+    assert "return a + b" in new_text and "A small calculator" in new_text
+    assert "# the product" not in new_text  # the rejected hunk stays out
+    await editor.until(lambda: len(client.diagnostics[uri]) == 0, timeout=10)
+    shown = await execute(client, "offload.showTask", {"taskId": task_id})
+    review = [e for e in shown["events"] if e["type"] == "review"]
+    assert [(e["hunks"], e["decision"]) for e in review] == [(["calc.py#2"], "rejected"), (["calc.py#1"], "accepted")]
+    with pytest.raises(Exception, match="already accepted"):
+        await execute(client, "offload.acceptHunk", accept)

@@ -111,9 +111,10 @@ def responses_stream(stream):
     assert numbers == list(range(len(numbers)))
     assert final.status == "completed" and final.usage.total_tokens > 0
     for i, item in enumerate(final.output):
-        whole = {"message": lambda: item.content[0].text, "function_call": lambda: item.arguments,
-                 "custom_tool_call": lambda: item.input}[item.type]()
-        assert deltas.get(i, "") == whole
+        if item.type == "message":
+            assert deltas[i] == item.content[0].text
+        else:
+            assert deltas[i] == (item.arguments if item.type == "function_call" else item.input)
     return final
 
 

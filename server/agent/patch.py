@@ -12,6 +12,7 @@ the next attempt can succeed.
 from __future__ import annotations
 
 import difflib
+import heapq
 import re
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -74,7 +75,7 @@ _PATH_MARKERS = ("add file", "delete file", "update file", "move to")
 _FILE_MARKERS = ("add file", "delete file", "update file")
 _HEREDOC_RE = re.compile(r"(?:apply_patch\s*)?<<-?\s*(['\"]?)(\w+)\1")
 _UNIFIED_HEADER_RE = re.compile(r"-\d+(?:,\d+)?\s+\+\d+(?:,\d+)?\s*@@(.*)")
-_FENCE_END_RE = re.compile(r"\s*```+\s*")
+_FENCE_END_RE = re.compile(r"```+\s*")  # at column 0: " ```" is a context line
 
 _Line = tuple[int, str]  # (1-based line number in the patch text, text)
 
@@ -637,21 +638,24 @@ def _missing(f: _File, chunk: Chunk, regions: list[_Region], start: int, where: 
 def _similar_lines(f: _File, wanted: list[str], limit: int) -> list[tuple[int, int]]:
     """(file line, index in `wanted`) for the file lines most like a wanted line, best first.
 
-    Only the three longest wanted lines are tried, with difflib's cheap bounds first, so a
-    large file stays fast; similarity below 0.6 does not count.
+    Bounded for large files: the three longest wanted lines are tried, candidates are
+    ranked by difflib's cheap quick_ratio and only the top few get a full ratio (≥ 0.6).
     """
     scored: dict[int, tuple[float, int]] = {}
-    stripped = [line.strip() for line in f.lines[:20000]]
+    stripped = [line.strip() for line in f.lines[:50000]]
     tried = sorted((j for j, w in enumerate(wanted) if w.strip()), key=lambda j: -len(wanted[j].strip()))[:3]
     for j in tried:
         sm = difflib.SequenceMatcher(None, "", wanted[j].strip())
+        quick = []
         for k, line in enumerate(stripped):
-            if not line:
-                continue
-            sm.set_seq1(line)
-            if sm.real_quick_ratio() >= 0.6 and sm.quick_ratio() >= 0.6 and (r := sm.ratio()) >= 0.6:
-                if r > scored.get(k, (0.0, 0))[0]:
-                    scored[k] = (r, j)
+            if line:
+                sm.set_seq1(line)
+                if sm.real_quick_ratio() >= 0.6 and (q := sm.quick_ratio()) >= 0.6:
+                    quick.append((q, -k))
+        for _, k in heapq.nlargest(25, quick):
+            sm.set_seq1(stripped[-k])
+            if (r := sm.ratio()) >= 0.6 and r > scored.get(-k, (0.0, 0))[0]:
+                scored[-k] = (r, j)
     best = sorted(scored, key=lambda k: (-scored[k][0], k))[:limit]
     return [(k, scored[k][1]) for k in best]
 

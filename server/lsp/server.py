@@ -22,6 +22,7 @@ from .. import config as cfg
 from ..agent.loop import preview
 from ..tasks.manager import TaskError, TaskManager
 from ..tasks.merge import Merged
+from ..tasks.review import locate
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class OffloadServer(LanguageServer):
         super().__init__("offload", "0.1.0")
         self.manager: TaskManager | None = None
         self.progress_tokens: dict[str, str] = {}
+        self.published: set[str] = set()
         self.background: set[asyncio.Task] = set()
 
     def tasks(self) -> TaskManager:
@@ -51,20 +53,26 @@ class OffloadServer(LanguageServer):
     # ---- tasks → editor ------------------------------------------------------------------
     def on_task_event(self, record: dict, event: dict) -> None:
         self.protocol.notify("offload/taskEvent", {"taskId": record["id"], "event": event})
+        if event["type"] != "state" and event["type"] != "tool.call":
+            return
         if event["type"] == "state":
             self.protocol.notify("offload/taskUpdated", _summary(record))
+            if event["state"] == "finished" and record.get("changes"):
+                self.publish_review(record["id"])
+        self.report_progress(record, event)
+
+    def report_progress(self, record: dict, event: dict) -> None:
         token = self.progress_tokens.get(record["id"])
         if token is None:
             return
-        message = None
-        if event["type"] == "state":
-            message = event["state"] + (f": {event['reason']}" if event.get("reason") else "")
-        elif event["type"] == "tool.call":
+        if event["type"] == "tool.call":
             message = f"{event['name']}: {preview(event['arguments'], 60)}"
+        else:
+            message = event["state"] + (f": {event['reason']}" if event.get("reason") else "")
         if event["type"] == "state" and event["state"] in ("finished", "failed", "cancelled"):
             self.progress_tokens.pop(record["id"], None)
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
-        elif message:
+        else:
             self.work_done_progress.report(token, types.WorkDoneProgressReport(message=message))
 
     async def start_progress(self, record: dict) -> None:
@@ -119,15 +127,74 @@ class OffloadServer(LanguageServer):
             return types.WorkspaceEdit(document_changes=document_changes)
         return types.WorkspaceEdit(changes=changes)
 
-    async def send_edit(self, task_id: str, edit: types.WorkspaceEdit) -> None:
+    async def send_edit(self, task_id: str, edit: types.WorkspaceEdit, hunk_ids: list[str] | None = None) -> None:
+        """Ask the client to apply `edit`; the hunks count as accepted once it says it did."""
+        manager = self.tasks()
         try:
             response = await self.workspace_apply_edit_async(
                 types.ApplyWorkspaceEditParams(edit=edit, label=f"Offload task {task_id}"))
-            applied = bool(response and response.applied)
-            self.tasks()._emit(self.tasks().get(task_id), "applied" if applied else "apply.rejected",
-                               {"reason": getattr(response, "failure_reason", None)})
         except Exception as e:
-            self.window_show_message(types.ShowMessageParams(type=types.MessageType.Error, message=f"Offload: apply failed: {e}"))
+            self.window_show_message(types.ShowMessageParams(
+                type=types.MessageType.Error, message=f"Offload: the editor failed to apply the change: {e}"))
+            return
+        if response and response.applied:
+            if hunk_ids is None:
+                manager.accepted_all(task_id)
+            else:
+                manager.decide(task_id, hunk_ids, "accepted")
+        else:
+            manager._emit(manager.get(task_id), "apply.rejected", {"reason": getattr(response, "failure_reason", None)})
+        self.publish_review(task_id)
+
+    # ---- review --------------------------------------------------------------------------
+    def pending_hunks(self, task_id: str | None = None):
+        """(task, hunk, change) for every hunk still waiting for a decision."""
+        manager = self.tasks()
+        records = [manager.get(task_id)] if task_id else manager.list()
+        for record in records:
+            if record["state"] != "finished" or record.get("discarded") or record["kind"] != "code":
+                continue
+            for hunk, status, change in manager.hunks(record["id"]):
+                if status == "pending":
+                    yield record, hunk, change
+
+    def current_bytes(self, root: Path, path: str) -> bytes | None:
+        uri = from_fs_path(str(root / path))
+        if uri in self.workspace.text_documents:
+            return self.workspace.get_text_document(uri).source.encode()
+        file = root / path
+        return file.read_bytes() if file.is_file() else None
+
+    def publish_review(self, task_id: str | None = None) -> None:
+        """An Information diagnostic over each pending hunk, per file (and clear reviewed files)."""
+        by_uri: dict[str, list[types.Diagnostic]] = {}
+        touched = {from_fs_path(str(Path(r["repo"]) / c["path"]))
+                   for r in ([self.tasks().get(task_id)] if task_id else self.tasks().list())
+                   for c in r.get("changes", [])}
+        for record, hunk, change in self.pending_hunks():
+            root = Path(record["repo"])
+            uri = from_fs_path(str(root / hunk.path))
+            current = self.current_bytes(root, hunk.path)
+            span = locate(hunk, change.base, current)
+            start, end = span if span else (0, 0)
+            message = (f"Offload ({record['prompt'][:40]}): proposed change, +{hunk.added} −{hunk.removed} lines"
+                       + ("" if span else " — your edits overlap it"))
+            by_uri.setdefault(uri, []).append(types.Diagnostic(
+                range=types.Range(types.Position(start, 0), types.Position(max(end, start + 1), 0)),
+                message=message, severity=types.DiagnosticSeverity.Information, source="offload",
+                code="proposal", data={"taskId": record["id"], "hunkId": hunk.id}))
+        for uri in touched | set(self.published) | set(by_uri):
+            self.text_document_publish_diagnostics(
+                types.PublishDiagnosticsParams(uri=uri, diagnostics=by_uri.get(uri, [])))
+        self.published = set(by_uri)
+        if _supports(self, "workspace", "code_lens", "refresh_support"):
+            self.spawn(self._refresh_code_lens())
+
+    async def _refresh_code_lens(self) -> None:
+        try:
+            await self.workspace_code_lens_refresh_async(None)
+        except Exception as e:  # an old client without refresh: lenses update on its next request
+            log.info("codeLens refresh failed: %s", e)
 
 
 def _supports(ls: LanguageServer, *path: str):
@@ -289,12 +356,60 @@ async def apply(ls: OffloadServer, *args):
     return {"taskId": record["id"], "files": [m.path for m in merged if not m.unchanged]}
 
 
+def _hunk_args(args: tuple) -> tuple[str, str]:
+    arg = _args(args, "taskId", "hunkId")
+    return arg["taskId"], arg["hunkId"]
+
+
+@_command("offload.acceptHunk")
+async def accept_hunk(ls: OffloadServer, *args):
+    task_id, hunk_id = _hunk_args(args)
+    manager = ls.tasks()
+    record = manager.get(task_id)
+    root = Path(record["repo"])
+    merged = manager.merge_hunk(record["id"], hunk_id, lambda path: ls.current_bytes(root, path))
+    ls.spawn(ls.send_edit(record["id"], ls.workspace_edit(root, [merged]), [hunk_id]))
+    return {"taskId": record["id"], "hunkId": hunk_id, "path": merged.path}
+
+
+@_command("offload.rejectHunk")
+async def reject_hunk(ls: OffloadServer, *args):
+    task_id, hunk_id = _hunk_args(args)
+    manager = ls.tasks()
+    record = manager.get(task_id)
+    _, _, status, _ = manager._hunk(record["id"], hunk_id)
+    if status != "pending":
+        raise CommandError(f"hunk {hunk_id} was already {status}")
+    manager.decide(record["id"], [hunk_id], "rejected")
+    ls.publish_review(record["id"])
+    return {"taskId": record["id"], "hunkId": hunk_id, "decision": "rejected"}
+
+
+@_command("offload.discard")
+async def discard(ls: OffloadServer, *args):
+    record = ls.tasks().discard(_args(args, "taskId")["taskId"])
+    ls.publish_review(record["id"])
+    return {"taskId": record["id"], "discarded": True}
+
+
 @server.feature(types.TEXT_DOCUMENT_CODE_ACTION,
                 types.CodeActionOptions(code_action_kinds=[types.CodeActionKind.QuickFix]))
 def code_actions(ls: OffloadServer, params: types.CodeActionParams) -> list[types.CodeAction]:
     actions = []
     for diagnostic in params.context.diagnostics:
+        data = diagnostic.data if isinstance(diagnostic.data, dict) else {}
         if diagnostic.source == "offload":
+            if "taskId" in data and "hunkId" in data:
+                for verb, command in (("Accept", "offload.acceptHunk"), ("Reject", "offload.rejectHunk")):
+                    actions.append(types.CodeAction(
+                        title=f"Offload: {verb.lower()} this change", kind=types.CodeActionKind.QuickFix,
+                        diagnostics=[diagnostic], is_preferred=verb == "Accept",
+                        command=types.Command(title=f"{verb} change", command=command,
+                                              arguments=[{"taskId": data["taskId"], "hunkId": data["hunkId"]}])))
+                actions.append(types.CodeAction(
+                    title="Offload: accept the whole task", kind=types.CodeActionKind.QuickFix,
+                    command=types.Command(title="Accept task", command="offload.apply",
+                                          arguments=[{"taskId": data["taskId"]}])))
             continue
         line = diagnostic.range.start.line + 1
         prompt = f"Fix this problem reported at line {line}: {diagnostic.message}"
@@ -304,6 +419,33 @@ def code_actions(ls: OffloadServer, params: types.CodeActionParams) -> list[type
                 {"prompt": prompt, "uri": params.text_document.uri,
                  "range": ls.protocol._converter.unstructure(diagnostic.range)}])))
     return actions
+
+
+@server.feature(types.TEXT_DOCUMENT_CODE_LENS)
+def code_lens(ls: OffloadServer, params: types.CodeLensParams) -> list[types.CodeLens]:
+    lenses = []
+    for record, hunk, change in ls.pending_hunks():
+        root = Path(record["repo"])
+        if from_fs_path(str(root / hunk.path)) != params.text_document.uri:
+            continue
+        span = locate(hunk, change.base, ls.current_bytes(root, hunk.path))
+        if span is None:
+            continue
+        at = types.Range(types.Position(span[0], 0), types.Position(span[0], 0))
+        arg = {"taskId": record["id"], "hunkId": hunk.id}
+        lenses += [types.CodeLens(range=at, command=types.Command(title="Offload: Accept", command="offload.acceptHunk",
+                                                                  arguments=[arg])),
+                   types.CodeLens(range=at, command=types.Command(title="Reject", command="offload.rejectHunk",
+                                                                  arguments=[arg]))]
+    return lenses
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+@server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+def document_changed(ls: OffloadServer, params) -> None:
+    """Hunk diagnostics follow the user's edits."""
+    if ls.published or any(True for _ in ls.pending_hunks()):
+        ls.publish_review()
 
 
 def serve(tcp: str | None = None) -> None:

@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from offload.sandbox.errors import SandboxError
-from offload.sandbox.manager import SandboxConfig, SandboxManager
+from offload.sandbox.manager import ChangedFile, SandboxConfig, SandboxManager
 from offload.sandbox.snapshot import find_root
 
 from .. import config as cfg
 from ..agent.evidence import testing_checks
 from ..agent.loop import Budget, run_agent
 from ..agent.model import ModelClient
-from .merge import Merged, merge_file
+from .merge import Merged
+from .review import Hunk, accept, hunks
 from .store import TaskStore
 
 FINAL_STATES = ("finished", "failed", "cancelled")
@@ -188,7 +189,7 @@ class TaskManager:
         return self.store.diff(self.get(task_id)["id"])
 
     def merge(self, task_id: str, read_current: Callable[[str], bytes | None] | None = None) -> list[Merged]:
-        """The task's change merged three ways onto the files as they are now."""
+        """Every hunk not rejected, merged three ways onto the files as they are now."""
         record = self.get(task_id)
         if record["state"] != "finished":
             raise TaskError(f"task {record['id']} is {record['state']}; only a finished task can be applied")
@@ -199,7 +200,66 @@ class TaskManager:
             return file.read_bytes() if file.is_file() else None
 
         read = read_current or from_disk
-        return [merge_file(c.path, c.base, c.result, read(c.path)) for c in self.store.changes(record["id"])]
+        by_file: dict[str, tuple[ChangedFile, list[Hunk]]] = {}
+        for hunk, status, change in self.hunks(record["id"]):
+            chosen = by_file.setdefault(change.path, (change, []))[1]
+            if status != "rejected":
+                chosen.append(hunk)
+        return [accept(change, chosen, read(path)) for path, (change, chosen) in by_file.items()]
+
+    def accepted_all(self, task_id: str) -> None:
+        """After the whole change was applied, every pending hunk counts as accepted."""
+        pending = [h.id for h, status, _ in self.hunks(task_id) if status == "pending"]
+        if pending:
+            self.decide(task_id, pending, "accepted")
+
+    def hunks(self, task_id: str) -> list[tuple[Hunk, str, ChangedFile]]:
+        """Every hunk of a finished task with its review status: pending, accepted or rejected."""
+        record = self.get(task_id)
+        review = self.store.review(record["id"])
+        return [(h, review.get(h.id, "pending"), c) for c in self.store.changes(record["id"]) for h in hunks(c)]
+
+    def _hunk(self, task_id: str, hunk_id: str) -> tuple[dict, Hunk, str, ChangedFile]:
+        record = self.get(task_id)
+        if record["state"] != "finished":
+            raise TaskError(f"task {record['id']} is {record['state']}; only a finished task has hunks to review")
+        for hunk, status, change in self.hunks(record["id"]):
+            if hunk.id == hunk_id:
+                return record, hunk, status, change
+        raise TaskError(f"task {record['id']} has no hunk {hunk_id!r}")
+
+    def merge_hunk(self, task_id: str, hunk_id: str, read_current: Callable[[str], bytes | None]) -> Merged:
+        """One hunk merged onto the file as it is now; raises on a conflict, writes nothing."""
+        record, hunk, status, change = self._hunk(task_id, hunk_id)
+        if status != "pending":
+            raise TaskError(f"hunk {hunk_id} was already {status}")
+        merged = accept(change, [hunk], read_current(change.path))
+        if merged.conflict:
+            raise TaskError(f"your edits to {change.path} overlap hunk {hunk_id}; it was not applied")
+        return merged
+
+    def decide(self, task_id: str, hunk_ids: list[str], decision: str) -> None:
+        """Record hunks as accepted or rejected; rejected ones are handed to a follow-up."""
+        record = self.get(task_id)
+        review = self.store.review(record["id"])
+        for hunk_id in hunk_ids:
+            self._hunk(record["id"], hunk_id)
+            review[hunk_id] = decision
+        self.store.save_review(record["id"], review)
+        self._emit(record, "review", {"hunks": hunk_ids, "decision": decision})
+
+    def discard(self, task_id: str) -> dict:
+        """Reject whatever is still pending; the task's history stays."""
+        record = self.get(task_id)
+        if record["state"] not in FINAL_STATES:
+            raise TaskError(f"task {record['id']} is {record['state']}; cancel it first")
+        pending = [h.id for h, status, _ in self.hunks(record["id"]) if status == "pending"]
+        if pending:
+            self.decide(record["id"], pending, "rejected")
+        record["discarded"] = True
+        self.store.save(record)
+        self._emit(record, "discarded", {})
+        return record
 
     def apply(self, task_id: str) -> list[Merged]:
         """Write the merged change into the checkout; nothing is written when any file conflicts."""
@@ -218,6 +278,7 @@ class TaskManager:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(m.content)
         self._emit(record, "applied", {"files": [m.path for m in merged]})
+        self.accepted_all(record["id"])
         return merged
 
 

@@ -86,6 +86,17 @@ class TaskStore:
         return [ChangedFile(c["path"], c["status"], dec(c["base"]), dec(c["result"]))
                 for c in json.loads(path.read_text())]
 
+    def review(self, task_id: str) -> dict[str, str]:
+        """Each reviewed hunk's decision: "accepted" or "rejected"."""
+        path = self.dir(task_id) / "review.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def save_review(self, task_id: str, review: dict[str, str]) -> None:
+        path = self.dir(task_id) / "review.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(review))
+        os.replace(tmp, path)
+
     def diff(self, task_id: str) -> str:
         path = self.dir(task_id) / "diff.patch"
         return path.read_text() if path.exists() else ""

@@ -1,0 +1,89 @@
+"""Hunk-by-hunk review of a task's change.
+
+A hunk is one contiguous change between the task's base and its result in one file. Accepting
+a hunk merges *only that hunk* three ways onto the file as it is now, so hunks can be taken in
+any order, around the user's own edits; rejecting one records it for the next follow-up.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from offload.sandbox.manager import ChangedFile
+
+from .merge import Merged, merge_file
+
+
+@dataclass(frozen=True)
+class Hunk:
+    id: str  # "<path>#<n>", stable for a task
+    path: str
+    base_start: int  # 0-based first line in the base
+    base_lines: tuple[str, ...]  # the lines the hunk replaces (keepends)
+    result_lines: tuple[str, ...]  # the lines it puts there (keepends)
+
+    @property
+    def added(self) -> int:
+        return len(self.result_lines)
+
+    @property
+    def removed(self) -> int:
+        return len(self.base_lines)
+
+    def as_dict(self) -> dict:
+        return {"hunkId": self.id, "path": self.path, "baseStart": self.base_start,
+                "removed": "".join(self.base_lines), "added": "".join(self.result_lines)}
+
+
+def _lines(data: bytes | None) -> list[str]:
+    return [] if data is None else data.decode("utf-8", errors="replace").splitlines(keepends=True)
+
+
+def hunks(change: ChangedFile) -> list[Hunk]:
+    """The hunks of one changed file; an added or deleted file is one hunk."""
+    base, result = _lines(change.base), _lines(change.result)
+    matcher = difflib.SequenceMatcher(a=base, b=result, autojunk=False)
+    found = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag != "equal":
+            found.append(Hunk(f"{change.path}#{len(found) + 1}", change.path, i1, tuple(base[i1:i2]),
+                              tuple(result[j1:j2])))
+    if not found and change.base != change.result:  # a change git sees but lines don't (mode, bytes)
+        found.append(Hunk(f"{change.path}#1", change.path, 0, tuple(base), tuple(result)))
+    return found
+
+
+def with_hunks(change: ChangedFile, chosen: list[Hunk]) -> bytes | None:
+    """The base with just the `chosen` hunks applied: what accepting them merges in."""
+    every = hunks(change)
+    if change.result is None and len(chosen) == len(every):
+        return None  # accepting the whole of a deleted file deletes it
+    if change.base is None and not chosen:
+        return None  # an added file with nothing accepted stays absent
+    lines = _lines(change.base)
+    for hunk in sorted(chosen, key=lambda h: h.base_start, reverse=True):
+        lines[hunk.base_start: hunk.base_start + len(hunk.base_lines)] = hunk.result_lines
+    return "".join(lines).encode()
+
+
+def accept(change: ChangedFile, chosen: list[Hunk], current: bytes | None) -> Merged:
+    """The `chosen` hunks merged onto the current file, keeping every other edit in it."""
+    return merge_file(change.path, change.base, with_hunks(change, chosen), current)
+
+
+def locate(hunk: Hunk, base: bytes | None, current: bytes | None) -> tuple[int, int] | None:
+    """Where the hunk's base lines are in the current file now (0-based start, end-exclusive), or None
+    when the user's edits overlap them."""
+    base_lines, current_lines = _lines(base), _lines(current)
+    matcher = difflib.SequenceMatcher(a=base_lines, b=current_lines, autojunk=False)
+    start, end = hunk.base_start, hunk.base_start + len(hunk.base_lines)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            if i1 <= start <= i2 and (end <= i2 or start == end):
+                return j1 + (start - i1), j1 + (start - i1) + (end - start)
+        elif i1 < end and start < i2 or (start == end and i1 <= start < i2):
+            return None  # the user changed these lines too
+    if start == len(base_lines):
+        return len(current_lines), len(current_lines)
+    return None

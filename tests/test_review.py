@@ -1,0 +1,53 @@
+"""Hunk-by-hunk review: each hunk applies alone, in any order, around the user's own edits."""
+
+from __future__ import annotations
+
+from offload.sandbox.manager import ChangedFile
+from offload.server.tasks.review import accept, hunks, locate
+
+BASE = b"".join(f"line {i}\n".encode() for i in range(1, 21))
+RESULT = (BASE.replace(b"line 2\n", b"line two\n").replace(b"line 10\n", b"line 10\nnew line\n")
+          .replace(b"line 18\n", b""))
+CHANGE = ChangedFile("f.txt", "modified", BASE, RESULT)
+
+
+def test_hunks_are_found_with_stable_ids():
+    found = hunks(CHANGE)
+    assert [h.id for h in found] == ["f.txt#1", "f.txt#2", "f.txt#3"]
+    assert [(h.removed, h.added) for h in found] == [(1, 1), (0, 1), (1, 0)]
+
+
+def test_each_hunk_applies_alone_and_in_any_order():
+    first, second, third = hunks(CHANGE)
+    only_third = accept(CHANGE, [third], BASE).content
+    assert b"line 18\n" not in only_third and b"line two" not in only_third
+    then_first = accept(CHANGE, [first], only_third).content
+    then_second = accept(CHANGE, [second], then_first).content
+    assert then_second == RESULT
+
+
+def test_a_hunk_merges_around_a_user_edit_and_conflicts_when_they_overlap():
+    first, second, _ = hunks(CHANGE)
+    user = BASE.replace(b"line 15\n", b"line 15 (user)\n")
+    merged = accept(CHANGE, [second], user)
+    assert not merged.conflict and b"line 15 (user)" in merged.content and b"new line" in merged.content
+    clash = BASE.replace(b"line 2\n", b"line 2 (user)\n")
+    assert accept(CHANGE, [first], clash).conflict
+
+
+def test_added_and_deleted_files_are_one_hunk():
+    added = ChangedFile("new.txt", "added", None, b"a\nb\n")
+    (hunk,) = hunks(added)
+    assert accept(added, [hunk], None).content == b"a\nb\n"
+    deleted = ChangedFile("old.txt", "deleted", b"x\n", None)
+    (hunk,) = hunks(deleted)
+    assert accept(deleted, [hunk], b"x\n").content is None
+
+
+def test_locate_follows_lines_the_user_moved():
+    _, second, _ = hunks(CHANGE)
+    shifted = b"header 1\nheader 2\n" + BASE
+    assert locate(second, BASE, shifted) == (12, 12)
+    first = hunks(CHANGE)[0]
+    assert locate(first, BASE, BASE) == (1, 2)
+    assert locate(first, BASE, BASE.replace(b"line 2\n", b"mine\n")) is None
