@@ -80,3 +80,10 @@ def fix_and_document(req):
     out = yield shell(UNITTEST)
     status = "passed" if re.search(r"^OK", output_text(out), re.M) else "failed"
     yield say(report(["Fixed `add` and documented `multiply` (calc.py:L4-L10)."], [(" ".join(UNITTEST), status)]))
+
+
+@scenario("slow-command")
+def slow_command(req):
+    """Starts a command that takes a minute: something to cancel or kill a process during."""
+    out = yield shell(["sleep", "60"])
+    yield say(report(["Waited."], [("sleep 60", "passed" if out.startswith("Exit code: 0") else "failed")]))

@@ -635,26 +635,27 @@ def _missing(f: _File, chunk: Chunk, regions: list[_Region], start: int, where: 
     return msg + "\n" + _nearest(f, old, start)
 
 
+_WORD_RE = re.compile(r"\w+")
+
+
 def _similar_lines(f: _File, wanted: list[str], limit: int) -> list[tuple[int, int]]:
     """(file line, index in `wanted`) for the file lines most like a wanted line, best first.
 
-    Bounded for large files: the three longest wanted lines are tried, candidates are
-    ranked by difflib's cheap quick_ratio and only the top few get a full ratio (≥ 0.6).
+    Bounded for large files: the three longest wanted lines are tried; file lines are
+    ranked by the identifiers they share with it (cheap, and what matters in code), and
+    only the top few are confirmed with difflib's ratio (≥ 0.6).
     """
     scored: dict[int, tuple[float, int]] = {}
     stripped = [line.strip() for line in f.lines[:50000]]
+    words = [set(_WORD_RE.findall(line)) for line in stripped]
     tried = sorted((j for j, w in enumerate(wanted) if w.strip()), key=lambda j: -len(wanted[j].strip()))[:3]
     for j in tried:
-        sm = difflib.SequenceMatcher(None, "", wanted[j].strip())
-        quick = []
-        for k, line in enumerate(stripped):
-            if line:
-                sm.set_seq1(line)
-                if sm.real_quick_ratio() >= 0.6 and (q := sm.quick_ratio()) >= 0.6:
-                    quick.append((q, -k))
-        for _, k in heapq.nlargest(25, quick):
-            sm.set_seq1(stripped[-k])
-            if (r := sm.ratio()) >= 0.6 and r > scored.get(-k, (0.0, 0))[0]:
+        want = wanted[j].strip()
+        want_words = set(_WORD_RE.findall(want))
+        overlap = ((len(want_words & w) / len(want_words | w), -k) for k, w in enumerate(words) if want_words & w)
+        for _, k in heapq.nlargest(25, overlap):
+            r = difflib.SequenceMatcher(None, stripped[-k], want).ratio()
+            if r >= 0.6 and r > scored.get(-k, (0.0, 0))[0]:
                 scored[-k] = (r, j)
     best = sorted(scored, key=lambda k: (-scored[k][0], k))[:limit]
     return [(k, scored[k][1]) for k in best]

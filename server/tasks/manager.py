@@ -52,7 +52,19 @@ class TaskManager:
         self._slots: asyncio.Semaphore | None = None
 
     # ---- queries -------------------------------------------------------------------------
+    def recover(self) -> list[dict]:
+        """Mark the tasks whose process died mid-way as interrupted; their logs stay whole."""
+        recovered = []
+        for record in self.store.all():
+            if record["state"] in FINAL_STATES or record["id"] in self._running or _alive(record.get("owner")):
+                continue
+            self._set_state(record, "failed", "interrupted: the process running it stopped; "
+                            "its history is kept and a follow-up can continue it", interrupted=True)
+            recovered.append(record)
+        return recovered
+
     def list(self, repo: Path | None = None) -> list[dict]:
+        self.recover()
         tasks = self.store.all()
         if repo is not None:
             root = str(find_root(Path(repo))[0])
@@ -86,7 +98,7 @@ class TaskManager:
             "kind": kind, "prompt": prompt, "repo": str(root), "directory": str(directory),
             "state": "queued", "reason": "", "created": now, "updated": now,
             "message": "", "checks": [], "changes": [], "commit": None, "base": None,
-            "steps": 0, "input_tokens": 0, "output_tokens": 0,
+            "steps": 0, "input_tokens": 0, "output_tokens": 0, "owner": _owner(),
         }
         self.store.create(record)
         self._emit(record, "state", {"state": "queued"})
@@ -280,6 +292,30 @@ class TaskManager:
         self._emit(record, "applied", {"files": [m.path for m in merged]})
         self.accepted_all(record["id"])
         return merged
+
+
+def _owner() -> dict:
+    """Who runs a task: enough to tell later whether that process is still alive."""
+    return {"pid": os.getpid(), "started": _proc_stat(os.getpid())[1]}
+
+
+def _proc_stat(pid: int) -> tuple[str, str | None]:
+    """A process's state letter and start time (in clock ticks since boot), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
+    except (OSError, IndexError):
+        return "X", None
+
+
+def _alive(owner: dict | None) -> bool:
+    """The owner process still runs (and is the same process, not a reused pid or a zombie)."""
+    if not owner:
+        return False
+    state, started = _proc_stat(owner["pid"])
+    if state in ("X", "Z"):
+        return False
+    return owner.get("started") is None or started == owner["started"]
 
 
 def _sandbox_config(config: cfg.Config) -> SandboxConfig:
