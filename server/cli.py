@@ -32,6 +32,42 @@ def _progress_line(record: dict, event: dict) -> str | None:
     return None
 
 
+class LiveDisplay:
+    """On a terminal: finished steps scroll by, the current one stays on a status line with a clock."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.started = time.monotonic()
+        self.status = ""
+
+    def update(self, record: dict, event: dict) -> None:
+        line = _progress_line(record, event)
+        if line is None:
+            return
+        waiting = f"[{record['id']}] thinking"
+        if event["type"] == "tool.call":
+            self.status = line
+        elif event["type"] == "tool.result" and self.status:
+            self._line(f"{self.status}  {line.split(']', 1)[1].strip()}")
+            self.status = waiting
+        else:
+            self._line(line)
+            final = event["type"] == "state" and event["state"] in FINAL
+            self.status = "" if final else waiting if event.get("state") == "running" else self.status
+        self.tick()
+
+    def _line(self, text: str) -> None:
+        self.stream.write("\r\033[K" + text + "\n")
+
+    def tick(self) -> None:
+        if self.status:
+            self.stream.write(f"\r\033[K{self.status[:100]}  [{time.monotonic() - self.started:.0f}s]")
+        self.stream.flush()
+
+
+FINAL = ("finished", "failed", "cancelled")
+
+
 async def _run_task(args: argparse.Namespace, kind: str) -> int:
     repo = Path(args.repo).expanduser().resolve()
     try:
@@ -41,9 +77,13 @@ async def _run_task(args: argparse.Namespace, kind: str) -> int:
         return EXIT_USAGE
     manager = TaskManager()
 
+    display = LiveDisplay(sys.stderr) if sys.stderr.isatty() and not args.json else None
+
     def show(record: dict, event: dict) -> None:
         if args.json:
             print(json.dumps({"task": record["id"], **event}), flush=True)
+        elif display:
+            display.update(record, event)
         else:
             line = _progress_line(record, event)
             if line:
@@ -55,7 +95,11 @@ async def _run_task(args: argparse.Namespace, kind: str) -> int:
     except TaskError as e:
         print(f"offload: {e}", file=sys.stderr)
         return EXIT_USAGE
-    record = await manager.wait(record["id"])
+    job = asyncio.ensure_future(manager.wait(record["id"]))
+    while display and not job.done():
+        await asyncio.wait({job}, timeout=1)
+        display.tick()
+    record = await job
     if record["state"] == "finished" and kind == "code" and getattr(args, "apply", False):
         try:
             merged = manager.apply(record["id"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from typing import Union
 
@@ -217,3 +218,19 @@ async def test_review_hunk_by_hunk_in_the_editor(client, fake_model, tmp_path):
     assert [(e["hunks"], e["decision"]) for e in review] == [(["calc.py#2"], "rejected"), (["calc.py#1"], "accepted")]
     with pytest.raises(Exception, match="already accepted"):
         await execute(client, "offload.acceptHunk", accept)
+
+
+async def test_a_task_run_from_the_cli_shows_up_in_the_editor(client, fake_model, tmp_path):
+    repo = make_repo(tmp_path / "calc")
+    editor = await start(client, repo, fake_model, "visual-studio-code")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "offload.server.cli", "run", "Make the failing test pass", "--repo", str(repo),
+        env={**os.environ, "OPENAI_BASE_URL": fake_model.base_url, "OFFLOAD_MODEL_NAME": "fix-failing-test"},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr.decode()
+    await editor.until(lambda: any(u["state"] == "finished" for u in editor.updates), timeout=30)
+    uri = from_fs_path(str(repo / "calc.py"))
+    await editor.until(lambda: len(client.diagnostics.get(uri, [])) == 1, timeout=10)
+    (task,) = (await execute(client, "offload.listTasks", {}))["tasks"]
+    assert task["state"] == "finished" and task["taskId"] == editor.updates[-1]["taskId"]

@@ -15,7 +15,7 @@ import difflib
 import heapq
 import re
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, NoReturn
 
 __all__ = ["Chunk", "FileChange", "FileOp", "PatchError", "apply_patch", "parse_patch"]
 
@@ -71,7 +71,6 @@ _MARKER_RE = re.compile(
     r"\*\*\*\s*(begin patch|end patch|end of file|add file|delete file|update file|move to)\s*(:.*)?",
     re.IGNORECASE,
 )
-_PATH_MARKERS = ("add file", "delete file", "update file", "move to")
 _FILE_MARKERS = ("add file", "delete file", "update file")
 _HEREDOC_RE = re.compile(r"(?:apply_patch\s*)?<<-?\s*(['\"]?)(\w+)\1")
 _UNIFIED_HEADER_RE = re.compile(r"-\d+(?:,\d+)?\s+\+\d+(?:,\d+)?\s*@@(.*)")
@@ -80,7 +79,7 @@ _FENCE_END_RE = re.compile(r"```+\s*")  # at column 0: " ```" is a context line
 _Line = tuple[int, str]  # (1-based line number in the patch text, text)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     raise PatchError(message)
 
 
@@ -197,7 +196,7 @@ def _header_text(raw: str) -> str:
 def _chunk_line(raw: str, ln: int) -> tuple[str, str] | None:
     """One line of an Update chunk as (op, text); None for a line that carries nothing."""
     first = raw[:1]
-    if first in ("+", "-", " ") and first:
+    if first in ("+", "-", " "):
         return first, raw[1:]
     if not raw.strip():
         return " ", ""  # a blank context line whose leading space was lost
@@ -209,7 +208,6 @@ def _chunk_line(raw: str, ln: int) -> tuple[str, str] | None:
         f"Invalid patch, line {ln}: in an Update File chunk every line starts with ' ' (unchanged), "
         f"'+' (added) or '-' (removed); got {raw!r}. If it is an unchanged line, prefix it with a space."
     )
-    return None
 
 
 def _parse_add(lines: list[_Line], i: int, path: str) -> tuple[FileOp, int]:
@@ -387,9 +385,6 @@ def _width(line: str) -> int:
     return len(_indent(line).expandtabs(8))
 
 
-_CLOSERS = ("}", ")", "]", "end", "fi", "done", "esac")
-
-
 class _File:
     """A decoded text file: its lines, their endings, and match keys computed on demand."""
 
@@ -455,6 +450,8 @@ class _File:
         """End (exclusive) of the indented block the line `at` opens; the file's end if it opens none.
 
         This is what `@@ def f():` means: the chunk belongs inside f, not in a later function.
+        A closing line at the header's depth ends the block with it (`}`, `end`), unless it
+        goes on to open the body, as the `):` of a signature split over several lines does.
         """
         n = len(self.lines)
         base = _width(self.lines[at])
@@ -464,11 +461,13 @@ class _File:
         if j >= n or _width(self.lines[j]) <= base:
             return n
         for k in range(j, n):
-            line = self.lines[k]
-            if line.strip() and _width(line) <= base:
-                stripped = line.strip()
-                closes = stripped.startswith(_CLOSERS[:3]) or stripped.split()[0] in _CLOSERS[3:]
-                return k + 1 if closes else k
+            line = self.lines[k].strip()
+            if not line or _width(self.lines[k]) > base:
+                continue
+            if not (line.startswith(("}", ")", "]")) or line.split()[0] in ("end", "fi", "done", "esac")):
+                return k
+            if not line.endswith((":", "{")):
+                return k + 1
         return n
 
     def numbered(self, lo: int, hi: int) -> str:
@@ -591,7 +590,6 @@ def _locate(f: _File, chunk: Chunk, start: int, where: str) -> _Placed:
             _fail(_ambiguous(f, _old(ops), starts, level, chunk, where))
         return _Placed(starts[0], ops, level)
     _fail(_missing(f, chunk, regions, start, where))
-    raise AssertionError("unreachable")
 
 
 def _ambiguous(f: _File, old: list[str], starts: list[int], level: int, chunk: Chunk, where: str) -> str:
@@ -619,19 +617,18 @@ def _missing(f: _File, chunk: Chunk, regions: list[_Region], start: int, where: 
     if anywhere is not None:
         at = ", ".join(str(s + 1) for s in anywhere[0])
         if all(s < start for s in anywhere[0]):
-            msg += (
+            return msg + (
                 f"\nThey are at line {at}, above where the previous chunk ended (line {start}): chunks must "
                 "come in the order their lines appear in the file."
             )
-        elif chunk.end_of_file and _find(f, old, whole, 0, True) is None:
-            msg += f"\n'*** End of File' says they end the file, but they are at line {at} of {len(f.lines)}."
-        elif chunk.headers:
+        if chunk.end_of_file and _find(f, old, whole, 0, True) is None:
+            return msg + f"\n'*** End of File' says they end the file, but they are at line {at} of {len(f.lines)}."
+        if chunk.headers:
             hits = ", ".join(str(h + 1) for h, _, _ in regions)
-            msg += (
+            return msg + (
                 f"\nThey are at line {at}, which is not inside the block that '@@ {chunk.headers[-1]}' "
                 f"(line {hits}) opens. Fix the '@@' line or drop it."
             )
-        return msg
     return msg + "\n" + _nearest(f, old, start)
 
 

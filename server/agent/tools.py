@@ -77,8 +77,67 @@ UPDATE_PLAN = {
 }
 
 
-def tool_specs(read_only: bool = False) -> list[dict]:
-    return [SHELL, UPDATE_PLAN] if read_only else [SHELL, APPLY_PATCH, UPDATE_PLAN]
+# Codex's grammar for the freeform apply_patch (Lark syntax): the model writes the patch as is,
+# with no JSON string escaping to get wrong.
+PATCH_GRAMMAR = r"""start: begin_patch hunk+ end_patch
+begin_patch: "*** Begin Patch" LF
+end_patch: "*** End Patch" LF?
+
+hunk: add_hunk | delete_hunk | update_hunk
+add_hunk: "*** Add File: " filename LF add_line+
+delete_hunk: "*** Delete File: " filename LF
+update_hunk: "*** Update File: " filename LF change_move? change?
+
+filename: /(.+)/
+add_line: "+" /(.*)/ LF -> line
+
+change_move: "*** Move to: " filename LF
+change: (change_context | change_line)+ eof_line?
+change_context: ("@@" | "@@ " /(.+)/) LF
+change_line: ("+" | "-" | " ") /(.*)/ LF
+eof_line: "*** End of File" LF
+
+%import common.LF
+"""
+APPLY_PATCH_FREEFORM = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Edits files. Send the patch itself (no JSON): " + APPLY_PATCH["description"].split(": ", 1)[1],
+    "format": {"type": "grammar", "syntax": "lark", "definition": PATCH_GRAMMAR},
+}
+
+
+def tool_specs(read_only: bool = False, freeform: bool = False) -> list[dict]:
+    """The tools offered; `freeform` offers apply_patch as a Responses custom tool with its grammar."""
+    if read_only:
+        return [SHELL, UPDATE_PLAN]
+    return [SHELL, APPLY_PATCH_FREEFORM if freeform else APPLY_PATCH, UPDATE_PLAN]
+
+
+def schema_problem(value, schema: dict, where: str = "") -> str | None:
+    """What is wrong with `value` against the subset of JSON Schema our tools use, or None."""
+    kind, name = schema.get("type"), where or "the arguments"
+    types = {"object": dict, "array": list, "string": str, "integer": int}
+    if kind in types and (not isinstance(value, types[kind]) or isinstance(value, bool)):
+        return f"{name} must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not {json.dumps(value)}"
+    if "enum" in schema and value not in schema["enum"]:
+        return f"{name} must be one of {', '.join(map(json.dumps, schema['enum']))}, not {json.dumps(value)}"
+    if kind == "object":
+        props = schema.get("properties", {})
+        missing = [key for key in schema.get("required", []) if key not in value]
+        if missing:
+            return f"missing {', '.join(map(repr, missing))} in {name}"
+        extra = sorted(set(value) - set(props)) if schema.get("additionalProperties") is False else []
+        if extra:
+            return f"unknown {', '.join(map(repr, extra))} in {name}; allowed: {', '.join(props)}"
+        for key, sub in props.items():
+            if key in value and (problem := schema_problem(value[key], sub, f"{where}.{key}" if where else key)):
+                return problem
+    if kind == "array":
+        for i, item in enumerate(value):
+            if problem := schema_problem(item, schema.get("items", {}), f"{name}[{i}]"):
+                return problem
+    return None
 
 
 def format_output(text: str) -> str:
@@ -111,40 +170,39 @@ class Tools:
         self.cancel = cancel
         self.plan: list[dict] = []
 
-    def call(self, call_id: str, name: str, arguments: str) -> ToolResult:
-        if name == "apply_patch" and not self.read_only:
-            try:
-                args = json.loads(arguments) if arguments.lstrip().startswith("{") else {"input": arguments}
-            except json.JSONDecodeError as e:
-                return ToolResult(f"error: apply_patch arguments are not valid JSON ({e}); "
-                                  'send {"input": "*** Begin Patch\\n...\\n*** End Patch"}', {"error": "bad json"})
-            if not isinstance(args, dict) or not isinstance(args.get("input"), str):
-                return ToolResult('error: apply_patch takes {"input": PATCH} where PATCH is a string', {"error": "bad args"})
-            return self.patch(args["input"])
-        if name not in {spec["name"] for spec in tool_specs(self.read_only)}:
-            available = ", ".join(spec["name"] for spec in tool_specs(self.read_only))
-            return ToolResult(f"error: unknown tool {name!r}; the tools are: {available}", {"error": "unknown tool"})
+    def call(self, call_id: str, name: str, arguments: str, custom: bool = False) -> ToolResult:
+        """Runs one call; `custom` marks a freeform call whose `arguments` is the raw input."""
+        specs = {spec["name"]: spec for spec in tool_specs(self.read_only)}
+        if name not in specs:
+            return ToolResult(f"error: unknown tool {name!r}; the tools are: {', '.join(specs)}",
+                              {"error": "unknown tool"})
+        if custom or (name == "apply_patch" and arguments.lstrip().startswith("*** Begin Patch")):
+            if name != "apply_patch":
+                return ToolResult(f"error: {name} takes JSON arguments, not freeform text", {"error": "bad args"})
+            return self.patch(arguments)
         try:
             args = json.loads(arguments or "{}")
         except json.JSONDecodeError as e:
-            return ToolResult(f"error: the arguments of {name} are not valid JSON ({e}); resend the call",
-                              {"error": "bad json"})
-        if not isinstance(args, dict):
-            return ToolResult(f"error: the arguments of {name} must be a JSON object", {"error": "bad args"})
+            return ToolResult(f"error: the arguments of {name} are not valid JSON ({e}); resend the call with "
+                              f"a JSON object for {_shape(specs[name])}", {"error": "bad json"})
+        if name == "shell" and isinstance(args, dict) and isinstance(args.get("command"), str):
+            args["command"] = ["bash", "-lc", args["command"]]  # models trained on other harnesses send a string
+        problem = schema_problem(args, specs[name]["parameters"])
+        if problem:
+            return ToolResult(f"error: the arguments of {name} do not fit its schema: {problem}; resend the call "
+                              f"with {_shape(specs[name])}", {"error": "bad args"})
+        if name == "apply_patch":
+            return self.patch(args["input"])
         if name == "shell":
             return self.shell(call_id, args)
         return self.update_plan(args)
 
     def shell(self, call_id: str, args: dict) -> ToolResult:
-        command, workdir, timeout_ms = args.get("command"), args.get("workdir"), args.get("timeout_ms")
-        if isinstance(command, str):
-            command = ["bash", "-lc", command]
-        if not (isinstance(command, list) and command and all(isinstance(a, str) for a in command)):
-            return ToolResult('error: shell takes {"command": ["program", "arg", ...]} — a non-empty list of strings',
+        command, workdir, timeout_ms = args["command"], args.get("workdir"), args.get("timeout_ms")
+        if not command:
+            return ToolResult('error: shell takes {"command": ["program", "arg", ...]}: a non-empty list',
                               {"error": "bad args"})
-        if workdir is not None and not isinstance(workdir, str):
-            return ToolResult("error: workdir must be a string", {"error": "bad args"})
-        if timeout_ms is not None and (not isinstance(timeout_ms, int) or timeout_ms <= 0):
+        if timeout_ms is not None and timeout_ms <= 0:
             return ToolResult("error: timeout_ms must be a positive integer", {"error": "bad args"})
         patch = _embedded_patch(command)
         if patch is not None:
@@ -158,14 +216,16 @@ class Tools:
         except SandboxError as e:
             return ToolResult(f"error: {e}", {"error": str(e)})
         note = ""
-        if result.timed_out:
+        if result.killed:
+            note = "command was stopped: the task is ending\n"
+        elif result.timed_out:
             note = f"command timed out after {timeout:g} seconds; pass a larger timeout_ms if it needs longer\n"
         elif result.output_limited:
             note = "command was stopped: it printed more output than the sandbox keeps\n"
         text = (f"Exit code: {result.exit_code}\nWall time: {result.duration:.1f} seconds\n"
                 f"Output:\n{note}{format_output(result.output)}")
-        return ToolResult(text, {"exit_code": result.exit_code, "timed_out": result.timed_out,
-                                 "duration": round(result.duration, 3)})
+        return ToolResult(text, {"exit_code": result.exit_code, "timed_out": result.timed_out, "killed": result.killed,
+                                 "command": command, "run_duration": round(result.duration, 4)})
 
     def patch(self, text: str) -> ToolResult:
         try:
@@ -184,15 +244,20 @@ class Tools:
         return ToolResult(summary, {"files": [c.new_path or c.path for c in changes]})
 
     def update_plan(self, args: dict) -> ToolResult:
-        plan = args.get("plan")
-        if not isinstance(plan, list) or not all(
-            isinstance(s, dict) and isinstance(s.get("step"), str)
-            and s.get("status") in ("pending", "in_progress", "completed") for s in plan
-        ):
-            return ToolResult('error: update_plan takes {"plan": [{"step": str, "status": '
-                              '"pending" | "in_progress" | "completed"}]}', {"error": "bad args"})
+        plan = args["plan"]
+        if sum(step["status"] == "in_progress" for step in plan) > 1:
+            return ToolResult("error: at most one step of the plan may be in_progress", {"error": "bad args"})
         self.plan = plan
         return ToolResult("Plan updated", {"plan": plan, "explanation": args.get("explanation")})
+
+
+def _shape(spec: dict) -> str:
+    """A one-line example of a tool's arguments, for error messages."""
+    props = spec["parameters"]["properties"]
+    required = spec["parameters"].get("required", [])
+    example = {"array": [], "string": "...", "integer": 0, "object": {}}
+    return json.dumps({k: example.get(v.get("type"), "...") for k, v in props.items() if k in required}) + (
+        f" (optional: {', '.join(k for k in props if k not in required)})" if set(props) - set(required) else "")
 
 
 def _embedded_patch(command: list[str]) -> str | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+import watchfiles
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 from pygls.uris import from_fs_path
@@ -146,6 +147,23 @@ class OffloadServer(LanguageServer):
             manager._emit(manager.get(task_id), "apply.rejected", {"reason": getattr(response, "failure_reason", None)})
         self.publish_review(task_id)
 
+    async def watch_store(self) -> None:
+        """Tasks run by other processes (the CLI, another editor window) show up here too."""
+        root = self.tasks().store.root
+        seen = {r["id"]: r["state"] for r in self.tasks().store.all()}
+        async for changes in watchfiles.awatch(root, debounce=200, recursive=True):
+            for _, path in changes:
+                if not path.endswith("task.json"):
+                    continue
+                task_id = Path(path).parent.name
+                record = self.tasks().store.load(task_id)
+                if record is None or task_id in self.tasks()._running or seen.get(task_id) == record["state"]:
+                    continue
+                seen[task_id] = record["state"]
+                self.protocol.notify("offload/taskUpdated", _summary(record))
+                if record["state"] == "finished" and record.get("changes"):
+                    self.publish_review(task_id)
+
     # ---- review --------------------------------------------------------------------------
     def pending_hunks(self, task_id: str | None = None):
         """(task, hunk, change) for every hunk still waiting for a decision."""
@@ -272,6 +290,12 @@ def initialize(ls: OffloadServer, params: types.InitializeParams) -> None:
         options = options["settings"]
     ls.manager = TaskManager(overrides=options if isinstance(options, dict) else None)
     ls.manager.listeners.append(ls.on_task_event)
+
+
+@server.feature(types.INITIALIZED)
+def initialized(ls: OffloadServer, params: types.InitializedParams) -> None:
+    ls.tasks().recover()
+    ls.spawn(ls.watch_store())
 
 
 def _task_directory(ls: OffloadServer, arg: dict) -> Path:

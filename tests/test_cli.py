@@ -1,0 +1,30 @@
+"""The CLI's faces: a live display on a terminal, plain lines when piped."""
+
+from __future__ import annotations
+
+import io
+
+from offload.server.cli import LiveDisplay, _progress_line
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_live_display_keeps_one_status_line_and_scrolls_finished_steps():
+    out = Terminal()
+    display = LiveDisplay(out)
+    record = {"id": "t1"}
+    display.update(record, {"type": "state", "state": "running", "reason": "working"})
+    display.update(record, {"type": "tool.call", "name": "shell", "arguments": '{"command": ["make", "test"]}'})
+    display.update(record, {"type": "tool.result", "exit_code": 0, "duration": 1.5})
+    display.update(record, {"type": "state", "state": "finished", "reason": ""})
+    screen = [line.rsplit("\r\x1b[K", 1)[-1] for line in out.getvalue().split("\n")]
+    assert screen == ["[t1] running: working", "[t1]   shell: make test  → exit 0 in 1.5s", "[t1] finished", ""]
+
+
+def test_plain_lines_name_the_step():
+    line = _progress_line({"id": "t1"}, {"type": "tool.call", "name": "shell",
+                                         "arguments": '{"command": ["python3", "-m", "pytest"]}'})
+    assert line == "[t1]   shell: python3 -m pytest"
