@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import docker_backend
+from . import bwrap_backend, docker_backend
 from .channel import ExecResult
 from .errors import SandboxError
 from .image import DEFAULT_IMAGE
@@ -42,6 +42,7 @@ class SandboxConfig:
     memory: str = "2g"
     cpus: float = 2.0
     pids: int = 512
+    disk: str = "4g"  # bubblewrap: the size of the sandbox's writable layer, /tmp and home together
     docker_host: str | None = None
 
 
@@ -152,6 +153,7 @@ class SandboxManager:
         self.cache_dir = Path(cache_dir)
         self.owner = owner
         self._docker = None
+        self._backend: str | None = None
         self._sandboxes: dict[str, Sandbox] = {}
 
     def docker(self):
@@ -160,28 +162,48 @@ class SandboxManager:
         return self._docker
 
     def backend_name(self) -> str:
-        if self.config.backend in ("auto", "docker"):
-            return "docker"
-        raise SandboxError(f"sandbox backend {self.config.backend!r} is not available; use \"docker\"")
+        """The backend `sandbox.backend` picks here: auto is Docker where an engine answers, else
+        bubblewrap. A SandboxError names the fix when the choice cannot work."""
+        if self._backend is None:
+            self._backend = self._choose_backend()
+        return self._backend
+
+    def _choose_backend(self) -> str:
+        choice = self.config.backend
+        if choice == "docker":
+            self.docker()
+        elif choice == "bubblewrap":
+            bwrap_backend.available()
+        elif choice == "auto":
+            try:
+                self.docker()
+                return "docker"
+            except SandboxError as docker_problem:
+                try:
+                    bwrap_backend.available()
+                except SandboxError as bwrap_problem:
+                    raise SandboxError(f"no sandbox backend works here. Docker: {docker_problem} "
+                                       f"Bubblewrap: {bwrap_problem}") from bwrap_problem
+                return "bubblewrap"
+        else:
+            raise SandboxError(f"sandbox.backend is {choice!r}; it must be \"auto\", \"docker\" or \"bubblewrap\"")
+        return choice
 
     def snapshot(self, directory: str | Path) -> Snapshot:
         return take_snapshot(directory, self.cache_dir)
 
     def create(self, snapshot: Snapshot, labels: dict | None = None) -> Sandbox:
         """A new sandbox over `snapshot`; the agent phase has no network unless configured."""
-        self.backend_name()
         sandbox_id = uuid.uuid4().hex[:12]
-        backend = docker_backend.create(
-            self.docker(),
-            image=self.config.image,
-            snapshot_path=snapshot.path,
-            sandbox_id=sandbox_id,
-            labels={"offload.owner": self.owner, **(labels or {})},
-            memory=self.config.memory,
-            cpus=self.config.cpus,
-            pids=self.config.pids,
-            network=self.config.network == "on",
-        )
+        limits = dict(memory=self.config.memory, cpus=self.config.cpus, pids=self.config.pids,
+                      network=self.config.network == "on")
+        all_labels = {"offload.owner": self.owner, **(labels or {})}
+        if self.backend_name() == "docker":
+            backend = docker_backend.create(self.docker(), image=self.config.image, snapshot_path=snapshot.path,
+                                            sandbox_id=sandbox_id, labels=all_labels, **limits)
+        else:
+            backend = bwrap_backend.create(self.cache_dir, snapshot_path=snapshot.path, sandbox_id=sandbox_id,
+                                           labels=all_labels, disk=self.config.disk, **limits)
         workdir = posixpath.join(backend.workspace, snapshot.subdir) if snapshot.subdir else backend.workspace
         sandbox = Sandbox(sandbox_id, snapshot, backend, workdir)
         self._sandboxes[sandbox_id] = sandbox
@@ -191,7 +213,9 @@ class SandboxManager:
         return self._sandboxes.get(sandbox_id)
 
     def list(self) -> list[dict]:
-        return docker_backend.list_sandboxes(self.docker(), self.owner)
+        if self.backend_name() == "docker":
+            return docker_backend.list_sandboxes(self.docker(), self.owner)
+        return bwrap_backend.list_sandboxes(self.cache_dir, self.owner)
 
     def destroy(self, sandbox_id: str) -> None:
         sandbox = self._sandboxes.pop(sandbox_id, None)

@@ -23,6 +23,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "stream": True,
         "timeout": 600.0,
         "max_retries": 4,
+        "freeform_patch": True,
     },
     "sandbox": {
         "backend": "auto",

@@ -87,3 +87,27 @@ def slow_command(req):
     """Starts a command that takes a minute: something to cancel or kill a process during."""
     out = yield shell(["sleep", "60"])
     yield say(report(["Waited."], [("sleep 60", "passed" if out.startswith("Exit code: 0") else "failed")]))
+
+
+def chunk_of(out: str) -> str:
+    """The chunk id a tool output starts with (``Chunk: c3``), which a final message cites."""
+    match = re.match(r"Chunk: (c\d+)\n", out)
+    assert match, f"the tool output names no chunk:\n{out[:200]}"
+    return match.group(1)
+
+
+@scenario("fix-and-cite")
+def fix_and_cite(req):
+    """The fix of ``fix-failing-test``, reported as the system prompt asks: the Summary cites the lines
+    as they are after the patch, and the Testing section cites the chunk of the last test run."""
+    out = yield shell(UNITTEST)
+    assert "FAILED" in out, out
+    out = yield shell(["grep", "-n", "return a - b", "calc.py"])
+    line = int(re.findall(r"^(\d+):", output_text(out), re.M)[0])
+    out = yield apply_patch("*** Begin Patch\n*** Update File: calc.py\n@@\n-    return a - b\n+    return a + b\n"
+                            "*** End Patch")
+    assert "Success" in out, out
+    out = yield shell(UNITTEST)
+    status = "passed" if out.split("\n")[1] == "Exit code: 0" else "failed"
+    yield say(report([f"`add` returns `a + b` now (calc.py:L{line - 1}-L{line})."],
+                     [(" ".join(UNITTEST), status)]) + f" [{chunk_of(out)}]")

@@ -217,6 +217,9 @@ class ModelClient:
                               f"({retried}); raise model.timeout, or check that the server is up", failed)
         if isinstance(e, openai.APIConnectionError):
             cause = e.__cause__ or detail
+            if type(cause).__name__ in ("RemoteProtocolError", "ReadError"):
+                return ModelError(f"the model endpoint {where} kept breaking off the connection ({cause}) {retried}; "
+                                  "check the network or proxy in between, or raise model.max_retries", failed)
             return ModelError(f"cannot reach the model endpoint {where} ({cause}) {retried}; check model.base_url "
                               "(or OPENAI_BASE_URL) and that the server is running", failed)
         return ModelError(f"the model endpoint {where} sent a reply that cannot be read: {detail}", failed)

@@ -223,7 +223,9 @@ def _parse_add(lines: list[_Line], i: int, path: str) -> tuple[FileOp, int]:
             content.append(raw[1:])
         elif not raw.strip():
             blanks += 1
-        elif _marker(raw) is not None:
+        elif (mk := _marker(raw)) is not None:
+            if mk[0] == "end of file":
+                j += 1  # harmless after an added file's lines: the file ends there anyway
             break
         else:
             _fail(f"Invalid patch, line {row}: every line of an added file starts with '+'; got {raw!r}.")
@@ -349,7 +351,7 @@ def parse_patch(text: str) -> list[FileOp]:
 # Matching
 # ---------------------------------------------------------------------------------------
 
-LEVELS = ("exact", "ignoring trailing whitespace", "ignoring surrounding whitespace", "normalising Unicode punctuation")
+_LEVELS = ("exact", "ignoring trailing whitespace", "ignoring surrounding whitespace", "normalising Unicode punctuation")
 
 _PUNCT = str.maketrans(
     {
@@ -430,7 +432,7 @@ class _File:
         Last comes a prefix at a word boundary, because models write `@@ def total` for
         `def total(items):`; `def tot` never names it.
         """
-        for level in range(len(LEVELS)):
+        for level in range(len(_LEVELS)):
             want = _key(level, header)
             keys = self.keys(level)
             hits = [i for i in range(lo, hi) if keys[i] == want]
@@ -446,6 +448,14 @@ class _File:
             and (len(keys[i]) == len(want) or not _is_word(want[-1]) or not _is_word(keys[i][len(want)]))
         ]
 
+    def opens_block(self, at: int) -> bool:
+        """Whether the next non-blank line after `at` is indented deeper than it."""
+        base = _width(self.lines[at])
+        for k in range(at + 1, len(self.lines)):
+            if self.lines[k].strip():
+                return _width(self.lines[k]) > base
+        return False
+
     def block_end(self, at: int) -> int:
         """End (exclusive) of the indented block the line `at` opens; the file's end if it opens none.
 
@@ -454,13 +464,10 @@ class _File:
         goes on to open the body, as the `):` of a signature split over several lines does.
         """
         n = len(self.lines)
-        base = _width(self.lines[at])
-        j = at + 1
-        while j < n and not self.lines[j].strip():
-            j += 1
-        if j >= n or _width(self.lines[j]) <= base:
+        if not self.opens_block(at):
             return n
-        for k in range(j, n):
+        base = _width(self.lines[at])
+        for k in range(at + 1, n):
             line = self.lines[k].strip()
             if not line or _width(self.lines[k]) > base:
                 continue
@@ -478,7 +485,8 @@ class _File:
 # Locating chunks
 # ---------------------------------------------------------------------------------------
 
-_Region = tuple[int | None, int, int]  # (header line or None, first start, end exclusive)
+# (header line or None, first start, end exclusive, whether only the first match counts)
+_Region = tuple[int | None, int, int, bool]
 
 
 @dataclass(frozen=True)
@@ -500,16 +508,18 @@ def _header_regions(f: _File, chunk: Chunk, start: int, where: str) -> list[_Reg
     """Where the chunk may start once its `@@` headers narrow the search.
 
     Each occurrence of a header opens a region that runs to its next occurrence or the
-    end of the block it opens, whichever is first; nested headers narrow within it.
+    end of the block it opens, whichever is first; nested headers narrow within it. In a
+    block (`def f():`) the chunk must match once; after a line that opens none (a
+    Markdown heading, a TOML table) the first match is the one the header points at.
     """
-    regions: list[_Region] = [(None, start, len(f.lines))]
+    regions: list[_Region] = [(None, start, len(f.lines), False)]
     for header in chunk.headers:
         narrowed: list[_Region] = []
-        for _, lo, hi in regions:
+        for _, lo, hi, _ in regions:
             hits = f.header_hits(header, lo, hi)
             for j, hit in enumerate(hits):
                 end = hits[j + 1] if j + 1 < len(hits) else hi
-                narrowed.append((hit, hit, min(end, f.block_end(hit))))
+                narrowed.append((hit, hit, min(end, f.block_end(hit)), not f.opens_block(hit)))
         if not narrowed:
             _fail(_header_missing(f, header, regions, start, where))
         regions = narrowed
@@ -534,13 +544,13 @@ def _header_missing(f: _File, header: str, regions: list[_Region], start: int, w
 def _find(f: _File, old: list[str], regions: list[_Region], start: int, eof: bool) -> tuple[list[int], int] | None:
     """Candidate starts at the strictest level that finds any, or None.
 
-    With no header every match after `start` is a candidate (more than one is ambiguous);
-    under a header the first match in each header's region is.
+    Every match in a region is a candidate (more than one is ambiguous), except in a
+    region where only the first match counts.
     """
     m, n = len(old), len(f.lines)
-    for level in range(len(LEVELS)):
+    for level in range(len(_LEVELS)):
         found: set[int] = set()
-        for hit, lo, hi in regions:
+        for hit, lo, hi, first_only in regions:
             first = lo if hit is None else max(start, hit - m + 1)  # the body may repeat the header line
             if eof:
                 ms = f.matches(old, level, max(first, f.content_end - m), n - m + 1)
@@ -548,10 +558,7 @@ def _find(f: _File, old: list[str], regions: list[_Region], start: int, eof: boo
                     found.add(ms[-1])
             else:
                 ms = f.matches(old, level, first, hi)
-                if hit is None:
-                    found.update(ms)
-                elif ms:
-                    found.add(ms[0])
+                found.update(ms[:1] if first_only else ms)
         if found:
             return sorted(found), level
     return None
@@ -594,14 +601,14 @@ def _locate(f: _File, chunk: Chunk, start: int, where: str) -> _Placed:
 
 def _ambiguous(f: _File, old: list[str], starts: list[int], level: int, chunk: Chunk, where: str) -> str:
     lines = ", ".join(str(s + 1) for s in starts)
-    how = "" if level == 0 else f" ({LEVELS[level]})"
+    how = "" if level == 0 else f" ({_LEVELS[level]})"
     msg = (
         f"{where}: the lines of this chunk match {len(starts)} places in the file{how}, starting at lines "
         f"{lines}; refusing to guess. Add unchanged lines that differ between these places, or an "
         "'@@ <line>' header naming the enclosing function or class, so that only one place matches."
     )
     if chunk.headers:
-        msg += f" ('@@ {chunk.headers[-1]}' occurs before more than one of them.)"
+        msg += f" ('@@ {chunk.headers[-1]}' does not tell them apart.)"
     for s in starts[:4]:
         msg += f"\nAt line {s + 1}:\n" + f.numbered(s - 2, s + min(len(old), 3))
     return msg
@@ -612,7 +619,7 @@ def _missing(f: _File, chunk: Chunk, regions: list[_Region], start: int, where: 
     msg = f"{where}: could not find the lines this chunk changes"
     msg += f" (searched from line {start + 1}):\n" if start else ":\n"
     msg += _show([f"{op}{text}" for op, text in chunk.lines if op != "+"])
-    whole = [(None, 0, len(f.lines))]
+    whole: list[_Region] = [(None, 0, len(f.lines), False)]
     anywhere = _find(f, old, whole, 0, False)
     if anywhere is not None:
         at = ", ".join(str(s + 1) for s in anywhere[0])
@@ -624,7 +631,7 @@ def _missing(f: _File, chunk: Chunk, regions: list[_Region], start: int, where: 
         if chunk.end_of_file and _find(f, old, whole, 0, True) is None:
             return msg + f"\n'*** End of File' says they end the file, but they are at line {at} of {len(f.lines)}."
         if chunk.headers:
-            hits = ", ".join(str(h + 1) for h, _, _ in regions)
+            hits = ", ".join(str(h + 1) for h, *_ in regions)
             return msg + (
                 f"\nThey are at line {at}, which is not inside the block that '@@ {chunk.headers[-1]}' "
                 f"(line {hits}) opens. Fix the '@@' line or drop it."
@@ -639,8 +646,9 @@ def _similar_lines(f: _File, wanted: list[str], limit: int) -> list[tuple[int, i
     """(file line, index in `wanted`) for the file lines most like a wanted line, best first.
 
     Bounded for large files: the three longest wanted lines are tried; file lines are
-    ranked by the identifiers they share with it (cheap, and what matters in code), and
-    only the top few are confirmed with difflib's ratio (≥ 0.6).
+    ranked cheaply by the identifiers they share with it (what matters in code), or,
+    when that finds nothing, by difflib's quick_ratio (which survives typos in the
+    identifiers); only the top few are confirmed with difflib's ratio (≥ 0.6).
     """
     scored: dict[int, tuple[float, int]] = {}
     stripped = [line.strip() for line in f.lines[:50000]]
@@ -649,11 +657,25 @@ def _similar_lines(f: _File, wanted: list[str], limit: int) -> list[tuple[int, i
     for j in tried:
         want = wanted[j].strip()
         want_words = set(_WORD_RE.findall(want))
-        overlap = ((len(want_words & w) / len(want_words | w), -k) for k, w in enumerate(words) if want_words & w)
-        for _, k in heapq.nlargest(25, overlap):
-            r = difflib.SequenceMatcher(None, stripped[-k], want).ratio()
-            if r >= 0.6 and r > scored.get(-k, (0.0, 0))[0]:
-                scored[-k] = (r, j)
+        sm = difflib.SequenceMatcher(None, "", want)
+
+        def confirm(ranked: list[tuple[float, int]]) -> bool:
+            hit = False
+            for _, k in ranked:
+                sm.set_seq1(stripped[k])
+                if (r := sm.ratio()) >= 0.6:
+                    hit = True
+                    if r > scored.get(k, (0.0, 0))[0]:
+                        scored[k] = (r, j)
+            return hit
+
+        def quick(line: str) -> float:
+            sm.set_seq1(line)
+            return sm.quick_ratio() if sm.real_quick_ratio() >= 0.6 else 0.0
+
+        by_words = ((len(want_words & w) / len(want_words | w), k) for k, w in enumerate(words) if want_words & w)
+        if not confirm(heapq.nlargest(25, by_words)):
+            confirm(heapq.nlargest(25, ((quick(line), k) for k, line in enumerate(stripped) if line)))
     best = sorted(scored, key=lambda k: (-scored[k][0], k))[:limit]
     return [(k, scored[k][1]) for k in best]
 
@@ -736,9 +758,11 @@ def _update(op: FileOp, data: bytes) -> bytes:
     f = _File(data)
     out: list[tuple[str, str]] = []  # (text, ending); "" ending = the file's own line ending
     cur = 0
+    ends_file = False  # an End of File chunk changes the last line: Codex then ends it with a newline
     for k, chunk in enumerate(op.chunks, 1):
         where = f"{op.path}, chunk {k} of {len(op.chunks)} (patch line {chunk.patch_line})"
         placed = _locate(f, chunk, cur, where)
+        ends_file = ends_file or (chunk.end_of_file and placed.ops[-1][0] != " ")
         out.extend(zip(f.lines[cur : placed.pos], f.eols[cur : placed.pos]))
         m = len(_old(placed.ops))
         shift = _indent_map(placed.ops, f.lines[placed.pos : placed.pos + m]) if placed.level >= 2 else None
@@ -759,8 +783,6 @@ def _update(op: FileOp, data: bytes) -> bytes:
                 out.append((text, ""))
         cur = at
     out.extend(zip(f.lines[cur:], f.eols[cur:]))
-    # Codex ends an edited last line with a newline; otherwise a missing one stays missing.
-    ends_file = any(c.end_of_file and any(o != " " for o, _ in c.lines) for c in op.chunks)
     keep_missing = not f.final_newline and not ends_file
     pieces = ["\ufeff"] if f.bom else []
     for text, eol in out:
@@ -788,7 +810,10 @@ def _apply_op(op: FileOp, read: Callable[[str], bytes | None]) -> FileChange:
     data = _read(read, op.path)
     if op.kind == "add":
         if data is not None:
-            _fail(f"{op.path} (patch line {op.patch_line}): '*** Add File' but the file already exists; use '*** Update File' to change it.")
+            _fail(
+                f"{op.path} (patch line {op.patch_line}): '*** Add File' but the file already exists; "
+                "use '*** Update File' to change it."
+            )
         return FileChange(op.path, "add", None, _encode(op.content or "", op.path))
     if data is None:
         verb = "Delete" if op.kind == "delete" else "Update"
@@ -796,7 +821,10 @@ def _apply_op(op: FileOp, read: Callable[[str], bytes | None]) -> FileChange:
     if op.kind == "delete":
         return FileChange(op.path, "delete", None, None)
     if op.new_path is not None and _read(read, op.new_path) is not None:
-        _fail(f"{op.path} (patch line {op.patch_line}): '*** Move to: {op.new_path}' but that file already exists; refusing to overwrite it.")
+        _fail(
+            f"{op.path} (patch line {op.patch_line}): '*** Move to: {op.new_path}' but that file already exists; "
+            "refusing to overwrite it."
+        )
     if not op.chunks:
         return FileChange(op.path, "update", op.new_path, data)  # a pure move keeps every byte
     if b"\x00" in data[:8192]:

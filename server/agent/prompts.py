@@ -21,16 +21,23 @@ command as a list of arguments and a timeout_ms when a command needs longer than
 that cover your change) until they pass or you know why they cannot.
 - Do not commit; the harness commits your work when you finish.
 - Refuse to write malware or anything meant to harm people or systems.
+- Every tool output starts with its chunk id (`Chunk: c3`): the log keeps that output under \
+this id, and your final message cites it as evidence. Old outputs may later be hidden to save \
+context; run the command again if you need to see one.
 
 When you are done, end with a final message in this shape:
 ## Summary
-What you changed and why, citing files as path:Lstart-Lend.
+What you changed and why, citing the files as path:Lstart-Lend (line numbers of the files as \
+they are now, after your change).
 ## Testing
-One line per check you ran: the command, then passed, failed, or blocked by the environment.
-Report honestly: never claim a check passed that you did not see pass."""
+One line per check you ran: the command, then passed, failed, or blocked by the environment, \
+then the chunk of its last run in brackets, e.g. "- python3 -m unittest -q: passed [c7]".
+Report honestly: never claim a check passed that you did not see pass; the harness verifies \
+every citation."""
 
 ASK = """This is a question, not a change: the workspace is read-only and you have no patch tool. \
-Read the code with the shell tool, then answer in Markdown, citing files as path:Lstart-Lend. \
+Read the code with the shell tool, then answer in Markdown, citing files as path:Lstart-Lend \
+(and command outputs by their chunk, e.g. [c2]). \
 Mermaid diagrams (```mermaid) are welcome where they help."""
 
 

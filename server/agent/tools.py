@@ -173,6 +173,8 @@ class Tools:
     def call(self, call_id: str, name: str, arguments: str, custom: bool = False) -> ToolResult:
         """Runs one call; `custom` marks a freeform call whose `arguments` is the raw input."""
         specs = {spec["name"]: spec for spec in tool_specs(self.read_only)}
+        if name == "apply_patch" and self.read_only:
+            return ToolResult("error: this is a read-only task; files cannot be edited", {"error": "read-only"})
         if name not in specs:
             return ToolResult(f"error: unknown tool {name!r}; the tools are: {', '.join(specs)}",
                               {"error": "unknown tool"})
@@ -228,20 +230,45 @@ class Tools:
                                  "command": command, "run_duration": round(result.duration, 4)})
 
     def patch(self, text: str) -> ToolResult:
+        """Applies a patch all or nothing: a write that fails halfway puts back what was written."""
+        before: dict[str, bytes | None] = {}
+
+        def read(path: str) -> bytes | None:
+            before[path] = self.sandbox.read_file(path)
+            return before[path]
+
         try:
-            changes, summary = apply_patch(text, self.sandbox.read_file)
-            for change in changes:
-                if change.kind == "delete":
-                    self.sandbox.delete_file(change.path)
-                else:
-                    if change.new_path:
-                        self.sandbox.write_file(change.new_path, change.content)
-                        self.sandbox.delete_file(change.path)
-                    else:
-                        self.sandbox.write_file(change.path, change.content)
+            changes, summary = apply_patch(text, read)
         except (PatchError, SandboxError) as e:
             return ToolResult(f"error: the patch was not applied, nothing changed: {e}", {"error": str(e)})
+        written: list[str] = []
+        try:
+            for change in changes:
+                for path in filter(None, (change.path, change.new_path)):
+                    if path not in before:
+                        read(path)
+                if change.new_path:
+                    written.append(change.new_path)
+                    self.sandbox.write_file(change.new_path, change.content)
+                written.append(change.path)
+                if change.kind == "delete" or change.new_path:
+                    self.sandbox.delete_file(change.path)
+                else:
+                    self.sandbox.write_file(change.path, change.content)
+        except SandboxError as e:
+            self._restore({path: before[path] for path in written})
+            return ToolResult(f"error: the patch was not applied, nothing changed: {e}", {"error": str(e)})
         return ToolResult(summary, {"files": [c.new_path or c.path for c in changes]})
+
+    def _restore(self, files: dict[str, bytes | None]) -> None:
+        for path, data in files.items():
+            try:
+                if data is None:
+                    self.sandbox.delete_file(path)
+                else:
+                    self.sandbox.write_file(path, data)
+            except SandboxError:
+                pass  # the sandbox itself is gone; there is nothing left to keep consistent
 
     def update_plan(self, args: dict) -> ToolResult:
         plan = args["plan"]

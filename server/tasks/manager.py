@@ -170,8 +170,10 @@ class TaskManager:
                     result = await run_agent(
                         sandbox, model, record["prompt"], lambda kind, data: self._emit(record, kind, data),
                         cancel, read_only=record["kind"] == "ask",
-                        budget=Budget(config.get("budget.max_steps"), config.get("budget.max_tokens"),
-                                      config.get("budget.max_minutes")),
+                        budget=Budget(max_steps=config.get("budget.max_steps"),
+                                      max_tokens=config.get("budget.max_tokens"),
+                                      max_minutes=config.get("budget.max_minutes"),
+                                      max_cost_usd=config.get("budget.max_cost_usd")),
                     )
                 finally:
                     await model.close()

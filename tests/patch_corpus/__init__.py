@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import time
 import tomllib
-from dataclasses import dataclass, field
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from offload.server.agent.patch import PatchError, apply_patch
@@ -44,14 +45,15 @@ class Case:
 
 @dataclass
 class Outcome:
-    """How one case went: `ok` is the verdict; `misapplied` means changes came back that are wrong."""
+    """How one case went: `ok` is the verdict; `refused` means a PatchError; `misapplied` means
+    changes came back that are wrong (for a case that must be refused, any changes at all)."""
 
     case: Case
     ok: bool
+    refused: bool
     misapplied: bool
     seconds: float
     detail: str = ""
-    changes: dict[str, bytes | None] = field(default_factory=dict)
 
 
 def _bytes(text: str, crlf: bool) -> bytes:
@@ -90,29 +92,28 @@ def run_case(case: Case) -> Outcome:
     except PatchError as e:
         elapsed = time.perf_counter() - t0
         if case.expect is not None:
-            return Outcome(case, False, False, elapsed, f"refused a patch with one right answer:\n{e}")
+            return Outcome(case, False, True, False, elapsed, f"refused a patch with one right answer:\n{e}")
         if case.refused and case.refused not in str(e):
-            return Outcome(case, False, False, elapsed, f"refused, but the message lacks {case.refused!r}:\n{e}")
-        return Outcome(case, True, False, elapsed, str(e))
+            return Outcome(case, False, True, False, elapsed, f"refused, but the message lacks {case.refused!r}:\n{e}")
+        return Outcome(case, True, True, False, elapsed, str(e))
+    except Exception:
+        return Outcome(case, False, False, False, time.perf_counter() - t0, f"crashed:\n{traceback.format_exc()}")
     elapsed = time.perf_counter() - t0
     after = dict(case.files)
-    written: dict[str, bytes | None] = {}
     for c in changes:
         if c.kind == "delete" or c.new_path:
             after.pop(c.path, None)
-            written[c.path] = None
         if c.content is not None:
             after[c.new_path or c.path] = c.content
-            written[c.new_path or c.path] = c.content
     if case.expect is None:
-        return Outcome(case, False, True, elapsed, f"applied a patch that must be refused:\n{summary}", written)
+        return Outcome(case, False, False, True, elapsed, f"applied a patch that must be refused:\n{summary}")
     if after != case.expect:
         diffs = [
             f"{p}: expected {case.expect.get(p)!r}\n{' ' * len(p)}  got      {after.get(p)!r}"
             for p in sorted(set(after) | set(case.expect))
             if after.get(p) != case.expect.get(p)
         ]
-        return Outcome(case, False, True, elapsed, "wrong result:\n" + "\n".join(diffs), written)
+        return Outcome(case, False, False, True, elapsed, "wrong result:\n" + "\n".join(diffs))
     if case.summary is not None and summary != case.summary:
-        return Outcome(case, False, False, elapsed, f"summary {summary!r} != {case.summary!r}", written)
-    return Outcome(case, True, False, elapsed, summary, written)
+        return Outcome(case, False, False, False, elapsed, f"summary {summary!r} != {case.summary!r}")
+    return Outcome(case, True, False, False, elapsed, summary)

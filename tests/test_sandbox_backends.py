@@ -1,0 +1,234 @@
+"""Both sandbox backends, Docker and bubblewrap, behave the same on a real git repository."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from offload.sandbox import bwrap_backend
+from offload.sandbox.errors import SandboxError
+from offload.sandbox.manager import SandboxConfig, SandboxManager
+
+BACKENDS = [pytest.param("docker", marks=pytest.mark.docker), "bubblewrap"]
+
+
+@pytest.fixture(scope="session")
+def bubblewrap():
+    """A host where bubblewrap sandboxes start; a failure (not a skip) under CI=true."""
+    try:
+        bwrap_backend.available()
+    except SandboxError as e:
+        if os.environ.get("CI"):
+            pytest.fail(str(e))
+        pytest.skip(str(e))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    request.getfixturevalue("docker_engine" if request.param == "docker" else "bubblewrap")
+    return request.param
+
+
+@pytest.fixture
+def make_manager(backend, tmp_path):
+    """SandboxManager factory on the backend under test; every sandbox is destroyed at the end."""
+    managers = []
+
+    def make(**settings) -> SandboxManager:
+        owner = f"offload-test-{uuid.uuid4().hex[:8]}"  # lists only what this test made
+        manager = SandboxManager(SandboxConfig(backend=backend, **settings), tmp_path / "cache", owner=owner)
+        managers.append(manager)
+        return manager
+
+    yield make
+    for manager in managers:
+        manager.close()
+
+
+@pytest.fixture
+def sandbox(make_manager, sample_repo):
+    manager = make_manager()
+    return manager.create(manager.snapshot(sample_repo))
+
+
+def tree_digest(root: Path) -> str:
+    """Every path, mode and content under root (the snapshot's .git included)."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        stat = path.lstat()
+        digest.update(f"{path.relative_to(root)}\0{stat.st_mode}\0".encode())
+        if path.is_file() and not path.is_symlink():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def host_processes_mentioning(text: str) -> list[int]:
+    """Host pids whose command line contains `text` (zombies have none)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def wait_until(predicate, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_run_reports_exit_code_output_and_working_directory(sandbox, backend):
+    assert sandbox.backend.backend == backend
+    result = sandbox.run(["sh", "-c", "pwd; echo out; echo err >&2; exit 3"])
+    assert result.exit_code == 3 and not result.timed_out
+    assert result.output.splitlines() == ["/workspace", "out", "err"]
+    assert sandbox.run(["git", "log", "--format=%s"]).output.strip() == "Offload snapshot"
+    assert sandbox.run(["whoami"]).output.strip() == "offload"
+
+
+def test_a_subdirectory_task_starts_there(make_manager, sample_repo):
+    (sample_repo / "pkg").mkdir()
+    (sample_repo / "pkg" / "mod.py").write_text("x = 1\n")
+    manager = make_manager()
+    sandbox = manager.create(manager.snapshot(sample_repo / "pkg"))
+    assert sandbox.workdir == "/workspace/pkg"
+    assert sandbox.run(["pwd"]).output.strip() == "/workspace/pkg"
+    assert sandbox.read_file("mod.py") == b"x = 1\n"
+    with pytest.raises(SandboxError, match="outside the workspace"):
+        sandbox.run(["pwd"], workdir="../..")
+
+
+def test_a_command_past_its_timeout_is_stopped(sandbox):
+    result = sandbox.run(["sleep", "30"], timeout=0.5)
+    assert result.timed_out and result.exit_code != 0
+
+
+def test_files_are_read_written_and_deleted(sandbox):
+    assert b"def add(a, b)" in sandbox.read_file("calc.py")
+    assert sandbox.read_file("missing.txt") is None
+    sandbox.write_file("sub/dir/new.txt", b"hello\n")
+    assert sandbox.run(["cat", "sub/dir/new.txt"]).output == "hello\n"
+    sandbox.run(["sh", "-c", "echo from-shell > shell.txt"])
+    assert sandbox.read_file("shell.txt") == b"from-shell\n"
+    sandbox.delete_file("README.md")
+    assert sandbox.read_file("README.md") is None
+    assert sandbox.run(["test", "-e", "README.md"]).exit_code == 1
+
+
+def test_commit_diff_and_export_show_the_change(sandbox):
+    calc = sandbox.read_file("calc.py").replace(b"return a - b", b"return a + b")
+    sandbox.write_file("calc.py", calc)
+    sandbox.write_file("notes.txt", b"new\n")
+    sandbox.delete_file("README.md")
+    assert "calc.py" in sandbox.run(["git", "status", "--porcelain"]).output
+
+    commit = sandbox.commit("Fix add")
+    assert commit and sandbox.run(["git", "log", "-1", "--format=%H %s"]).output.strip() == f"{commit} Fix add"
+    assert sandbox.commit("nothing") is None
+    diff = sandbox.diff()
+    assert "-    return a - b" in diff and "+    return a + b" in diff and "+new" in diff
+    changes = {c.path: c for c in sandbox.export()}
+    assert {p: c.status for p, c in changes.items()} == {"calc.py": "modified", "notes.txt": "added",
+                                                        "README.md": "deleted"}
+    assert changes["calc.py"].result == calc and b"return a - b" in changes["calc.py"].base
+    assert changes["README.md"].result is None and changes["notes.txt"].base is None
+
+
+def test_the_snapshot_cache_is_unchanged_by_a_sandbox_that_writes(sandbox):
+    before = tree_digest(sandbox.snapshot.path)
+    sandbox.write_file("calc.py", b"changed\n")
+    sandbox.run(["sh", "-c", "echo x > made.txt && mkdir -p d && touch d/f && rm test_calc.py"])
+    sandbox.commit("change everything")
+    sandbox.run(["git", "gc", "-q"])
+    assert sandbox.read_file("calc.py") == b"changed\n"
+    assert tree_digest(sandbox.snapshot.path) == before
+
+
+def test_two_sandboxes_from_one_snapshot_do_not_see_each_other(make_manager, sample_repo):
+    manager = make_manager()
+    snapshot = manager.snapshot(sample_repo)
+    first, second = manager.create(snapshot), manager.create(snapshot)
+    first.write_file("calc.py", b"first\n")
+    first.run(["sh", "-c", "echo one > /tmp/mine"])
+    second.write_file("only-second.txt", b"2\n")
+    assert b"def add(a, b)" in second.read_file("calc.py")
+    assert first.read_file("only-second.txt") is None
+    assert second.run(["cat", "/tmp/mine"]).exit_code != 0
+    assert first.commit("first") and second.commit("second")
+    assert first.diff() != second.diff()
+
+
+def test_destroy_leaves_nothing_behind(make_manager, sample_repo, backend, docker_engine_if_docker):
+    manager = make_manager()
+    sandbox = manager.create(manager.snapshot(sample_repo))
+    sandbox.run(["sh", "-c", "echo x > file.txt"])
+    if backend == "docker":
+        container = sandbox.backend.container.id
+        manager.destroy(sandbox.id)
+        assert not docker_engine_if_docker.containers.list(all=True, filters={"id": container})
+    else:
+        directory, pid = sandbox.backend.directory, sandbox.backend.pid
+        assert pid and host_processes_mentioning(str(directory))
+        manager.destroy(sandbox.id)
+        assert not directory.exists()
+        assert wait_until(lambda: not host_processes_mentioning(str(directory)))
+        assert not list((directory.parent).iterdir())
+    assert manager.list() == []
+
+
+@pytest.fixture
+def docker_engine_if_docker(backend, request):
+    return request.getfixturevalue("docker_engine") if backend == "docker" else None
+
+
+def test_list_shows_the_live_sandboxes_of_this_owner(make_manager, sample_repo):
+    manager = make_manager()
+    sandbox = manager.create(manager.snapshot(sample_repo), {"offload.task": "t1"})
+    [listed] = manager.list()
+    assert listed["offload.sandbox"] == sandbox.id and listed["offload.task"] == "t1"
+    assert listed["status"] == "running"
+
+
+# --- choosing a backend ---------------------------------------------------------------------
+
+
+def test_auto_picks_docker_where_an_engine_answers(docker_engine, tmp_path):
+    assert SandboxManager(SandboxConfig(backend="auto"), tmp_path).backend_name() == "docker"
+
+
+def test_auto_falls_back_to_bubblewrap_without_an_engine(bubblewrap, sample_repo, tmp_path):
+    manager = SandboxManager(SandboxConfig(backend="auto", docker_host="unix:///nonexistent/docker.sock"), tmp_path)
+    try:
+        sandbox = manager.create(manager.snapshot(sample_repo))
+        assert sandbox.backend.backend == "bubblewrap"
+        assert sandbox.run(["echo", "ok"]).output == "ok\n"
+    finally:
+        manager.close()
+
+
+def test_a_backend_that_cannot_work_names_the_fix(tmp_path, monkeypatch):
+    with pytest.raises(SandboxError, match="must be \"auto\", \"docker\" or \"bubblewrap\""):
+        SandboxManager(SandboxConfig(backend="podman"), tmp_path).backend_name()
+    with pytest.raises(SandboxError, match="no Docker engine answers.*Start it"):
+        SandboxManager(SandboxConfig(backend="docker", docker_host="unix:///nonexistent/docker.sock"),
+                       tmp_path).backend_name()
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    with pytest.raises(SandboxError, match="apt-get install -y bubblewrap"):
+        SandboxManager(SandboxConfig(backend="bubblewrap"), tmp_path).backend_name()
+    with pytest.raises(SandboxError, match="no sandbox backend works here.*Docker.*Bubblewrap.*bubblewrap"):
+        SandboxManager(SandboxConfig(backend="auto", docker_host="unix:///nonexistent/docker.sock"),
+                       tmp_path).backend_name()
