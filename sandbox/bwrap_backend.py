@@ -7,7 +7,16 @@ so `unshare -Urm` makes a user and mount namespace where it may, and bwrap runs 
     sh (join limits) → unshare -Urm sh (mount overlay) → bwrap (namespaces, binds) → runner
 
 Inside, only system directories are bound (read-only), the user is non-root, there is no
-network, and the runner's stdin/stdout is the channel.
+network, and the runner's stdin/stdout is the channel. Everything writable (the upper layer,
+/tmp, home, /dev/shm) lives on one size-limited tmpfs private to the sandbox's mount namespace,
+so a full disk stays inside and nothing is left on the host when the sandbox ends. Memory,
+process count and CPU are held by child cgroups of our own where the host lets us make them,
+else by rlimits (RLIMIT_AS per process, RLIMIT_NPROC per sandbox user namespace). The tmpfs is
+memory, charged to the sandbox's cgroup: its limit is memory + disk, so files alone fill the
+disk (ENOSPC) rather than wake the OOM killer, which would pick the runner.
+
+Run as root, the sandbox user is the host's uid 0 without capabilities, as in a rootful Docker
+container; so, as Docker does, the kernel's global settings under /proc are made read-only.
 """
 
 from __future__ import annotations
@@ -16,9 +25,11 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
@@ -33,17 +44,27 @@ _SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 # The host's /etc holds secrets; only what programs need to start is bound.
 _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "nsswitch.conf", "ssl/certs")
 _ETC_NETWORK = ("resolv.conf", "hosts")
+# Docker's defaults: /proc entries that change or reveal the host, read-only or hidden.
+_PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "asound")
+_PROC_HIDDEN = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats", "timer_stats")
 
 # The outer shell runs on the host; the inner one as root of a fresh user namespace (that is,
-# as the caller), where it may mount the overlay. $1 is the sandbox directory, $2 the snapshot.
+# as the caller), where it may mount a tmpfs and the overlay. $1 is the sandbox directory, $2
+# the snapshot, $3 the tmpfs size. bwrap's stderr is dropped: the sandbox could write to it.
 _SETUP = """set -e
 layer=$1/layer
-mkdir "$layer/upper" "$layer/work" "$layer/ws" "$layer/home" "$layer/tmp"
+mount -t tmpfs -o "size=$3,mode=0755" offload "$layer"
+mkdir "$layer/upper" "$layer/work" "$layer/ws" "$layer/home" "$layer/tmp" "$layer/shm"
 mount -t overlay overlay -o "lowerdir=$2,upperdir=$layer/upper,workdir=$layer/work" "$layer/ws"
-shift 2
+shift 3
 exec 2>/dev/null
 exec "$@"
 """
+
+
+# `--die-with-parent` fires when the *thread* that spawned bwrap ends, so every sandbox is
+# spawned from this one thread, which lives as long as the process.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offload-bwrap-spawner")
 
 
 class BwrapSandbox:
@@ -51,10 +72,12 @@ class BwrapSandbox:
 
     backend = "bubblewrap"
 
-    def __init__(self, sandbox_id: str, directory: Path, runner: RunnerClient) -> None:
+    def __init__(self, sandbox_id: str, directory: Path, runner: RunnerClient, cgroups: _Cgroups | None) -> None:
         self.id = sandbox_id
         self.directory = directory
         self.runner = runner
+        self.cgroups = cgroups
+        self.limits = "cgroup" if cgroups else "rlimit"
         self.workspace = WORKSPACE
 
     @property
@@ -71,6 +94,8 @@ class BwrapSandbox:
         pid = self.pid
         if pid is not None:
             _kill(pid)
+        if self.cgroups:
+            self.cgroups.remove()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
@@ -85,9 +110,119 @@ def _pid(directory: Path) -> int | None:
 
 def _kill(pid: int) -> None:
     try:
-        os.kill(pid, 9)
+        os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def parse_size(size: str) -> int:
+    """Bytes in a Docker-style size: 512m, 2g, 1048576."""
+    text = str(size).strip().lower().removesuffix("b")
+    scale = 1 << (10 * "kmgt".index(text[-1]) + 10) if text and text[-1] in "kmgt" else 1
+    try:
+        return int(float(text.rstrip("kmgt")) * scale)
+    except ValueError:
+        raise SandboxError(f"not a size: {size!r} (write e.g. 512m or 2g)") from None
+
+
+class _Cgroups:
+    """Child cgroups of our own (cgroup v1 or v2) holding one sandbox's processes to its limits."""
+
+    def __init__(self, dirs: list[Path]) -> None:
+        self.dirs = dirs
+
+    @classmethod
+    def make(cls, name: str, memory: int, pids: int, cpus: float) -> _Cgroups | None:
+        """The sandbox's cgroups, or None where this host does not let us make them."""
+        own = _own_cgroups()
+        if "memory" not in own or "pids" not in own:
+            return None
+        quota = max(1000, int(cpus * 100_000))
+        settings = {  # controller: {version: [(file, value, required)]}
+            "memory": {1: [("memory.limit_in_bytes", memory, True), ("memory.memsw.limit_in_bytes", memory, False)],
+                       2: [("memory.max", memory, True), ("memory.swap.max", 0, False)]},
+            "pids": {1: [("pids.max", pids, True)], 2: [("pids.max", pids, True)]},
+            "cpu": {1: [("cpu.cfs_period_us", 100_000, False), ("cpu.cfs_quota_us", quota, False)],
+                    2: [("cpu.max", f"{quota} 100000", False)]},
+        }
+        made = cls([])
+        try:
+            for controller, (parent, version) in own.items():
+                child = parent / f"offload-{name}"
+                if child not in made.dirs:
+                    child.mkdir()
+                    made.dirs.append(child)
+                for file, value, required in settings[controller][version]:
+                    try:
+                        (child / file).write_text(str(value))
+                    except OSError:
+                        if required:
+                            raise
+        except OSError:
+            made.remove()
+            return None
+        return made
+
+    @classmethod
+    def of(cls, name: str) -> _Cgroups:
+        """The cgroups a sandbox of ours by that name would have (to remove a dead one's)."""
+        return cls([parent / f"offload-{name}" for parent, _ in set(_own_cgroups().values())])
+
+    def procs_files(self) -> list[Path]:
+        return [d / "cgroup.procs" for d in self.dirs]
+
+    def remove(self) -> None:
+        """Kill whatever is left in the cgroups and remove them."""
+        for directory in self.dirs:
+            for _ in range(250):
+                try:
+                    directory.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    try:
+                        members = (directory / "cgroup.procs").read_text().split()
+                    except OSError:
+                        break
+                    for pid in members:
+                        _kill(int(pid))
+                    time.sleep(0.02)
+
+
+def _own_cgroups() -> dict[str, tuple[Path, int]]:
+    """For memory, pids and cpu: the directory of our own cgroup and its cgroup version, where
+    we may make children (v1 always; v2 when our cgroup delegates the controller)."""
+    mounts = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields, _, tail = line.partition(" - ")
+        root, mountpoint = fields.split()[3:5]
+        fstype, _, options = tail.split()[:3]
+        if fstype == "cgroup2":
+            mounts[""] = (root, mountpoint)
+        elif fstype == "cgroup":
+            for option in options.split(","):
+                mounts.setdefault(option, (root, mountpoint))
+    found: dict[str, tuple[Path, int]] = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else [""]:
+            if controller not in mounts or not (path + "/").startswith(mounts[controller][0].rstrip("/") + "/"):
+                continue
+            root, mountpoint = mounts[controller]
+            own = Path(mountpoint, os.path.relpath(path, root))
+            if controller in ("memory", "pids", "cpu"):
+                found[controller] = (own, 1)
+            elif controller == "":  # ours, else (as root) the top, where a daemon may make its own
+                for candidate in (own, Path(mountpoint)):
+                    try:
+                        delegated = (candidate / "cgroup.subtree_control").read_text().split()
+                    except OSError:
+                        delegated = []
+                    for name in ("memory", "pids", "cpu"):
+                        if name in delegated and os.access(candidate, os.W_OK):
+                            found.setdefault(name, (candidate, 2))
+    return {c: where for c, where in found.items() if os.access(where[0], os.W_OK)}
 
 
 @cache
@@ -112,7 +247,7 @@ def available() -> None:
     host_python()
 
 
-def _bwrap_argv(directory: Path, network: bool) -> list[str]:
+def _bwrap_argv(directory: Path, network: bool, rlimits: list[str]) -> list[str]:
     layer = directory / "layer"
     argv = ["bwrap", "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
             "--disable-userns", "--die-with-parent", "--new-session", "--hostname", "offload"]
@@ -128,12 +263,19 @@ def _bwrap_argv(directory: Path, network: bool) -> list[str]:
         argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     for name in ("passwd", "group"):
         argv += ["--ro-bind", str(directory / name), f"/etc/{name}"]
-    argv += ["--proc", "/proc", "--dev", "/dev",
+    argv += ["--proc", "/proc"]
+    for name in _PROC_READ_ONLY:
+        if os.path.exists(f"/proc/{name}"):
+            argv += ["--ro-bind", f"/proc/{name}", f"/proc/{name}"]
+    for name in _PROC_HIDDEN:
+        if os.path.exists(f"/proc/{name}"):
+            argv += ["--ro-bind", "/dev/null", f"/proc/{name}"]
+    argv += ["--dev", "/dev", "--bind", f"{layer}/shm", "/dev/shm", "--remount-ro", "/dev",
              "--bind", f"{layer}/tmp", "/tmp", "--bind", f"{layer}/home", HOME, "--bind", f"{layer}/ws", WORKSPACE,
              "--remount-ro", "/", "--chdir", WORKSPACE, "--clearenv"]
     for key, value in RUNNER_ENV.items():
         argv += ["--setenv", key, value]
-    return argv + ["--", host_python(), "-I", "-u", "-c", runner_source(), "--root", WORKSPACE]
+    return argv + ["--", *rlimits, host_python(), "-I", "-u", "-c", runner_source(), "--root", WORKSPACE]
 
 
 def _write_identity(directory: Path) -> None:
@@ -161,16 +303,24 @@ def create(
     if any(c in lower for c in ",:\\"):
         raise SandboxError(f"the snapshot path {lower} holds a character overlayfs cannot take (, : \\); "
                            "set XDG_CACHE_HOME to a plainer directory")
+    memory_bytes, disk_bytes = parse_size(memory), parse_size(disk)
+    prune(cache_dir)
     directory = Path(cache_dir).resolve() / "sandboxes" / sandbox_id
     (directory / "layer").mkdir(parents=True)
     _write_identity(directory)
     all_labels = {**labels, "offload.sandbox": sandbox_id, "offload.created": str(int(time.time()))}
     (directory / "labels.json").write_text(json.dumps(all_labels))
+    cgroups = _Cgroups.make(sandbox_id, memory_bytes + disk_bytes, pids, cpus)
+    # Without cgroups: rlimits set inside the sandbox's user namespace, so NPROC counts only its processes.
+    rlimits = [] if cgroups else ["prlimit", f"--as={memory_bytes}", f"--nproc={pids}", "--"]
     outer = 'set -e\nexec 2>"$1/setup.log"\necho $$ > "$1/pid"\n'
+    outer += "".join(f"echo $$ > {shlex.quote(str(f))}\n" for f in (cgroups.procs_files() if cgroups else []))
     outer += f'exec unshare -Urm sh -c {shlex.quote(_SETUP)} offload-sandbox "$@"\n'
-    argv = ["sh", "-c", outer, "offload-sandbox", str(directory), lower, *_bwrap_argv(directory, network)]
-    runner = RunnerClient(*local_transport(argv, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}))
-    sandbox = BwrapSandbox(sandbox_id, directory, runner)
+    argv = ["sh", "-c", outer, "offload-sandbox", str(directory), lower, str(disk_bytes),
+            *_bwrap_argv(directory, network, rlimits)]
+    transport = _SPAWNER.submit(local_transport, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}).result()
+    runner = RunnerClient(*transport)
+    sandbox = BwrapSandbox(sandbox_id, directory, runner, cgroups)
     try:
         runner.ping()
     except Exception as e:
@@ -178,6 +328,18 @@ def create(
         sandbox.destroy()
         raise SandboxError(f"the bubblewrap sandbox did not start: {log or e}; `offload doctor` shows why") from e
     return sandbox
+
+
+def prune(cache_dir: Path, older_than: float = 60.0) -> None:
+    """Remove what sandboxes whose process is gone left behind (their host was killed)."""
+    for directory in (Path(cache_dir) / "sandboxes").glob("*/"):
+        try:
+            stale = _pid(directory) is None and time.time() - directory.stat().st_mtime > older_than
+        except FileNotFoundError:
+            continue
+        if stale:
+            _Cgroups.of(directory.name).remove()
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def list_sandboxes(cache_dir: Path, owner: str | None = None) -> list[dict]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import docker.types
 
 from .channel import RunnerClient, runner_source
 from .errors import SandboxError
@@ -156,6 +157,9 @@ def create(
             memswap_limit=memory,
             nano_cpus=int(cpus * 1e9),
             init=True,
+            # No container log: anything in the sandbox can write to its init's stdout (/proc/1/fd/1),
+            # and json-file would store it on the host's disk without bound.
+            log_config=docker.types.LogConfig(type=docker.types.LogConfig.types.NONE),
             labels=all_labels,
         )
     except docker.errors.ImageNotFound as e:

@@ -133,3 +133,13 @@ def _check_out(work: Path, tree: str) -> None:
     _git(["update-ref", "refs/heads/main", commit], cwd=work)
     _git(["config", "user.name", "Offload"], cwd=work)
     _git(["config", "user.email", "offload@localhost"], cwd=work)
+
+
+def load_snapshot(cache_dir: str | os.PathLike, tree: str, root: Path, subdir: str = "") -> Snapshot:
+    """A snapshot taken earlier, still in the cache: a follow-up starts from the same base."""
+    path = Path(cache_dir) / "snapshots" / tree
+    if not path.is_dir():
+        raise SandboxError(f"the snapshot {tree[:12]} this task started from is no longer cached; start a new task")
+    os.utime(path)
+    subdir = "" if subdir in ("", ".") else subdir
+    return Snapshot(root=root, subdir=subdir, tree=tree, base=_git(["rev-parse", "HEAD"], cwd=path), path=path)

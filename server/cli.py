@@ -69,13 +69,17 @@ FINAL = ("finished", "failed", "cancelled")
 
 
 async def _run_task(args: argparse.Namespace, kind: str) -> int:
-    repo = Path(args.repo).expanduser().resolve()
+    manager = TaskManager()
+    if kind == "followup":
+        previous = manager.get(args.id)
+        repo, kind = Path(previous["repo"]), previous["kind"]
+    else:
+        repo = Path(args.repo).expanduser().resolve()
     try:
         cfg.resolve_model(cfg.load_config(repo))  # fail at once, before any sandbox, when no model is set
     except cfg.ConfigError as e:
         print(f"offload: {e}", file=sys.stderr)
         return EXIT_USAGE
-    manager = TaskManager()
 
     display = LiveDisplay(sys.stderr) if sys.stderr.isatty() and not args.json else None
 
@@ -91,7 +95,10 @@ async def _run_task(args: argparse.Namespace, kind: str) -> int:
 
     manager.listeners.append(show)
     try:
-        record = manager.submit(args.prompt, repo, kind=kind)
+        if getattr(args, "id", None):
+            record = manager.follow_up(args.id, args.prompt)
+        else:
+            record = manager.submit(args.prompt, repo, kind=kind)
     except TaskError as e:
         print(f"offload: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -127,6 +134,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     return asyncio.run(_run_task(args, "ask"))
+
+
+def cmd_followup(args: argparse.Namespace) -> int:
+    return asyncio.run(_run_task(args, "followup"))
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -235,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p = verb("cancel", "cancel a queued or running task", cmd_cancel)
     p.add_argument("id")
+    p = verb("followup", "continue an ended task with a new instruction (rejected hunks go along)", cmd_followup, True)
+    p.add_argument("id")
+    p.add_argument("prompt")
+    p.add_argument("--apply", action="store_true", help="apply the change to the checkout when the task finishes")
     verb("doctor", "check what works here: sandbox backends, image, model endpoint, config", cmd_doctor, True)
     p = verb("image", "manage the sandbox image", lambda a: (p.print_help(), EXIT_USAGE)[1])
     image_verbs = p.add_subparsers(dest="image_verb", metavar="ACTION")

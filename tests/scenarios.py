@@ -79,7 +79,8 @@ def fix_and_document(req):
     assert "Success" in out, out
     out = yield shell(UNITTEST)
     status = "passed" if re.search(r"^OK", output_text(out), re.M) else "failed"
-    yield say(report(["Fixed `add` and documented `multiply` (calc.py:L4-L10)."], [(" ".join(UNITTEST), status)]))
+    return (yield say(report(["Fixed `add` and documented `multiply` (calc.py:L4-L10)."],
+                             [(" ".join(UNITTEST), status)])))
 
 
 @scenario("slow-command")
@@ -111,3 +112,16 @@ def fix_and_cite(req):
     status = "passed" if out.split("\n")[1] == "Exit code: 0" else "failed"
     yield say(report([f"`add` returns `a + b` now (calc.py:L{line - 1}-L{line})."],
                      [(" ".join(UNITTEST), status)]) + f" [{chunk_of(out)}]")
+
+
+@scenario("follow-up")
+def follow_up(req):
+    """The two-hunk change; then, asked to follow up, checks the rejected hunk is gone and adds a docstring."""
+    followup = yield from fix_and_document(req)
+    assert "rejected" in followup and "the product of a and b" in followup, followup
+    out = yield shell(["grep", "-c", "the product", "calc.py"])
+    assert output_text(out).strip() == "0", out  # the rejected hunk is undone in the workspace
+    out = yield apply_patch('*** Begin Patch\n*** Update File: calc.py\n@@ def add(a, b):\n+    """Sum of a and b."""\n'
+                            "     return a + b\n*** End Patch")
+    assert "Success" in out, out
+    yield say(report(["Documented `add` (calc.py:L4-L6)."], [(" ".join(UNITTEST), "passed")]))

@@ -234,3 +234,28 @@ async def test_a_task_run_from_the_cli_shows_up_in_the_editor(client, fake_model
     await editor.until(lambda: len(client.diagnostics.get(uri, [])) == 1, timeout=10)
     (task,) = (await execute(client, "offload.listTasks", {}))["tasks"]
     assert task["state"] == "finished" and task["taskId"] == editor.updates[-1]["taskId"]
+
+
+async def test_follow_up_continues_the_conversation_without_the_rejected_hunks(client, fake_model, tmp_path):
+    repo = make_repo(tmp_path / "calc")
+    editor = Editor(client)
+    await client.initialize_session(types.InitializeParams(
+        capabilities=client_capabilities("neovim@v0.11.0"), root_uri=from_fs_path(str(repo)),
+        initialization_options={"model": {"base_url": fake_model.base_url, "name": "follow-up"}}))
+    task_id = (await execute(client, "offload.code", {"prompt": "Fix add and document multiply"}))["taskId"]
+    await editor.until(lambda: editor.state(task_id) == "finished")
+    await execute(client, "offload.rejectHunk", {"taskId": task_id, "hunkId": "calc.py#2"})
+
+    await execute(client, "offload.followUp", {"taskId": task_id, "prompt": "Also document add"})
+    await editor.until(lambda: [u["state"] for u in editor.updates].count("finished") == 2)
+    shown = await execute(client, "offload.showTask", {"taskId": task_id})
+    assert shown["state"] == "finished"
+    assert '+    """Sum of a and b."""' in shown["diff"] and "+    return a + b" in shown["diff"]
+    assert "the product" not in shown["diff"]
+    # the conversation went on: the follow-up request carried the first run's calls and outputs
+    last = fake_model.requests[-1].body["messages"]
+    assert [m["role"] for m in last].count("assistant") >= 4
+    await execute(client, "offload.apply", {"taskId": task_id})
+    await editor.until(lambda: editor.edits)
+    (text_edit,) = editor.edits[0].edit.changes[from_fs_path(str(repo / "calc.py"))]
+    assert '"""Sum of a and b."""' in text_edit.new_text and "the product" not in text_edit.new_text

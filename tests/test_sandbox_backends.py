@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -13,6 +17,7 @@ import pytest
 from offload.sandbox import bwrap_backend
 from offload.sandbox.errors import SandboxError
 from offload.sandbox.manager import SandboxConfig, SandboxManager
+from tests.conftest import offload_cli
 
 BACKENDS = [pytest.param("docker", marks=pytest.mark.docker), "bubblewrap"]
 
@@ -156,6 +161,14 @@ def test_the_snapshot_cache_is_unchanged_by_a_sandbox_that_writes(sandbox):
     assert tree_digest(sandbox.snapshot.path) == before
 
 
+def test_files_beyond_the_memory_limit_but_within_the_disk_leave_the_sandbox_working(make_manager, sample_repo):
+    manager = make_manager(memory="256m", disk="1g")
+    sandbox = manager.create(manager.snapshot(sample_repo))
+    result = sandbox.run(["sh", "-c", "head -c 314572800 /dev/zero > big.bin && wc -c < big.bin"], timeout=120)
+    assert result.exit_code == 0 and result.output.strip() == "314572800"
+    assert sandbox.run(["echo", "alive"]).output == "alive\n"
+
+
 def test_two_sandboxes_from_one_snapshot_do_not_see_each_other(make_manager, sample_repo):
     manager = make_manager()
     snapshot = manager.snapshot(sample_repo)
@@ -180,9 +193,10 @@ def test_destroy_leaves_nothing_behind(make_manager, sample_repo, backend, docke
         assert not docker_engine_if_docker.containers.list(all=True, filters={"id": container})
     else:
         directory, pid = sandbox.backend.directory, sandbox.backend.pid
-        assert pid and host_processes_mentioning(str(directory))
+        cgroups = sandbox.backend.cgroups.dirs if sandbox.backend.cgroups else []
+        assert pid and host_processes_mentioning(str(directory)) and all(c.exists() for c in cgroups)
         manager.destroy(sandbox.id)
-        assert not directory.exists()
+        assert not directory.exists() and not any(c.exists() for c in cgroups)
         assert wait_until(lambda: not host_processes_mentioning(str(directory)))
         assert not list((directory.parent).iterdir())
     assert manager.list() == []
@@ -191,6 +205,17 @@ def test_destroy_leaves_nothing_behind(make_manager, sample_repo, backend, docke
 @pytest.fixture
 def docker_engine_if_docker(backend, request):
     return request.getfixturevalue("docker_engine") if backend == "docker" else None
+
+
+def test_a_sandbox_outlives_the_thread_that_created_it(make_manager, sample_repo):
+    manager = make_manager()
+    snapshot = manager.snapshot(sample_repo)
+    made = []
+    creator = threading.Thread(target=lambda: made.append(manager.create(snapshot)))
+    creator.start()
+    creator.join()
+    time.sleep(0.2)  # bwrap's --die-with-parent would fire here if the thread had spawned it
+    assert made[0].run(["echo", "alive"]).output == "alive\n"
 
 
 def test_list_shows_the_live_sandboxes_of_this_owner(make_manager, sample_repo):
@@ -232,3 +257,44 @@ def test_a_backend_that_cannot_work_names_the_fix(tmp_path, monkeypatch):
     with pytest.raises(SandboxError, match="no sandbox backend works here.*Docker.*Bubblewrap.*bubblewrap"):
         SandboxManager(SandboxConfig(backend="auto", docker_host="unix:///nonexistent/docker.sock"),
                        tmp_path).backend_name()
+
+
+HOST_THAT_DIES = """
+import sys, time
+from pathlib import Path
+from offload.sandbox.manager import SandboxConfig, SandboxManager
+from tests.conftest import offload_cli
+manager = SandboxManager(SandboxConfig(backend="bubblewrap"), Path(sys.argv[1]))
+sandbox = manager.create(manager.snapshot(sys.argv[2]))
+sandbox.run(["sh", "-c", "sleep 300 & echo started"])
+print(sandbox.backend.directory, *(sandbox.backend.cgroups.dirs if sandbox.backend.cgroups else []), flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_killed_host_leaves_no_sandbox_running_and_prune_clears_the_rest(bubblewrap, sample_repo, tmp_path):
+    cache = tmp_path / "cache"
+    host = subprocess.Popen([sys.executable, "-c", HOST_THAT_DIES, str(cache), str(sample_repo)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        directory, *cgroups = map(Path, host.stdout.readline().split())
+    finally:
+        host.kill()
+        host.wait()
+    assert wait_until(lambda: not host_processes_mentioning(str(directory))), "the sandbox outlived its host"
+    assert directory.exists() and all(c.exists() for c in cgroups)
+    bwrap_backend.prune(cache, older_than=0)
+    assert not directory.exists() and not any(c.exists() for c in cgroups)
+
+
+def test_doctor_reports_each_backend_and_the_one_tasks_use(docker_engine, bubblewrap, tmp_path):
+    proc = offload_cli("doctor", "--json", cwd=tmp_path)
+    checks = {c["check"]: c for c in json.loads(proc.stdout)}
+    assert checks["docker"]["ok"] and checks["image"]["ok"]
+    assert checks["bubblewrap"]["ok"] and "a sandbox answered" in checks["bubblewrap"]["detail"]
+    assert checks["sandbox"]["ok"] and "tasks run on docker" in checks["sandbox"]["detail"]
+    broken = offload_cli("doctor", "--json", cwd=tmp_path, env={"OFFLOAD_SANDBOX_BACKEND": "docker",
+                                                                 "OFFLOAD_SANDBOX_DOCKER_HOST": "unix:///nonexistent.sock"})
+    checks = {c["check"]: c for c in json.loads(broken.stdout)}
+    assert not checks["docker"]["ok"] and "dockerd" in checks["docker"]["fix"]
+    assert not checks["sandbox"]["ok"] and checks["sandbox"]["fix"] and broken.returncode == 1

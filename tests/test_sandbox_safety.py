@@ -179,7 +179,7 @@ print("survived", len(chunks) * 16, "MiB")
 
 
 def test_a_memory_hog_is_stopped_by_the_memory_limit(sandbox_factory):
-    sandbox = sandbox_factory(memory="256m")
+    sandbox = sandbox_factory(memory="256m", disk="64m")  # bubblewrap's cgroup holds memory + disk
     result = python(sandbox, MEMORY_HOG)
     assert result.exit_code != 0 and "survived" not in result.output, result.output
     assert sandbox.run(["echo", "alive"]).output == "alive\n"
@@ -273,7 +273,11 @@ except OSError as e:
 
 
 @pytest.mark.parametrize("where", ["/workspace/fill.bin", "/tmp/fill.bin", "/home/offload/fill.bin"])
-def test_a_disk_filler_is_contained(sandbox_factory, where):
+def test_a_disk_filler_is_contained(sandbox_factory, where, backend, request):
+    if backend == "docker":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "known gap: a container's writable layer has no size limit on ext4 (storage_opt needs XFS "
+            "project quotas), and a tmpfs workspace would hold the whole repository in memory")))
     sandbox = sandbox_factory(disk="128m", memory="1g")
     result = python(sandbox, FILLER, where)
     assert "wrote all" not in result.output and "No space left" in result.output, result.output
@@ -288,3 +292,34 @@ def test_kernel_settings_of_the_host_are_read_only(sandbox):
     opened = python(sandbox, "import os\ntry:\n os.close(os.open('/proc/sysrq-trigger', os.O_WRONLY))\n"
                              " print('OPENED')\nexcept OSError as e:\n print('refused', e)")
     assert "OPENED" not in opened.output
+
+
+STDERR_FLOOD = """
+import os
+block = b"offload-leak\\n" * 8192
+hit = 0
+for pid in os.listdir("/proc"):
+    if pid.isdigit() and int(pid) != os.getpid():
+        try:
+            with open(f"/proc/{pid}/fd/2", "ab") as f:
+                for _ in range(64):  # about 6 MiB each
+                    f.write(block)
+            hit += 1
+        except OSError:
+            pass
+print("flooded", hit)
+"""
+
+
+def test_the_stderr_of_init_and_runner_fills_no_host_file(sandbox, backend):
+    result = python(sandbox, STDERR_FLOOD)
+    assert "flooded" in result.output, result.output
+    if backend == "docker":
+        container = sandbox.backend.container
+        container.reload()
+        log = container.attrs.get("LogPath") or ""
+        assert not log or os.path.getsize(log) < (1 << 20), "the container log took the flood"
+    else:
+        on_host = sum(p.stat().st_size for p in sandbox.backend.directory.rglob("*") if p.is_file())
+        assert on_host < (1 << 20)
+    assert sandbox.run(["echo", "ok"]).output == "ok\n"

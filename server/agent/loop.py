@@ -122,10 +122,16 @@ async def run_agent(
     *,
     keep_outputs: int = KEEP_OUTPUTS,
     context_bytes: int = CONTEXT_BYTES,
+    prior: list[dict] | None = None,
 ) -> AgentResult:
-    """Work on `prompt` in `sandbox` and commit the result there."""
-    return await _Agent(sandbox, model, prompt, emit, cancel, read_only, budget or Budget(),
-                        keep_outputs, context_bytes).run()
+    """Work on `prompt` in `sandbox` and commit the result there.
+
+    `prior` is the conversation of earlier runs of the same task (user, assistant and tool
+    items, no system prompt): a follow-up continues it rather than starting over.
+    """
+    agent = _Agent(sandbox, model, prompt, emit, cancel, read_only, budget or Budget(), keep_outputs, context_bytes)
+    agent.prior = list(prior or [])
+    return await agent.run()
 
 
 class _Agent:
@@ -142,6 +148,7 @@ class _Agent:
         self.chunks = Chunks()
         self.result = AgentResult("failed", "", cost_usd=model.cost(Usage()))
         self.history: list[dict] = []
+        self.prior: list[dict] = []
         self.last_call: tuple[tuple, int] = ((), 0)  # (name, arguments) and how many times in a row
 
     async def run(self) -> AgentResult:
@@ -169,7 +176,7 @@ class _Agent:
         if self.result.cost_usd is None:
             self.emit("note", {"text": f"no price is known for model {self.model.name!r}: its tokens are counted, "
                                        "its cost is not, and budget.max_cost_usd cannot apply"})
-        self.history = [{"role": "system", "content": system}, {"role": "user", "content": self.prompt}]
+        self.history = [{"role": "system", "content": system}, *self.prior, {"role": "user", "content": self.prompt}]
         try:
             while True:
                 self._check_budget()

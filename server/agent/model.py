@@ -171,7 +171,8 @@ class ModelClient:
                 e.attempts[:0] = failed
                 raise
             except openai.OpenAIError as e:
-                failed.append(Attempt(type(e).__name__, Usage(), self.cost(Usage()), round(time.monotonic() - tried, 3)))
+                took = round(time.monotonic() - tried, 3)
+                failed.append(Attempt(f"{type(e).__name__}: {e}"[:300], Usage(), self.cost(Usage()), took))
                 raise await self._explain(e, failed) from e
             reply.cost_usd, reply.failed = self.cost(reply.usage), failed
             reply.duration = time.monotonic() - started
@@ -180,7 +181,8 @@ class ModelClient:
     async def _explain(self, e: openai.OpenAIError, failed: list[Attempt]) -> ModelError:
         """A ModelError whose message says what to change."""
         where, retried = self.endpoint, f"after {self.max_retries} retries"
-        detail = getattr(e, "message", str(e))
+        body = getattr(e, "body", None)
+        detail = body["message"] if isinstance(body, dict) and isinstance(body.get("message"), str) else str(e)
         code = getattr(e, "code", None)
         if isinstance(e, openai.AuthenticationError):
             key = ("no API key is set" if self.keyless else "the API key was rejected")
@@ -203,7 +205,7 @@ class ModelClient:
             return ModelError(f"the model endpoint {where} is still rate limiting {retried} (HTTP 429: {detail}); "
                               "wait, raise model.max_retries, or lower tasks.concurrency", failed)
         if isinstance(e, openai.BadRequestError):
-            if code == "context_length_exceeded" or "context" in detail.lower() and "length" in detail.lower():
+            if code == "context_length_exceeded" or ("context" in detail.lower() and "length" in detail.lower()):
                 return ModelError(f"the conversation no longer fits the model's context window ({detail})", failed,
                                   context_overflow=True)
             other = "chat" if self.api == "responses" else "responses"
@@ -283,7 +285,8 @@ class ModelClient:
                                self._usage(sent, received)) from e
         if not finished:
             raise _Interrupted("the model's stream ended before its reply was complete", self._usage(sent, received))
-        calls = [ToolCall(s["id"] or f"call_{i}", s["name"], "".join(s["arguments"])) for i, s in sorted(partial.items())]
+        calls = [ToolCall(s["id"] or f"call_{i}", s["name"], "".join(s["arguments"]))
+                 for i, s in sorted(partial.items())]
         return Reply("".join(text), calls, self._usage(sent, received, usage))
 
     async def _responses(self, history: list[dict], tools: list[dict]) -> Reply:
@@ -294,8 +297,9 @@ class ModelClient:
         sent = len(json.dumps(items)) + len(instructions) + len(json.dumps(tools))
         if self.stream:
             response, received = None, 0
+            events = await self.client.responses.create(**kwargs, stream=True)
             try:
-                async for event in await self.client.responses.create(**kwargs, stream=True):
+                async for event in events:
                     if event.type in ("response.completed", "response.incomplete"):
                         response = event.response
                     elif event.type.endswith(".delta"):

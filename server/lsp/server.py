@@ -343,6 +343,15 @@ async def cancel(ls: OffloadServer, *args):
     return {"taskId": record["id"], "state": "cancelling"}
 
 
+@_command("offload.followUp")
+async def follow_up(ls: OffloadServer, *args):
+    arg = _args(args, "taskId", "prompt")
+    record = ls.tasks().follow_up(arg["taskId"], arg["prompt"])
+    ls.publish_review(record["id"])  # its old hunks are withdrawn until the follow-up ends
+    ls.spawn(ls.start_progress(record))
+    return {"taskId": record["id"]}
+
+
 @_command("offload.listTasks")
 async def list_tasks(ls: OffloadServer, *args):
     if args and not (len(args) == 1 and isinstance(args[0], dict)):

@@ -17,14 +17,14 @@ from pathlib import Path
 
 from offload.sandbox.errors import SandboxError
 from offload.sandbox.manager import ChangedFile, SandboxConfig, SandboxManager
-from offload.sandbox.snapshot import find_root
+from offload.sandbox.snapshot import find_root, load_snapshot
 
 from .. import config as cfg
 from ..agent.evidence import testing_checks
 from ..agent.loop import Budget, run_agent
-from ..agent.model import ModelClient
+from ..agent.model import ModelClient, ToolCall
 from .merge import Merged
-from .review import Hunk, accept, hunks
+from .review import Hunk, accept, hunks, with_hunks
 from .store import TaskStore
 
 FINAL_STATES = ("finished", "failed", "cancelled")
@@ -107,6 +107,81 @@ class TaskManager:
         running.job = asyncio.get_running_loop().create_task(self._run(record, running.cancel))
         return record
 
+    def follow_up(self, task_id: str, prompt: str) -> dict:
+        """Continue an ended task with a new instruction, the conversation so far and the rejected hunks."""
+        record = self.get(task_id)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise TaskError("a follow-up needs a prompt")
+        if record["state"] not in FINAL_STATES:
+            raise TaskError(f"task {record['id']} is {record['state']}; follow up when it has ended")
+        ending = self._running.get(record["id"])  # the last run may still be cleaning up its sandbox
+        if not record.get("tree"):
+            raise TaskError(f"task {record['id']} never got a sandbox; start a new task instead")
+        rejected = [h for h, status, _ in self.hunks(record["id"]) if status == "rejected"]
+        text = prompt
+        if rejected:
+            text += "\n\nThe user rejected these parts of your change; they are undone in the workspace:\n" + \
+                "\n".join(f"- {h.path} near line {h.base_start + 1}:\n" + "".join(f"  -{line}" for line in h.base_lines)
+                          + "".join(f"  +{line}" for line in h.result_lines) for h in rejected)
+        prior = self.conversation(record["id"])
+        self._emit(record, "followup", {"prompt": prompt, "text": text, "rejected": [h.id for h in rejected]})
+        record.update(discarded=False, interrupted=False, owner=_owner())
+        self._set_state(record, "queued", "follow-up")
+        running = _Running(threading.Event())
+        self._running[record["id"]] = running
+
+        async def after_last_run() -> None:
+            if ending and ending.job:
+                await asyncio.shield(ending.job)
+            await self._run(record, running.cancel, followup=text, prior=prior)
+
+        running.job = asyncio.get_running_loop().create_task(after_last_run())
+        return record
+
+    def conversation(self, task_id: str) -> list[dict]:
+        """The model's conversation so far, rebuilt from the task's log."""
+        history: list[dict] = []
+        custom: set[str] = set()
+        record = self.get(task_id)
+        for event in self.store.events(record["id"]):
+            kind = event["type"]
+            if kind == "state" and event["state"] == "queued" and not history:
+                history.append({"role": "user", "content": record["prompt"]})
+            elif kind == "followup":
+                history.append({"role": "user", "content": event["text"]})
+            elif kind == "model.reply":
+                calls = [ToolCall(c["id"], c["name"], c["arguments"], c.get("custom", False))
+                         for c in event.get("calls", [])]
+                custom.update(c.id for c in calls if c.custom)
+                history.append({"role": "assistant", "content": event.get("text", ""), "calls": calls})
+            elif kind == "tool.result":
+                history.append({"role": "tool", "call_id": event["id"], "output": event.get("output", ""),
+                                "custom": event["id"] in custom})
+        answered = {item["call_id"] for item in history if item["role"] == "tool"}
+        closed = []
+        for item in history:  # a run cut off mid-step leaves calls without outputs: close them
+            closed.append(item)
+            for call in item.get("calls", []):
+                if call.id not in answered:
+                    closed.append({"role": "tool", "call_id": call.id, "output": "(interrupted: no output)",
+                                   "custom": call.custom})
+        return closed
+
+    def _restore(self, record: dict, sandbox) -> None:
+        """Put the task's work back into a fresh sandbox, without the hunks the user rejected."""
+        by_file: dict[str, tuple[ChangedFile, list[Hunk]]] = {}
+        for hunk, status, change in self.hunks(record["id"]):
+            chosen = by_file.setdefault(change.path, (change, []))[1]
+            if status != "rejected":
+                chosen.append(hunk)
+        for path, (change, chosen) in by_file.items():
+            content = with_hunks(change, chosen)
+            if content is None:
+                sandbox.runner.delete_file(path)
+            else:
+                sandbox.runner.write_file(path, content)
+        sandbox.commit("Work so far")
+
     async def wait(self, task_id: str) -> dict:
         running = self._running.get(task_id)
         if running and running.job:
@@ -142,7 +217,8 @@ class TaskManager:
         self.store.save(record)
         self._emit(record, "state", {"state": state, "reason": reason})
 
-    async def _run(self, record: dict, cancel: threading.Event) -> None:
+    async def _run(self, record: dict, cancel: threading.Event, followup: str | None = None,
+                   prior: list[dict] | None = None) -> None:
         sandbox = None
         watcher = asyncio.get_running_loop().create_task(self._watch_cancel(record["id"], cancel))
         try:
@@ -155,9 +231,15 @@ class TaskManager:
                 self._set_state(record, "preparing", "snapshotting the workspace and starting a sandbox")
                 model_settings = cfg.resolve_model(config)
                 sandboxes = SandboxManager(_sandbox_config(config), self.cache_dir, owner=f"offload-{os.getpid()}")
-                snapshot = await asyncio.to_thread(sandboxes.snapshot, record["directory"])
-                record.update(base=snapshot.base, tree=snapshot.tree)
+                if followup is None:
+                    snapshot = await asyncio.to_thread(sandboxes.snapshot, record["directory"])
+                    record.update(base=snapshot.base, tree=snapshot.tree)
+                else:  # continue from the same base, with the work so far minus what the user rejected
+                    snapshot = load_snapshot(self.cache_dir, record["tree"], Path(record["repo"]),
+                                             os.path.relpath(record["directory"], record["repo"]))
                 sandbox = await asyncio.to_thread(sandboxes.create, snapshot, {"offload.task": record["id"]})
+                if followup is not None:
+                    await asyncio.to_thread(self._restore, record, sandbox)
                 self._emit(record, "sandbox", {"sandbox": sandbox.id, "backend": sandbox.backend.backend,
                                                "base": snapshot.base, "workdir": sandbox.workdir})
                 if cancel.is_set():
@@ -168,8 +250,8 @@ class TaskManager:
                                     timeout=config.get("model.timeout"), max_retries=config.get("model.max_retries"))
                 try:
                     result = await run_agent(
-                        sandbox, model, record["prompt"], lambda kind, data: self._emit(record, kind, data),
-                        cancel, read_only=record["kind"] == "ask",
+                        sandbox, model, followup or record["prompt"], lambda kind, data: self._emit(record, kind, data),
+                        cancel, read_only=record["kind"] == "ask", prior=prior,
                         budget=Budget(max_steps=config.get("budget.max_steps"),
                                       max_tokens=config.get("budget.max_tokens"),
                                       max_minutes=config.get("budget.max_minutes"),
@@ -184,6 +266,7 @@ class TaskManager:
                     changes = await asyncio.to_thread(sandbox.export)
                     diff = await asyncio.to_thread(sandbox.diff)
                     self.store.save_changes(record["id"], changes, diff)
+                    self.store.save_review(record["id"], {})  # new hunks, new decisions
                     record["changes"] = [{"path": c.path, "status": c.status} for c in changes]
                 state = {"completed": "finished", "cancelled": "cancelled"}.get(result.outcome, "failed")
                 self._set_state(record, state, result.reason)
@@ -196,7 +279,8 @@ class TaskManager:
             watcher.cancel()
             if sandbox is not None:
                 await asyncio.to_thread(sandbox.destroy)
-            self._running.pop(record["id"], None)
+            if (running := self._running.get(record["id"])) and running.cancel is cancel:
+                del self._running[record["id"]]
 
     # ---- results -------------------------------------------------------------------------
     def diff(self, task_id: str) -> str:

@@ -1,0 +1,127 @@
+"""Bad tool calls from the model: each gets an error it can act on, never a crash, on both APIs."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from offload.server.agent.loop import preview
+from offload.server.agent.tools import Tools, schema_problem, tool_specs
+from tests.agent_support import MODES, run, sandbox, shared_sandbox  # noqa: F401 - fixtures
+from tests.fakemodel import apply_patch, call, say, shell
+
+pytestmark = pytest.mark.docker
+
+FIX = "*** Begin Patch\n*** Update File: calc.py\n@@\n-    return a - b\n+    return a + b\n*** End Patch"
+
+
+def clumsy(req):
+    """Every kind of broken call a model sends, each checked for an error that says how to fix it."""
+    out = yield call("shell", '{"command": ["ls"')
+    assert "the arguments of shell are not valid JSON" in out and '{"command": []} (optional: workdir' in out, out
+    out = yield call("grep_files", {"pattern": "add"})
+    assert "error: unknown tool 'grep_files'; the tools are: shell, apply_patch, update_plan" in out, out
+    out = yield call("shell", {"command": "ls", "timeout_ms": "100"})
+    assert 'timeout_ms must be an integer, not "100"' in out, out
+    out = yield call("shell", {"command": ["ls", 2]})
+    assert "command[1] must be a string, not 2" in out, out
+    out = yield call("shell", {"cmd": ["ls"]})
+    assert "missing 'command' in the arguments" in out, out
+    out = yield call("shell", {"command": ["ls"], "cwd": "/"})
+    assert "unknown 'cwd' in the arguments; allowed: command, workdir, timeout_ms" in out, out
+    out = yield call("shell", '["ls"]')
+    assert "the arguments must be an object, not [" in out, out
+    out = yield call("shell", {"command": []})
+    assert "a non-empty list" in out, out
+    out = yield call("update_plan", {"plan": [{"step": "look", "status": "done"}]})
+    assert 'plan[0].status must be one of "pending", "in_progress", "completed", not "done"' in out, out
+    out = yield call("update_plan", {"plan": [{"step": "a", "status": "in_progress"},
+                                              {"step": "b", "status": "in_progress"}]})
+    assert "at most one step of the plan may be in_progress" in out, out
+    out = yield call("apply_patch", {"input": 42})
+    assert "input must be a string, not 42" in out, out
+    out = yield apply_patch("*** Begin Patch\n*** Update File: nope.py\n@@\n-x\n+y\n*** End Patch")
+    assert "error: the patch was not applied, nothing changed" in out, out
+    out = yield shell(["python3", "-m", "unittest", "-q"])  # the tools still work after all that
+    assert "Exit code: 1" in out, out
+    yield say("## Summary\nNothing changed.")
+
+
+@pytest.mark.parametrize("api,stream", MODES)
+def test_every_bad_call_gets_an_error_the_model_can_act_on(sandbox, api, stream):
+    r = run(sandbox, clumsy, api, stream)
+    assert r.result.outcome == "completed", r.result.reason
+    results = r.of("tool.result")
+    assert len(results) == 13 and all("error" in e for e in results[:12]) and "error" not in results[12]
+    assert [e["error"] for e in results[:3]] == ["bad json", "unknown tool", "bad args"]
+
+
+@pytest.mark.parametrize("api,stream", MODES)
+def test_a_shell_apply_patch_is_the_patch_tool(sandbox, api, stream):
+    def via_shell(req):
+        out = yield shell(["apply_patch", FIX])
+        assert "Success" in out, out
+        swap = "*** Begin Patch\n*** Update File: calc.py\n@@\n-    return a + b\n+    return b + a\n*** End Patch"
+        out = yield shell(["bash", "-lc", f"apply_patch <<'EOF'\n{swap}\nEOF"])
+        assert "Success" in out, out
+        yield say("done")
+
+    r = run(sandbox, via_shell, api, stream)
+    assert r.result.outcome == "completed"
+    assert "return b + a" in sandbox.read_file("calc.py").decode()
+
+
+@pytest.mark.parametrize("api,stream", MODES)
+def test_a_read_only_task_cannot_edit(sandbox, api, stream):
+    def editor(req):
+        assert "apply_patch" not in req.tool_names
+        out = yield apply_patch(FIX)
+        assert "error: this is a read-only task; files cannot be edited" in out, out
+        out = yield shell(["apply_patch", FIX])
+        assert "error: this is a read-only task" in out, out
+        yield say("`add` is at calc.py:L4-L5.")
+
+    r = run(sandbox, editor, api, stream, read_only=True)
+    assert r.result.outcome == "completed" and r.result.commit is None
+    assert "return a - b" in sandbox.read_file("calc.py").decode()
+    assert [c["ok"] for c in r.result.citations] == [True]
+
+
+def test_freeform_input_for_a_json_tool_is_refused(sandbox):
+    tools = Tools(sandbox, False, lambda call_id, chunk: None, threading.Event())
+    assert tools.call("x", "shell", "ls -la", custom=True).output.startswith(
+        "error: shell takes JSON arguments, not freeform text")
+    assert "Success" in tools.call("y", "apply_patch", FIX, custom=True).output
+
+
+def test_a_patch_that_fails_while_writing_puts_everything_back(sandbox):
+    tools = Tools(sandbox, False, lambda call_id, chunk: None, threading.Event())
+    before = sandbox.read_file("calc.py")
+    sandbox.run(["chmod", "a-w", "."])  # new files cannot be created; existing ones can still be written
+    try:
+        out = tools.call("z", "apply_patch", FIX.replace("*** End Patch", "*** Add File: new.txt\n+x\n*** End Patch"))
+    finally:
+        sandbox.run(["chmod", "u+w", "."])
+    assert out.output.startswith("error: the patch was not applied, nothing changed"), out.output
+    assert sandbox.read_file("calc.py") == before and sandbox.read_file("new.txt") is None
+
+
+def test_schema_problems_name_the_argument():
+    shell_schema = tool_specs()[0]["parameters"]
+    assert schema_problem({"command": ["ls"], "timeout_ms": True}, shell_schema) == (
+        "timeout_ms must be an integer, not true")
+    assert schema_problem({"command": ["ls"], "workdir": "src", "timeout_ms": 5}, shell_schema) is None
+    assert schema_problem("ls", shell_schema) == 'the arguments must be an object, not "ls"'
+
+
+def test_the_freeform_patch_tool_carries_codex_grammar():
+    (patch_tool,) = [t for t in tool_specs(freeform=True) if t["name"] == "apply_patch"]
+    assert patch_tool["type"] == "custom" and patch_tool["format"]["type"] == "grammar"
+    assert 'update_hunk: "*** Update File: " filename LF change_move? change?' in patch_tool["format"]["definition"]
+    assert [t["name"] for t in tool_specs(read_only=True, freeform=True)] == ["shell", "update_plan"]
+
+
+def test_progress_shows_the_file_a_freeform_patch_edits():
+    assert preview(FIX) == "*** Update File: calc.py"
+    assert preview('{"command": ["python3", "-m", "unittest"]}') == "python3 -m unittest"

@@ -1,0 +1,129 @@
+/**
+ * The Offload language server: started as `<python> -m offload.server.cli serve` over stdio,
+ * with the editor's settings as initialization options and the API key from SecretStorage in
+ * its environment (never in settings, never in a sandbox: the server keeps it to itself).
+ */
+
+import { execFile } from "node:child_process";
+import * as vscode from "vscode";
+import { ExecuteCommandRequest, LanguageClient } from "vscode-languageclient/node";
+import { serverSettings } from "./settings";
+import type { Summary, TaskEvent } from "./tasks";
+
+export const API_KEY_SECRET = "offload.apiKey";
+
+export class OffloadServer implements vscode.Disposable {
+  private client: LanguageClient | undefined;
+  private readonly updated = new vscode.EventEmitter<Summary>();
+  private readonly evented = new vscode.EventEmitter<{ taskId: string; event: TaskEvent }>();
+  private readonly started = new vscode.EventEmitter<void>();
+  readonly onTaskUpdated = this.updated.event;
+  readonly onTaskEvent = this.evented.event;
+  /** Fires each time a server (re)starts: its task list is the one to show. */
+  readonly onStarted = this.started.event;
+
+  constructor(private readonly secrets: vscode.SecretStorage) {}
+
+  async start(): Promise<void> {
+    const python = await pythonPath();
+    const problem = await checkInstalled(python);
+    if (problem) {
+      void notInstalled(python, problem, () => this.start());
+      return;
+    }
+    const env = { ...process.env };
+    const key = await this.secrets.get(API_KEY_SECRET);
+    if (key) env.OPENAI_API_KEY = key;
+    const config = vscode.workspace.getConfiguration("offload");
+    const client = new LanguageClient(
+      "offload",
+      "Offload",
+      { command: python, args: ["-m", "offload.server.cli", "serve"], options: { env } },
+      {
+        documentSelector: [{ scheme: "file" }],
+        initializationOptions: {
+          settings: serverSettings((setting) => {
+            const set = config.inspect(setting);
+            return set?.workspaceFolderValue ?? set?.workspaceValue ?? set?.globalValue;
+          }),
+        },
+      },
+    );
+    client.onNotification("offload/taskUpdated", (summary: Summary) => this.updated.fire(summary));
+    client.onNotification("offload/taskEvent", (params: { taskId: string; event: TaskEvent }) =>
+      this.evented.fire(params));
+    this.client = client;
+    await client.start();
+    this.started.fire();
+  }
+
+  async stop(): Promise<void> {
+    const client = this.client;
+    this.client = undefined;
+    await client?.stop();
+  }
+
+  async restart(): Promise<void> {
+    await this.stop();
+    await this.start();
+  }
+
+  /** Runs one of the server's commands (`offload.*`), which take a single JSON object. */
+  async command<T = unknown>(name: string, arg: object): Promise<T> {
+    if (!this.client?.isRunning()) {
+      throw new Error("the Offload server is not running; see the \"Offload\" output for why");
+    }
+    return this.client.sendRequest(ExecuteCommandRequest.type, { command: name, arguments: [arg] });
+  }
+
+  dispose(): void {
+    this.updated.dispose();
+    this.evented.dispose();
+    this.started.dispose();
+  }
+}
+
+/** The interpreter with Offload: the `offload.pythonPath` setting, else the Python extension's, else python3. */
+async function pythonPath(): Promise<string> {
+  const configured = vscode.workspace.getConfiguration("offload").get<string>("pythonPath");
+  if (configured) return configured.replace(/^~(?=\/|$)/, process.env.HOME ?? "~");
+  const python = vscode.extensions.getExtension("ms-python.python");
+  if (python) {
+    try {
+      const environments = (await python.activate())?.environments;
+      const active = environments?.getActiveEnvironmentPath(vscode.workspace.workspaceFolders?.[0]?.uri);
+      const resolved = active && (await environments.resolveEnvironment(active));
+      const executable: string | undefined = resolved?.executable?.uri?.fsPath;
+      if (executable) return executable;
+    } catch {
+      // an older Python extension without the environments API: fall back to python3
+    }
+  }
+  return "python3";
+}
+
+/** Why `python` cannot run Offload, or undefined when it can. */
+function checkInstalled(python: string): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    execFile(python, ["-c", "import offload.server.cli"], { timeout: 30_000 }, (error, _stdout, stderr) => {
+      if (!error) resolve(undefined);
+      else if ((error as NodeJS.ErrnoException).code === "ENOENT") resolve(`${python} was not found`);
+      else if (/No module named '?offload/.test(stderr)) resolve(`Offload is not installed for ${python}`);
+      else resolve(`${python} cannot load Offload: ${stderr.trim().split("\n").pop() ?? error.message}`);
+    });
+  });
+}
+
+async function notInstalled(python: string, problem: string, retry: () => Promise<void>): Promise<void> {
+  const install = `${python} -m pip install offload`;
+  const choice = await vscode.window.showErrorMessage(
+    `${problem}. Install it with \`${install}\` (or run scripts/install.sh in an Offload checkout and set ` +
+      `"offload.pythonPath" to its .venv/bin/python), then retry.`,
+    "Copy Command",
+    "Open Settings",
+    "Retry",
+  );
+  if (choice === "Copy Command") await vscode.env.clipboard.writeText(install);
+  else if (choice === "Open Settings") await vscode.commands.executeCommand("workbench.action.openSettings", "offload.pythonPath");
+  else if (choice === "Retry") await retry();
+}

@@ -1,0 +1,148 @@
+/**
+ * The task list as the editor sees it, folded from the server's `offload/taskUpdated` summaries
+ * and `offload/taskEvent` events. Pure functions over plain data, so they are unit-tested
+ * without VS Code.
+ */
+
+export type State = "queued" | "preparing" | "running" | "finished" | "failed" | "cancelled";
+
+export const ACTIVE: readonly string[] = ["queued", "preparing", "running"];
+export const FINAL: readonly string[] = ["finished", "failed", "cancelled"];
+
+export interface Change {
+  path: string;
+  status: string;
+}
+
+/** `offload/taskUpdated`'s payload, also what `offload.listTasks` returns per task. */
+export interface Summary {
+  taskId: string;
+  kind?: string;
+  state?: string;
+  reason?: string;
+  prompt?: string;
+  repo?: string;
+  changes?: Change[] | null;
+  input_tokens?: number | null;
+  output_tokens?: number | null;
+  cost_usd?: number | null;
+  created?: number | null;
+  updated?: number | null;
+  discarded?: boolean | null;
+}
+
+export interface TaskEvent {
+  t?: number;
+  type: string;
+  [key: string]: unknown;
+}
+
+export interface Task {
+  id: string;
+  kind: string;
+  state: string;
+  reason: string;
+  prompt: string;
+  repo: string;
+  changes: Change[];
+  tokens: number;
+  costUsd: number | null;
+  started: number | null; // seconds since the epoch
+  ended: number | null;
+  discarded: boolean;
+}
+
+/** Task ids start with the local time they were created: 20250101-120000-abcdef. */
+function startFromId(id: string): number | null {
+  const m = /^(\d{4})(\d{2})(\d{2})-(\d{2})(\d{2})(\d{2})-/.exec(id);
+  return m ? new Date(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +m[6]).getTime() / 1000 : null;
+}
+
+function blank(id: string): Task {
+  return {
+    id, kind: "code", state: "queued", reason: "", prompt: "", repo: "", changes: [], tokens: 0,
+    costUsd: null, started: startFromId(id), ended: null, discarded: false,
+  };
+}
+
+export function applySummary(prev: Task | undefined, s: Summary): Task {
+  const task = { ...(prev ?? blank(s.taskId)) };
+  task.kind = s.kind ?? task.kind;
+  task.prompt = s.prompt ?? task.prompt;
+  task.repo = s.repo ?? task.repo;
+  task.changes = s.changes ?? task.changes;
+  task.discarded = s.discarded ?? task.discarded;
+  task.started = s.created ?? task.started;
+  if (s.input_tokens != null || s.output_tokens != null) task.tokens = (s.input_tokens ?? 0) + (s.output_tokens ?? 0);
+  task.costUsd = s.cost_usd ?? task.costUsd;
+  if (s.state) setState(task, s.state, s.reason ?? "", s.updated ?? null);
+  return task;
+}
+
+function setState(task: Task, state: string, reason: string, at: number | null): void {
+  if (state === "queued" && FINAL.includes(task.state)) task.discarded = false; // a follow-up reopens it
+  task.state = state;
+  task.reason = reason;
+  task.ended = FINAL.includes(state) ? at ?? task.ended : null;
+}
+
+export function applyEvent(prev: Task | undefined, taskId: string, event: TaskEvent): Task {
+  const task = { ...(prev ?? blank(taskId)) };
+  const num = (key: string) => (typeof event[key] === "number" ? (event[key] as number) : null);
+  if (event.t !== undefined && (task.started === null || event.t < task.started)) task.started = event.t;
+  switch (event.type) {
+    case "state":
+      setState(task, String(event.state), String(event.reason ?? ""), event.t ?? null);
+      break;
+    case "model.reply":
+      task.tokens = num("total_tokens") ?? task.tokens;
+      task.costUsd = num("total_cost_usd") ?? task.costUsd;
+      break;
+    case "agent.end":
+      task.tokens = (num("input_tokens") ?? 0) + (num("output_tokens") ?? 0) || task.tokens;
+      task.costUsd = num("cost_usd") ?? task.costUsd;
+      break;
+    case "discarded":
+      task.discarded = true;
+      break;
+  }
+  return task;
+}
+
+export function counts(tasks: Iterable<Task>): { running: number; finished: number } {
+  let running = 0;
+  let finished = 0;
+  for (const t of tasks) {
+    if (ACTIVE.includes(t.state)) running++;
+    else if (t.state === "finished") finished++;
+  }
+  return { running, finished };
+}
+
+/** A finished Code task whose change still waits for review. */
+export function reviewable(task: Task): boolean {
+  return task.kind === "code" && task.state === "finished" && !task.discarded && task.changes.length > 0;
+}
+
+export function formatElapsed(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
+  return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+}
+
+function formatTokens(n: number): string {
+  return n < 1000 ? `${n} tokens` : `${(n / 1000).toFixed(n < 10000 ? 1 : 0)}k tokens`;
+}
+
+/** One line for the task list: "finished · 12s · 3.4k tokens · $0.0123". */
+export function describe(task: Task, now: number): string {
+  const parts = [task.discarded ? `${task.state}, discarded` : task.state];
+  if (task.started !== null) {
+    const end = task.ended ?? (ACTIVE.includes(task.state) ? now : null);
+    if (end !== null) parts.push(formatElapsed(end - task.started));
+  }
+  if (task.tokens > 0) parts.push(formatTokens(task.tokens));
+  if (task.costUsd) parts.push(`$${task.costUsd.toFixed(4)}`);
+  return parts.join(" · ");
+}

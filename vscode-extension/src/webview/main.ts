@@ -1,0 +1,195 @@
+/**
+ * The task page, inside the webview. Renders what `offload.showTask` returned and appends the
+ * live events the extension forwards. Markdown without raw HTML (the model wrote it), Mermaid
+ * in strict mode, and citations turned into links the extension opens.
+ */
+
+import MarkdownIt from "markdown-it";
+import mermaid from "mermaid";
+import { CHECK_MARKS, type CheckStatus, splitCitations, splitTesting } from "../report";
+import "./style.css";
+
+interface Shown {
+  taskId: string;
+  kind: string;
+  state: string;
+  reason?: string;
+  prompt: string;
+  changes?: { path: string; status: string }[] | null;
+  message?: string;
+  checks?: { check: string; status: CheckStatus }[];
+  events?: LogEvent[];
+}
+
+interface LogEvent {
+  t?: number;
+  type: string;
+  [key: string]: unknown;
+}
+
+declare function acquireVsCodeApi(): { postMessage(message: unknown): void };
+
+const vscode = acquireVsCodeApi();
+const markdown = new MarkdownIt({ html: false, linkify: false });
+const dark = document.body.classList.contains("vscode-dark") || document.body.classList.contains("vscode-high-contrast");
+mermaid.initialize({ startOnLoad: false, securityLevel: "strict", theme: dark ? "dark" : "default" });
+
+let task: Shown | undefined;
+
+window.addEventListener("message", (e: MessageEvent) => {
+  const message = e.data as { type: "task"; task: Shown } | { type: "event"; event: LogEvent };
+  if (message.type === "task") {
+    task = message.task;
+    void render();
+  } else if (task && message.type === "event") {
+    (task.events ??= []).push(message.event);
+    renderPlan();
+    renderLog();
+  }
+});
+
+document.addEventListener("click", (e) => {
+  const link = (e.target as HTMLElement).closest<HTMLAnchorElement>("a[data-path]");
+  if (!link) return;
+  e.preventDefault();
+  const { path, start, end, action } = link.dataset;
+  vscode.postMessage(action === "diff" ? { type: "diff", path } : { type: "open", path, start: Number(start), end: Number(end) });
+});
+
+vscode.postMessage({ type: "ready" });
+
+function el<K extends keyof HTMLElementTagNameMap>(tag: K, props: Partial<HTMLElementTagNameMap[K]> = {},
+  ...children: (Node | string)[]): HTMLElementTagNameMap[K] {
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children);
+  return node;
+}
+
+function section(id: string, title: string, ...children: (Node | string)[]): HTMLElement {
+  return el("section", { id }, el("h2", {}, title), ...children);
+}
+
+/** Text with each `path:Lstart-Lend` as a link that opens those lines. */
+function withCitations(text: string): (Node | string)[] {
+  return splitCitations(text).map((piece) => {
+    if (typeof piece === "string") return piece;
+    const link = el("a", { href: "#", className: "citation", title: `Open ${piece.path} at line ${piece.start}` }, piece.text);
+    Object.assign(link.dataset, { path: piece.path, start: String(piece.start), end: String(piece.end) });
+    return link;
+  });
+}
+
+function linkCitations(root: HTMLElement): void {
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT, {
+    // fenced code is code, not a claim (the server reads citations the same way)
+    acceptNode: (n) => (n.parentElement?.closest("pre") ? NodeFilter.FILTER_REJECT : NodeFilter.FILTER_ACCEPT),
+  });
+  const texts: Text[] = [];
+  while (walker.nextNode()) texts.push(walker.currentNode as Text);
+  for (const text of texts) {
+    const pieces = withCitations(text.data);
+    if (pieces.some((p) => typeof p !== "string")) text.replaceWith(...pieces);
+  }
+}
+
+async function renderMarkdown(source: string): Promise<HTMLElement> {
+  const body = el("div", { className: "markdown" });
+  body.innerHTML = markdown.render(source); // markdown-it escapes any HTML in the source (html: false)
+  linkCitations(body);
+  const diagrams = [...body.querySelectorAll("pre > code.language-mermaid")].map((code) => {
+    const diagram = el("div", { className: "mermaid" }, code.textContent ?? "");
+    code.parentElement!.replaceWith(diagram);
+    return diagram;
+  });
+  if (diagrams.length) {
+    try {
+      await mermaid.run({ nodes: diagrams });
+    } catch (e) {
+      body.append(el("p", { className: "error" }, `A diagram could not be drawn: ${(e as Error).message}`));
+    }
+  }
+  return body;
+}
+
+async function render(): Promise<void> {
+  if (!task) return;
+  const app = document.getElementById("app")!;
+  const { summary, testing } = splitTesting(task.message ?? "");
+  const header = el("header", {},
+    el("h1", {}, task.prompt.split("\n")[0]),
+    el("p", { className: `state state-${task.state}` }, `${task.kind === "ask" ? "Ask" : "Code task"} · ${task.state}`
+      + (task.reason ? ` — ${task.reason}` : "")),
+    el("p", { className: "muted" }, task.taskId));
+  const parts: HTMLElement[] = [header];
+  const title = task.kind === "ask" ? "Answer" : "Summary";
+  parts.push(section("summary", title, summary ? await renderMarkdown(summary) : el("p", { className: "muted" },
+    task.state === "finished" ? "No message." : "Not finished yet.")));
+  if (task.checks?.length) {
+    parts.push(section("testing", "Testing", el("ul", { className: "checks" }, ...task.checks.map((c) =>
+      el("li", { className: `check check-${c.status}` }, el("span", { className: "mark", title: c.status }, CHECK_MARKS[c.status] ?? CHECK_MARKS.unknown),
+        " ", ...withCitations(c.check))))));
+  } else if (testing) {
+    parts.push(section("testing", "Testing", await renderMarkdown(testing.replace(/^#+.*\n?/, ""))));
+  }
+  parts.push(el("section", { id: "plan" }));
+  if (task.changes?.length) {
+    parts.push(section("changes", "Changes", el("ul", {}, ...task.changes.map((c) => {
+      const link = el("a", { href: "#", title: "Show the proposed change side by side" }, c.path);
+      Object.assign(link.dataset, { path: c.path, action: "diff" });
+      return el("li", {}, link, ` · ${c.status}`);
+    }))));
+  }
+  parts.push(el("section", { id: "log" }));
+  app.replaceChildren(...parts);
+  renderPlan();
+  renderLog();
+}
+
+const PLAN_MARKS: Record<string, string> = { completed: "☑", in_progress: "▶", pending: "☐" };
+
+function renderPlan(): void {
+  const plan = [...(task?.events ?? [])].reverse().find((e) => e.type === "plan");
+  const steps = (plan?.plan ?? []) as { step: string; status: string }[];
+  const target = document.getElementById("plan");
+  if (!target || !steps.length) return;
+  target.replaceChildren(el("h2", {}, "Plan"), ...(plan?.explanation ? [el("p", {}, String(plan.explanation))] : []),
+    el("ul", { className: "plan" }, ...steps.map((s) =>
+      el("li", { className: `plan-${s.status}` }, `${PLAN_MARKS[s.status] ?? "☐"} ${s.step}`))));
+}
+
+function preview(value: unknown, size = 120): string {
+  const text = typeof value === "string" ? value : JSON.stringify(value);
+  const line = (text ?? "").replace(/\s+/g, " ").trim();
+  return line.length > size ? line.slice(0, size - 1) + "…" : line;
+}
+
+function describeEvent(e: LogEvent): string {
+  switch (e.type) {
+    case "state": return `${e.state}${e.reason ? `: ${e.reason}` : ""}`;
+    case "tool.call": return `${e.name} ${preview(e.arguments)}`;
+    case "tool.result": return `${e.name} → ${e.exit_code ?? e.error ?? "done"} [${e.chunk}]`;
+    case "model.reply": return `step ${e.step}: ${e.input_tokens ?? 0} in / ${e.output_tokens ?? 0} out tokens`
+      + (e.text ? ` — ${preview(e.text, 80)}` : "");
+    case "note": return preview(e.text, 200);
+    case "error": case "model.error": return preview(e.error, 200);
+    default: return preview(Object.fromEntries(Object.entries(e).filter(([k]) => k !== "t" && k !== "type")));
+  }
+}
+
+function renderLog(): void {
+  const target = document.getElementById("log");
+  if (!target || !task) return;
+  // streamed output chunks are repeated whole in their tool.result
+  const events = (task.events ?? []).filter((e) => e.type !== "tool.output");
+  const first = events[0]?.t ?? 0;
+  const rows = events.map((e) => {
+    const what = el("td", {}, describeEvent(e));
+    if (e.type === "tool.result" && typeof e.output === "string") {
+      what.append(el("details", {}, el("summary", {}, "output"), el("pre", {}, e.output)));
+    }
+    return el("tr", { className: `event event-${e.type.replace(/\W/g, "-")}` },
+      el("td", { className: "time" }, e.t === undefined ? "" : `+${(e.t - first).toFixed(1)}s`),
+      el("td", { className: "type" }, e.type), what);
+  });
+  target.replaceChildren(el("h2", {}, "Event log"), el("table", { className: "log" }, el("tbody", {}, ...rows)));
+}
