@@ -1,0 +1,17 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { serverSettings } from "../../src/settings";
+
+test("only the settings the user set go to the server, under the server's names", () => {
+  const set: Record<string, unknown> = { "model.name": "qwen2.5-coder", "model.baseUrl": "http://127.0.0.1:11434/v1",
+    "tasks.concurrency": 2, "sandbox.backend": "docker", "model.api": "", "tasks.attempts": null };
+  assert.deepEqual(serverSettings((key) => set[key]), {
+    model: { name: "qwen2.5-coder", base_url: "http://127.0.0.1:11434/v1" },
+    tasks: { concurrency: 2 },
+    sandbox: { backend: "docker" },
+  });
+});
+
+test("nothing set, nothing sent", () => {
+  assert.deepEqual(serverSettings(() => undefined), {});
+});
