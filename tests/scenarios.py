@@ -125,3 +125,14 @@ def follow_up(req):
                             "     return a + b\n*** End Patch")
     assert "Success" in out, out
     yield say(report(["Documented `add` (calc.py:L4-L6)."], [(" ".join(UNITTEST), "passed")]))
+
+
+@scenario("rewrite-add")
+def rewrite_add(req):
+    """A different fix of the same line as ``fix-failing-test``: applying both must conflict."""
+    out = yield apply_patch("*** Begin Patch\n*** Update File: calc.py\n@@\n-    return a - b\n+    return sum((a, b))\n"
+                            "*** End Patch")
+    assert "Success" in out, out
+    out = yield shell(UNITTEST)
+    status = "passed" if re.search(r"^OK", output_text(out), re.M) else "failed"
+    yield say(report(["Rewrote `add` with `sum` (calc.py:L4-L5)."], [(" ".join(UNITTEST), status)]))

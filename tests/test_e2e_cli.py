@@ -78,3 +78,20 @@ def test_help_on_every_verb():
     for verb in ("serve", "run", "ask", "tasks", "show", "diff", "apply", "cancel", "doctor", "image"):
         proc = offload_cli(verb, "--help")
         assert proc.returncode == 0 and "usage: offload" in proc.stdout, verb
+
+
+def test_tasks_changing_the_same_file_merge_or_conflict(docker_engine, fake_model, sample_repo):
+    ids = {}
+    for scenario in ("fix-failing-test", "fix-and-document", "rewrite-add"):
+        proc = offload_cli("run", scenario, "--repo", str(sample_repo), "--json", env=model_env(fake_model, scenario))
+        assert proc.returncode == 0, proc.stderr
+        ids[scenario] = json.loads(proc.stdout.splitlines()[-1])["task"]
+    assert offload_cli("apply", ids["fix-failing-test"], cwd=sample_repo).returncode == 0
+    # the same fix plus a comment elsewhere: the shared hunk is already there, the other merges in
+    assert offload_cli("apply", ids["fix-and-document"], cwd=sample_repo).returncode == 0
+    text = (sample_repo / "calc.py").read_text()
+    assert text.count("return a + b") == 1 and "# the product of a and b" in text
+    # a different change to the same line: a conflict, named, and nothing written
+    clash = offload_cli("apply", ids["rewrite-add"], cwd=sample_repo)
+    assert clash.returncode == 2 and "Conflicts: calc.py" in clash.stderr
+    assert (sample_repo / "calc.py").read_text() == text

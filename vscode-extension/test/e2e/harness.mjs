@@ -1,0 +1,203 @@
+// The real parts of an end-to-end run: the model stand-in, a sample git repository, code-server
+// with the extension installed from its VSIX, and headless Chromium driving the workbench.
+// Every process is started here and stopped by its PID (its process group), with bounded waits.
+
+import { execFileSync, spawn } from "node:child_process";
+import { once } from "node:events";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as os from "node:os";
+import * as path from "node:path";
+import { chromium } from "playwright-core";
+
+export const EXTENSION = path.resolve(import.meta.dirname, "../..");
+export const REPO = path.resolve(EXTENSION, "..");
+export const PYTHON = process.env.OFFLOAD_PYTHON || path.join(REPO, ".venv/bin/python");
+export const ARTIFACTS = path.join(EXTENSION, "test-artifacts");
+const CODE_SERVER = path.join(EXTENSION, ".e2e/node_modules/code-server/out/node/entry.js");
+const VSIX = path.join(EXTENSION, "offload.vsix");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+
+fs.mkdirSync(ARTIFACTS, { recursive: true });
+
+export function tempDir(name) {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `offload-e2e-${name}-`));
+}
+
+/** Waits for `check()` to return something truthy, polling; throws `what` after `ms`. */
+export async function until(check, ms, what) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms / 1000}s waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** A child in its own process group, so stopping it by its PID also stops what it started. */
+function start(command, args, options, logName) {
+  const log = fs.openSync(path.join(ARTIFACTS, logName), "w");
+  const child = spawn(command, args, { ...options, detached: true, stdio: ["ignore", "pipe", log] });
+  child.stop = async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = once(child, "exit");
+    process.kill(-child.pid, "SIGTERM");
+    const timer = setTimeout(() => child.exitCode === null && process.kill(-child.pid, "SIGKILL"), 5000);
+    await exited;
+    clearTimeout(timer);
+  };
+  return child;
+}
+
+/** The environment of everything started here: no model settings or keys from the host. */
+function cleanEnv(extra) {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(OPENAI_|OFFLOAD_)/.test(k)));
+  return { ...env, ...extra };
+}
+
+/** `python -m tests.fakemodel` with the project's scenarios and this suite's (scenarios_e2e.py). */
+export async function startModel() {
+  const child = start(PYTHON, ["-m", "tests.fakemodel", "--port", "0", "--scenarios", "tests.scenarios", "--scenarios", "scenarios_e2e"], {
+    cwd: REPO,
+    env: cleanEnv({ PYTHONPATH: [REPO, import.meta.dirname].join(path.delimiter) }),
+  }, "fakemodel.log");
+  let output = "";
+  child.stdout.on("data", (d) => (output += d));
+  const url = await until(() => /READY (\S+)/.exec(output)?.[1], 30_000, "the model stand-in to print READY");
+  return { url, stop: child.stop };
+}
+
+/** A copy of examples/calc as a git repository with one commit. */
+export function sampleRepo(dir) {
+  const repo = path.join(dir, "calc");
+  fs.cpSync(path.join(REPO, "examples/calc"), repo, { recursive: true });
+  const git = (...args) => execFileSync("git", ["-C", repo, ...args], { stdio: "ignore", timeout: 30_000 });
+  git("init", "-q", "-b", "main");
+  git("add", "-A");
+  git("-c", "user.name=Dev", "-c", "user.email=dev@example.com", "commit", "-q", "-m", "initial");
+  return repo;
+}
+
+let extensionsDir;
+
+/** The extension installed from its VSIX, once per run, as a user would. */
+function installedExtensions() {
+  if (!extensionsDir) {
+    if (!fs.existsSync(VSIX)) throw new Error(`${VSIX} is missing: run \`npm run package\` (scripts/setup-e2e.sh does)`);
+    extensionsDir = tempDir("extensions");
+    execFileSync(process.execPath, [CODE_SERVER, "--extensions-dir", extensionsDir, "--user-data-dir", tempDir("install"),
+      "--install-extension", VSIX], { stdio: "ignore", timeout: 60_000, env: cleanEnv({ HOME: tempDir("home") }) });
+  }
+  return extensionsDir;
+}
+
+async function freePort() {
+  const server = net.createServer().listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const { port } = server.address();
+  server.close();
+  return port;
+}
+
+/**
+ * code-server on `folder` with these user settings, its own HOME and XDG dirs (the Offload
+ * server it starts keeps its tasks there), and Chromium on it, showing the workbench.
+ */
+export async function openVSCode(name, folder, settings) {
+  const home = tempDir(name);
+  const userData = path.join(home, "user-data");
+  fs.mkdirSync(path.join(userData, "User"), { recursive: true });
+  fs.writeFileSync(path.join(userData, "User", "settings.json"), JSON.stringify({
+    "workbench.startupEditor": "none",
+    "workbench.tips.enabled": false,
+    "security.workspace.trust.enabled": false,
+    "extensions.autoCheckUpdates": false,
+    "extensions.autoUpdate": false,
+    "telemetry.telemetryLevel": "off",
+    "git.enabled": false,
+    "editor.codeLens": true,
+    "editor.lightbulb.enabled": "on",
+    ...settings,
+  }, null, 2));
+  const port = await freePort();
+  const xdg = Object.fromEntries(["STATE", "CACHE", "CONFIG", "DATA"].map((k) => [`XDG_${k}_HOME`, path.join(home, k.toLowerCase())]));
+  const server = start(process.execPath, [CODE_SERVER, "--bind-addr", `127.0.0.1:${port}`, "--auth", "none",
+    "--user-data-dir", userData, "--extensions-dir", installedExtensions(), "--disable-telemetry",
+    "--disable-update-check", "--disable-workspace-trust", folder],
+  { env: cleanEnv({ HOME: home, ...xdg }) }, `${name}-code-server.log`);
+  server.stdout.resume();
+  const url = `http://127.0.0.1:${port}`;
+  await until(() => fetch(`${url}/healthz`).then((r) => r.ok, () => false), 30_000, "code-server to answer");
+
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    timeout: 30_000,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync"],
+  });
+  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  page.setDefaultTimeout(30_000);
+  await page.goto(`${url}/?folder=${encodeURIComponent(folder)}`);
+  await page.locator(".explorer-folders-view").waitFor();
+  await page.waitForTimeout(1500); // the workbench takes keys reliably only once it settled
+  const vscode = new Workbench(page, name);
+  vscode.close = async () => {
+    await browser.close().catch(() => {});
+    await server.stop();
+    // the extension host's logs, the Offload output channel among them
+    fs.cpSync(path.join(userData, "logs"), path.join(ARTIFACTS, `${name}-logs`), { recursive: true });
+  };
+  return vscode;
+}
+
+/** What the tests do in the workbench, by keyboard where the workbench allows. */
+class Workbench {
+  constructor(page, name) {
+    this.page = page;
+    this.name = name;
+  }
+
+  async screenshot(step) {
+    await this.page.screenshot({ path: path.join(ARTIFACTS, `${this.name}-${step}.png`) }).catch(() => {});
+  }
+
+  /** F1 opens the command palette with ">"; what follows is a command, a file, or ":line". */
+  async quickInput(text) {
+    await this.page.keyboard.press("F1");
+    const input = this.page.locator(".quick-input-widget input");
+    await input.waitFor();
+    await input.fill(text);
+    return input;
+  }
+
+  async command(title) {
+    await this.quickInput(`>${title}`);
+    await this.page.locator(".quick-input-list .monaco-list-row", { hasText: title }).first().waitFor();
+    await this.page.keyboard.press("Enter");
+  }
+
+  async openFile(name) {
+    await this.quickInput(name);
+    await this.page.locator(".quick-input-list .monaco-list-row", { hasText: name }).first().waitFor();
+    await this.page.keyboard.press("Enter");
+    await this.page.locator(`.tab.active[data-resource-name="${name}"]`).waitFor();
+  }
+
+  async goToLine(line) {
+    await this.quickInput(`:${line}`);
+    await this.page.keyboard.press("Enter");
+  }
+
+  /** Answers the input box a command opened (its title says which). */
+  async answer(title, text) {
+    await this.page.locator(".quick-input-widget .quick-input-title", { hasText: title }).waitFor();
+    await this.page.locator(".quick-input-widget input").fill(text);
+    await this.page.keyboard.press("Enter");
+  }
+
+  /** The active task page's document (webviews nest two iframes). */
+  taskPage() {
+    return this.page.frameLocator("iframe.webview.ready").last().frameLocator("iframe#active-frame");
+  }
+}
