@@ -72,7 +72,7 @@ class BwrapSandbox:
 
     backend = "bubblewrap"
 
-    def __init__(self, sandbox_id: str, directory: Path, runner: RunnerClient, cgroups: _Cgroups | None) -> None:
+    def __init__(self, sandbox_id: str, directory: Path, runner: RunnerClient | None, cgroups: _Cgroups | None) -> None:
         self.id = sandbox_id
         self.directory = directory
         self.runner = runner
@@ -87,10 +87,11 @@ class BwrapSandbox:
 
     def destroy(self) -> None:
         """Stop the runner (its pid namespace dies with it) and remove the layer; idempotent."""
-        try:
-            self.runner.close()
-        except Exception:
-            pass
+        if self.runner is not None:
+            try:
+                self.runner.close()
+            except Exception:
+                pass
         pid = self.pid
         if pid is not None:
             _kill(pid)
@@ -241,7 +242,7 @@ def available() -> None:
     """Raise a SandboxError naming the fix unless this host can run bubblewrap sandboxes."""
     if not sys.platform.startswith("linux"):
         raise SandboxError("the bubblewrap backend needs Linux; use sandbox.backend = \"docker\"")
-    for tool, package in (("bwrap", "bubblewrap"), ("unshare", "util-linux")):
+    for tool, package in (("bwrap", "bubblewrap"), ("unshare", "util-linux"), ("prlimit", "util-linux")):
         if shutil.which(tool) is None:
             raise SandboxError(f"{tool} is missing: apt-get install -y {package}")
     host_python()
@@ -318,15 +319,16 @@ def create(
     outer += f'exec unshare -Urm sh -c {shlex.quote(_SETUP)} offload-sandbox "$@"\n'
     argv = ["sh", "-c", outer, "offload-sandbox", str(directory), lower, str(disk_bytes),
             *_bwrap_argv(directory, network, rlimits)]
-    transport = _SPAWNER.submit(local_transport, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}).result()
-    runner = RunnerClient(*transport)
-    sandbox = BwrapSandbox(sandbox_id, directory, runner, cgroups)
+    sandbox = BwrapSandbox(sandbox_id, directory, None, cgroups)
     try:
-        runner.ping()
+        transport = _SPAWNER.submit(local_transport, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}).result()
+        sandbox.runner = RunnerClient(*transport)
+        sandbox.runner.ping()
     except Exception as e:
-        log = (directory / "setup.log").read_text(errors="replace").strip() if (directory / "setup.log").exists() else ""
+        log = directory / "setup.log"
+        why = log.read_text(errors="replace").strip() if log.exists() else ""
         sandbox.destroy()
-        raise SandboxError(f"the bubblewrap sandbox did not start: {log or e}; `offload doctor` shows why") from e
+        raise SandboxError(f"the bubblewrap sandbox did not start: {why or e}; `offload doctor` shows why") from e
     return sandbox
 
 

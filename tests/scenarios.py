@@ -136,3 +136,11 @@ def rewrite_add(req):
     out = yield shell(UNITTEST)
     status = "passed" if re.search(r"^OK", output_text(out), re.M) else "failed"
     yield say(report(["Rewrote `add` with `sum` (calc.py:L4-L5)."], [(" ".join(UNITTEST), status)]))
+
+
+@scenario("give-up")
+def give_up(req):
+    """Runs the tests, sees them fail, changes nothing and says so honestly."""
+    out = yield shell(UNITTEST)
+    status = "failed" if "FAILED" in out else "passed"
+    yield say(report(["Found the failure but did not fix it."], [(" ".join(UNITTEST), status)]))

@@ -106,6 +106,7 @@ async def test_code_task_from_the_editor_to_an_applied_edit(client, fake_model, 
 
     # progress from begin to end, with the steps between
     reports = client.progress_reports[f"offload-{task_id}"]
+    await editor.until(lambda: isinstance(reports[-1], types.WorkDoneProgressEnd), timeout=10)
     assert isinstance(reports[0], types.WorkDoneProgressBegin)
     assert any(isinstance(r, types.WorkDoneProgressReport) and "unittest" in (r.message or "") for r in reports)
     assert isinstance(reports[-1], types.WorkDoneProgressEnd)
@@ -259,3 +260,20 @@ async def test_follow_up_continues_the_conversation_without_the_rejected_hunks(c
     await editor.until(lambda: editor.edits)
     (text_edit,) = editor.edits[0].edit.changes[from_fs_path(str(repo / "calc.py"))]
     assert '"""Sum of a and b."""' in text_edit.new_text and "the product" not in text_edit.new_text
+
+
+async def test_failing_checks_point_at_their_lines(client, fake_model, tmp_path):
+    repo = make_repo(tmp_path / "calc")
+    editor = Editor(client)
+    await client.initialize_session(types.InitializeParams(
+        capabilities=client_capabilities("emacs"), root_uri=from_fs_path(str(repo)),
+        initialization_options={"model": {"base_url": fake_model.base_url, "name": "give-up"}}))
+    task_id = (await execute(client, "offload.code", {"prompt": "Fix the test"}))["taskId"]
+    await editor.until(lambda: editor.state(task_id) == "finished")
+    uri = from_fs_path(str(repo / "test_calc.py"))
+    await editor.until(lambda: len(client.diagnostics.get(uri, [])) == 1, timeout=10)
+    (diagnostic,) = client.diagnostics[uri]
+    assert diagnostic.severity == types.DiagnosticSeverity.Warning and diagnostic.range.start.line == 7
+    assert "AssertionError: -1 != 5" in diagnostic.message
+    await execute(client, "offload.discard", {"taskId": task_id})
+    await editor.until(lambda: len(client.diagnostics[uri]) == 0, timeout=10)

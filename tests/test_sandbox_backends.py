@@ -17,6 +17,7 @@ import pytest
 from offload.sandbox import bwrap_backend
 from offload.sandbox.errors import SandboxError
 from offload.sandbox.manager import SandboxConfig, SandboxManager
+from offload.server.doctor import probe_bubblewrap
 from tests.conftest import offload_cli
 
 BACKENDS = [pytest.param("docker", marks=pytest.mark.docker), "bubblewrap"]
@@ -26,7 +27,7 @@ BACKENDS = [pytest.param("docker", marks=pytest.mark.docker), "bubblewrap"]
 def bubblewrap():
     """A host where bubblewrap sandboxes start; a failure (not a skip) under CI=true."""
     try:
-        bwrap_backend.available()
+        probe_bubblewrap()
     except SandboxError as e:
         if os.environ.get("CI"):
             pytest.fail(str(e))
@@ -183,14 +184,14 @@ def test_two_sandboxes_from_one_snapshot_do_not_see_each_other(make_manager, sam
     assert first.diff() != second.diff()
 
 
-def test_destroy_leaves_nothing_behind(make_manager, sample_repo, backend, docker_engine_if_docker):
+def test_destroy_leaves_nothing_behind(make_manager, sample_repo, backend, request):
     manager = make_manager()
     sandbox = manager.create(manager.snapshot(sample_repo))
     sandbox.run(["sh", "-c", "echo x > file.txt"])
     if backend == "docker":
         container = sandbox.backend.container.id
         manager.destroy(sandbox.id)
-        assert not docker_engine_if_docker.containers.list(all=True, filters={"id": container})
+        assert not request.getfixturevalue("docker_engine").containers.list(all=True, filters={"id": container})
     else:
         directory, pid = sandbox.backend.directory, sandbox.backend.pid
         cgroups = sandbox.backend.cgroups.dirs if sandbox.backend.cgroups else []
@@ -200,11 +201,6 @@ def test_destroy_leaves_nothing_behind(make_manager, sample_repo, backend, docke
         assert wait_until(lambda: not host_processes_mentioning(str(directory)))
         assert not list((directory.parent).iterdir())
     assert manager.list() == []
-
-
-@pytest.fixture
-def docker_engine_if_docker(backend, request):
-    return request.getfixturevalue("docker_engine") if backend == "docker" else None
 
 
 def test_a_sandbox_outlives_the_thread_that_created_it(make_manager, sample_repo):
@@ -263,7 +259,6 @@ HOST_THAT_DIES = """
 import sys, time
 from pathlib import Path
 from offload.sandbox.manager import SandboxConfig, SandboxManager
-from tests.conftest import offload_cli
 manager = SandboxManager(SandboxConfig(backend="bubblewrap"), Path(sys.argv[1]))
 sandbox = manager.create(manager.snapshot(sys.argv[2]))
 sandbox.run(["sh", "-c", "sleep 300 & echo started"])
@@ -298,3 +293,15 @@ def test_doctor_reports_each_backend_and_the_one_tasks_use(docker_engine, bubble
     checks = {c["check"]: c for c in json.loads(broken.stdout)}
     assert not checks["docker"]["ok"] and "dockerd" in checks["docker"]["fix"]
     assert not checks["sandbox"]["ok"] and checks["sandbox"]["fix"] and broken.returncode == 1
+
+
+def test_a_code_task_runs_end_to_end_on_bubblewrap(bubblewrap, fake_model, sample_repo):
+    env = {"OPENAI_BASE_URL": fake_model.base_url, "OPENAI_API_KEY": "test-key",
+           "OFFLOAD_MODEL_NAME": "fix-failing-test", "OFFLOAD_SANDBOX_BACKEND": "bubblewrap"}
+    proc = offload_cli("run", "Make the failing test pass", "--repo", str(sample_repo), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "+    return a + b" in proc.stdout and "finished" in proc.stderr
+    assert "return a - b" in (sample_repo / "calc.py").read_text()  # the checkout is untouched
+    task = json.loads(offload_cli("tasks", "--json", cwd=sample_repo).stdout.splitlines()[0])
+    events = json.loads(offload_cli("show", task["id"], "--json", cwd=sample_repo).stdout)["events"]
+    assert any(e["type"] == "sandbox" and e["backend"] == "bubblewrap" for e in events), events[:5]

@@ -31,6 +31,15 @@ def python(sandbox, source: str, *args: str, timeout: float = 60, **kw):
 
 
 @pytest.fixture
+def sandbox_factory(make_manager, sample_repo):
+    """Sandboxes over the sample repository with the given sandbox settings."""
+    def make(**settings):
+        manager = make_manager(**settings)
+        return manager.create(manager.snapshot(sample_repo))
+    return make
+
+
+@pytest.fixture
 def canary():
     """A secret file in the host user's home, removed afterwards."""
     path = Path.home() / f"offload-canary-{secrets.token_hex(6)}"
@@ -41,7 +50,10 @@ def canary():
 
 def host_addresses() -> list[str]:
     """This machine's IPv4 addresses: loopback, the Docker bridge, every interface."""
-    out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    try:
+        out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    except FileNotFoundError:  # no iproute2: loopback alone
+        out = ""
     return sorted({line.split()[3].split("/")[0] for line in out.splitlines()} | {"127.0.0.1"})
 
 
@@ -123,14 +135,6 @@ def test_no_host_environment_variable_reaches_a_command(sandbox_factory, monkeyp
     # nor any process of the sandbox, the runner and init included
     every = sandbox.run(["sh", "-c", "cat /proc/[0-9]*/environ | tr '\\0' '\\n'"]).output
     assert key not in every and marker not in every and "OPENAI_API_KEY" not in every
-
-
-@pytest.fixture
-def sandbox_factory(make_manager, sample_repo):
-    def make(**settings):
-        manager = make_manager(**settings)
-        return manager.create(manager.snapshot(sample_repo))
-    return make
 
 
 FORK_BOMB = """
@@ -323,3 +327,21 @@ def test_the_stderr_of_init_and_runner_fills_no_host_file(sandbox, backend):
         on_host = sum(p.stat().st_size for p in sandbox.backend.directory.rglob("*") if p.is_file())
         assert on_host < (1 << 20)
     assert sandbox.run(["echo", "ok"]).output == "ok\n"
+
+
+def test_host_processes_can_be_neither_seen_nor_signalled(sandbox):
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        targets = " ".join(str(p) for p in (victim.pid, os.getpid(), os.getppid()))
+        result = sandbox.run(["sh", "-c", f"for p in {targets}; do kill -9 $p; ls /proc/$p; done"])
+        assert result.output.count("No such process") == 3, result.output
+        assert result.output.count("No such file or directory") == 3, result.output
+        assert victim.poll() is None, "a host process was killed from inside"
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_no_new_namespace_can_be_made_inside(sandbox):
+    result = sandbox.run(["unshare", "-Ur", "id"])
+    assert result.exit_code != 0 and "uid=0" not in result.output, result.output

@@ -58,7 +58,7 @@ class OffloadServer(LanguageServer):
             return
         if event["type"] == "state":
             self.protocol.notify("offload/taskUpdated", _summary(record))
-            if event["state"] == "finished" and record.get("changes"):
+            if event["state"] in ("finished", "failed") and (record.get("changes") or record.get("failures")):
                 self.publish_review(record["id"])
         self.report_progress(record, event)
 
@@ -201,6 +201,17 @@ class OffloadServer(LanguageServer):
                 range=types.Range(types.Position(start, 0), types.Position(max(end, start + 1), 0)),
                 message=message, severity=types.DiagnosticSeverity.Information, source="offload",
                 code="proposal", data={"taskId": record["id"], "hunkId": hunk.id}))
+        for record in self.tasks().list():
+            if record["kind"] != "code" or record.get("discarded") or record["state"] not in ("finished", "failed"):
+                continue
+            for failure in record.get("failures", []):
+                line = max(failure["line"] - 1, 0)
+                by_uri.setdefault(from_fs_path(str(Path(record["repo"]) / failure["path"])), []).append(
+                    types.Diagnostic(
+                        range=types.Range(types.Position(line, 0), types.Position(line + 1, 0)),
+                        message=f"Offload ({record['prompt'][:40]}): a check still fails here: {failure['message']}",
+                        severity=types.DiagnosticSeverity.Warning, source="offload", code="check-failed",
+                        data={"taskId": record["id"]}))
         for uri in touched | set(self.published) | set(by_uri):
             self.text_document_publish_diagnostics(
                 types.PublishDiagnosticsParams(uri=uri, diagnostics=by_uri.get(uri, [])))

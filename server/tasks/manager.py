@@ -23,6 +23,7 @@ from .. import config as cfg
 from ..agent.evidence import testing_checks
 from ..agent.loop import Budget, run_agent
 from ..agent.model import ModelClient, ToolCall
+from .failures import failure_locations
 from .merge import Merged
 from .review import Hunk, accept, hunks, with_hunks
 from .store import TaskStore
@@ -268,6 +269,8 @@ class TaskManager:
                     self.store.save_changes(record["id"], changes, diff)
                     self.store.save_review(record["id"], {})  # new hunks, new decisions
                     record["changes"] = [{"path": c.path, "status": c.status} for c in changes]
+                if record["kind"] == "code":
+                    record["failures"] = self._failures(record)
                 state = {"completed": "finished", "cancelled": "cancelled"}.get(result.outcome, "failed")
                 self._set_state(record, state, result.reason)
         except (cfg.ConfigError, SandboxError) as e:
@@ -281,6 +284,23 @@ class TaskManager:
                 await asyncio.to_thread(sandbox.destroy)
             if (running := self._running.get(record["id"])) and running.cancel is cancel:
                 del self._running[record["id"]]
+
+    def _failures(self, record: dict) -> list[dict]:
+        """Locations from the checks of the last run whose latest attempt still failed."""
+        events = self.store.events(record["id"])
+        starts = [i for i, e in enumerate(events) if e["type"] == "state" and e["state"] == "running"]
+        calls, latest = {}, {}
+        for event in events[starts[-1] if starts else 0:]:
+            if event["type"] == "tool.call" and event["name"] == "shell":
+                calls[event["id"]] = event["arguments"]
+            elif event["type"] == "tool.result" and event["id"] in calls:
+                latest[calls[event["id"]]] = event
+        subdir = os.path.relpath(record["directory"], record["repo"])
+        failures = []
+        for event in latest.values():
+            if event.get("exit_code") not in (0, None):
+                failures += failure_locations(event.get("output", ""), "" if subdir == "." else subdir)
+        return failures
 
     # ---- results -------------------------------------------------------------------------
     def diff(self, task_id: str) -> str:

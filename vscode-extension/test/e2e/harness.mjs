@@ -35,10 +35,13 @@ export async function until(check, ms, what) {
   }
 }
 
-/** A child in its own process group, so stopping it by its PID also stops what it started. */
-function start(command, args, options, logName) {
+/**
+ * A child in its own process group, so stopping it by its PID also stops what it started; its
+ * output goes to `logName` in the artifacts (stdout stays readable with `readStdout`).
+ */
+function start(command, args, options, logName, readStdout = false) {
   const log = fs.openSync(path.join(ARTIFACTS, logName), "w");
-  const child = spawn(command, args, { ...options, detached: true, stdio: ["ignore", "pipe", log] });
+  const child = spawn(command, args, { ...options, detached: true, stdio: ["ignore", readStdout ? "pipe" : log, log] });
   child.stop = async () => {
     if (child.exitCode !== null || child.signalCode !== null) return;
     const exited = once(child, "exit");
@@ -61,7 +64,7 @@ export async function startModel() {
   const child = start(PYTHON, ["-m", "tests.fakemodel", "--port", "0", "--scenarios", "tests.scenarios", "--scenarios", "scenarios_e2e"], {
     cwd: REPO,
     env: cleanEnv({ PYTHONPATH: [REPO, import.meta.dirname].join(path.delimiter) }),
-  }, "fakemodel.log");
+  }, "fakemodel.log", true);
   let output = "";
   child.stdout.on("data", (d) => (output += d));
   const url = await until(() => /READY (\S+)/.exec(output)?.[1], 30_000, "the model stand-in to print READY");
@@ -126,7 +129,6 @@ export async function openVSCode(name, folder, settings) {
     "--user-data-dir", userData, "--extensions-dir", installedExtensions(), "--disable-telemetry",
     "--disable-update-check", "--disable-workspace-trust", folder],
   { env: cleanEnv({ HOME: home, ...xdg }) }, `${name}-code-server.log`);
-  server.stdout.resume();
   const url = `http://127.0.0.1:${port}`;
   await until(() => fetch(`${url}/healthz`).then((r) => r.ok, () => false), 30_000, "code-server to answer");
 
