@@ -24,6 +24,7 @@ from .errors import SandboxError
 
 log = logging.getLogger(__name__)
 
+MAX_LINE = 256 << 20  # one message's bound: a sandbox writing without newlines can't exhaust the host
 CANCEL_POLL = 0.05  # how soon run() notices its cancel event
 CLOSE_WAIT = 5.0  # the runner needs up to its 2 s grace to kill its commands before exiting
 _CLOSED = object()  # queued to every pending call when the channel ends
@@ -214,6 +215,9 @@ class RunnerClient:
         try:
             while chunk := self._read(1 << 16):
                 buf += chunk
+                if len(buf) > MAX_LINE and b"\n" not in chunk:
+                    reason = f"the sandbox sent a line over {MAX_LINE >> 20} MiB; the channel was closed"
+                    break
                 if b"\n" in chunk:  # only split when a line is complete: results can be megabytes
                     *lines, rest = buf.split(b"\n")
                     buf = bytearray(rest)

@@ -99,6 +99,9 @@ class DockerSandbox:
             self.container.remove(force=True)
         except docker.errors.NotFound:
             pass
+        except docker.errors.APIError as e:  # auto-removal already under way
+            if e.status_code != 409:
+                raise
 
 
 def _workspace_tar(path: Path) -> bytes:
@@ -157,6 +160,7 @@ def create(
             memswap_limit=memory,
             nano_cpus=int(cpus * 1e9),
             init=True,
+            auto_remove=True,  # the runner stops init when its owner goes: nothing stays behind
             # No container log: anything in the sandbox can write to its init's stdout (/proc/1/fd/1),
             # and json-file would store it on the host's disk without bound.
             log_config=docker.types.LogConfig(type=docker.types.LogConfig.types.NONE),
@@ -179,7 +183,7 @@ def create(
 def _start_runner(client: docker.DockerClient, container) -> RunnerClient:
     exec_id = client.api.exec_create(
         container.id,
-        ["python3", "-I", "-u", "-c", runner_source(), "--root", WORKSPACE],
+        ["python3", "-I", "-u", "-c", runner_source(), "--root", WORKSPACE, "--stop-init"],
         stdin=True, stdout=True, stderr=True, tty=False,
         user=f"{SANDBOX_UID}:{SANDBOX_UID}",
     )["Id"]

@@ -373,13 +373,19 @@ class Runner:
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Offload's in-sandbox command runner (JSON lines on stdin/stdout).")
     parser.add_argument("--root", required=True, help="the directory file operations are confined to")
+    parser.add_argument("--stop-init", action="store_true",
+                        help="stop the container's init when the channel ends: a sandbox whose owner is gone stops")
     args = parser.parse_args(argv)
     for sig in (signal.SIGTERM, signal.SIGHUP):  # stopped from outside: still clean up
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     runner = Runner(args.root, os.fdopen(os.dup(1), "wb"))
     os.dup2(2, 1)  # a stray print can never corrupt the channel
     os.chdir(runner.root)
-    runner.serve(sys.stdin.buffer)
+    try:
+        runner.serve(sys.stdin.buffer)
+    finally:
+        if args.stop_init:
+            os.kill(1, signal.SIGTERM)
 
 
 if __name__ == "__main__":

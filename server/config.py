@@ -33,6 +33,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "memory": "2g",
         "cpus": 2.0,
         "pids": 512,
+        "disk": "4g",
         "docker_host": "",
     },
     "tasks": {"concurrency": 4, "attempts": 1},

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -60,3 +61,16 @@ def test_cancel_from_another_process(docker_engine, fake_model, sample_repo):
     result = next(e for e in events if e["type"] == "tool.result")
     assert result["exit_code"] != 0  # the sleep was killed, not waited out
     assert offload_cli("cancel", task_id).returncode == 2  # a finished task cannot be cancelled again
+
+
+def test_a_sandbox_whose_owner_is_killed_stops_by_itself(docker_engine, fake_model, sample_repo):
+    proc = start_run(fake_model, sample_repo, "slow-command")
+    events = read_until(proc, lambda e: e["type"] == "tool.call")
+    task_id = events[-1]["task"]
+    assert docker_engine.containers.list(filters={"label": f"offload.task={task_id}"})
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while docker_engine.containers.list(all=True, filters={"label": f"offload.task={task_id}"}):
+        assert time.monotonic() < deadline, "the orphaned sandbox is still there"
+        time.sleep(0.2)

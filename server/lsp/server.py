@@ -251,7 +251,8 @@ def _whole_range(lines: list[str], codec) -> types.Range:
 
 
 def _summary(record: dict) -> dict:
-    keys = ("id", "kind", "state", "reason", "prompt", "repo", "changes", "steps", "input_tokens", "output_tokens")
+    keys = ("id", "kind", "state", "reason", "prompt", "repo", "changes", "steps", "input_tokens", "output_tokens",
+            "cost_usd", "created", "updated")
     return {("taskId" if k == "id" else k): record.get(k) for k in keys}
 
 

@@ -248,7 +248,8 @@ class TaskManager:
                 self._set_state(record, "running", f"working with {model_settings['name']}")
                 model = ModelClient(model_settings["base_url"], model_settings["api_key"], model_settings["name"],
                                     api=config.get("model.api"), stream=config.get("model.stream"),
-                                    timeout=config.get("model.timeout"), max_retries=config.get("model.max_retries"))
+                                    timeout=config.get("model.timeout"), max_retries=config.get("model.max_retries"),
+                                    freeform_patch=config.get("model.freeform_patch"))
                 try:
                     result = await run_agent(
                         sandbox, model, followup or record["prompt"], lambda kind, data: self._emit(record, kind, data),
@@ -262,7 +263,7 @@ class TaskManager:
                     await model.close()
                 record.update(message=result.message, commit=result.commit, steps=result.steps,
                               input_tokens=result.input_tokens, output_tokens=result.output_tokens,
-                              checks=testing_checks(result.message), plan=result.plan)
+                              cost_usd=result.cost_usd, checks=testing_checks(result.message), plan=result.plan)
                 if record["kind"] == "code" and result.outcome in ("completed", "budget"):
                     changes = await asyncio.to_thread(sandbox.export)
                     diff = await asyncio.to_thread(sandbox.diff)
@@ -428,6 +429,6 @@ def _sandbox_config(config: cfg.Config) -> SandboxConfig:
     return SandboxConfig(
         backend=config.get("sandbox.backend"), image=config.get("sandbox.image"),
         network=config.get("sandbox.network"), memory=config.get("sandbox.memory"),
-        cpus=config.get("sandbox.cpus"), pids=config.get("sandbox.pids"),
+        cpus=config.get("sandbox.cpus"), pids=config.get("sandbox.pids"), disk=config.get("sandbox.disk"),
         docker_host=config.get("sandbox.docker_host") or None,
     )

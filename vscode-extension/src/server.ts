@@ -14,6 +14,7 @@ export const API_KEY_SECRET = "offload.apiKey";
 
 export class OffloadServer implements vscode.Disposable {
   private client: LanguageClient | undefined;
+  private starting: Promise<void> = Promise.resolve();
   private readonly updated = new vscode.EventEmitter<Summary>();
   private readonly evented = new vscode.EventEmitter<{ taskId: string; event: TaskEvent }>();
   private readonly started = new vscode.EventEmitter<void>();
@@ -24,7 +25,13 @@ export class OffloadServer implements vscode.Disposable {
 
   constructor(private readonly secrets: vscode.SecretStorage) {}
 
-  async start(): Promise<void> {
+  /** Starts the server; commands sent meanwhile wait for it. */
+  start(): Promise<void> {
+    this.starting = this.launch();
+    return this.starting;
+  }
+
+  private async launch(): Promise<void> {
     const python = await pythonPath();
     const problem = await checkInstalled(python);
     if (problem) {
@@ -70,6 +77,7 @@ export class OffloadServer implements vscode.Disposable {
 
   /** Runs one of the server's commands (`offload.*`), which take a single JSON object. */
   async command<T = unknown>(name: string, arg: object): Promise<T> {
+    await this.starting.catch(() => undefined); // its failure was shown when it happened
     if (!this.client?.isRunning()) {
       throw new Error("the Offload server is not running; see the \"Offload\" output for why");
     }
