@@ -58,13 +58,15 @@ class Editor:
         return states[-1] if states else None
 
 
-async def start(client: LanguageClient, repo, fake_model, capabilities: str) -> Editor:
+async def start(client: LanguageClient, repo, fake_model, capabilities: str,
+                scenario: str = "fix-failing-test") -> Editor:
+    """Initialize like an editor opening `repo`, with the stand-in playing `scenario` as the model."""
     editor = Editor(client)
     await client.initialize_session(types.InitializeParams(
         capabilities=client_capabilities(capabilities),
         root_uri=from_fs_path(str(repo)),
         workspace_folders=[types.WorkspaceFolder(uri=from_fs_path(str(repo)), name="calc")],
-        initialization_options={"settings": {"model": {"base_url": fake_model.base_url, "name": "fix-failing-test"}}},
+        initialization_options={"settings": {"model": {"base_url": fake_model.base_url, "name": scenario}}},
     ))
     return editor
 
@@ -171,10 +173,7 @@ async def test_quick_fix_on_a_diagnostic_offers_offload(client, fake_model, tmp_
 
 async def test_review_hunk_by_hunk_in_the_editor(client, fake_model, tmp_path):
     repo = make_repo(tmp_path / "calc")
-    editor = Editor(client)
-    await client.initialize_session(types.InitializeParams(
-        capabilities=client_capabilities("visual-studio-code"), root_uri=from_fs_path(str(repo)),
-        initialization_options={"model": {"base_url": fake_model.base_url, "name": "fix-and-document"}}))
+    editor = await start(client, repo, fake_model, "visual-studio-code", "fix-and-document")
     uri = from_fs_path(str(repo / "calc.py"))
     before = (repo / "calc.py").read_text()
     client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
@@ -239,10 +238,7 @@ async def test_a_task_run_from_the_cli_shows_up_in_the_editor(client, fake_model
 
 async def test_follow_up_continues_the_conversation_without_the_rejected_hunks(client, fake_model, tmp_path):
     repo = make_repo(tmp_path / "calc")
-    editor = Editor(client)
-    await client.initialize_session(types.InitializeParams(
-        capabilities=client_capabilities("neovim@v0.11.0"), root_uri=from_fs_path(str(repo)),
-        initialization_options={"model": {"base_url": fake_model.base_url, "name": "follow-up"}}))
+    editor = await start(client, repo, fake_model, "neovim@v0.11.0", "follow-up")
     task_id = (await execute(client, "offload.code", {"prompt": "Fix add and document multiply"}))["taskId"]
     await editor.until(lambda: editor.state(task_id) == "finished")
     await execute(client, "offload.rejectHunk", {"taskId": task_id, "hunkId": "calc.py#2"})
@@ -264,10 +260,7 @@ async def test_follow_up_continues_the_conversation_without_the_rejected_hunks(c
 
 async def test_failing_checks_point_at_their_lines(client, fake_model, tmp_path):
     repo = make_repo(tmp_path / "calc")
-    editor = Editor(client)
-    await client.initialize_session(types.InitializeParams(
-        capabilities=client_capabilities("emacs"), root_uri=from_fs_path(str(repo)),
-        initialization_options={"model": {"base_url": fake_model.base_url, "name": "give-up"}}))
+    editor = await start(client, repo, fake_model, "emacs", "give-up")
     task_id = (await execute(client, "offload.code", {"prompt": "Fix the test"}))["taskId"]
     await editor.until(lambda: editor.state(task_id) == "finished")
     uri = from_fs_path(str(repo / "test_calc.py"))
