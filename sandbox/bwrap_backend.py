@@ -248,7 +248,7 @@ def available() -> None:
     host_python()
 
 
-def _bwrap_argv(directory: Path, network: bool, rlimits: list[str]) -> list[str]:
+def _bwrap_argv(directory: Path, network: bool, rlimits: list[str], read_only: bool = False) -> list[str]:
     layer = directory / "layer"
     argv = ["bwrap", "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
             "--disable-userns", "--die-with-parent", "--new-session", "--hostname", "offload"]
@@ -272,7 +272,7 @@ def _bwrap_argv(directory: Path, network: bool, rlimits: list[str]) -> list[str]
         if os.path.exists(f"/proc/{name}"):
             argv += ["--ro-bind", "/dev/null", f"/proc/{name}"]
     argv += ["--dev", "/dev", "--bind", f"{layer}/shm", "/dev/shm", "--remount-ro", "/dev",
-             "--bind", f"{layer}/tmp", "/tmp", "--bind", f"{layer}/home", HOME, "--bind", f"{layer}/ws", WORKSPACE,
+             "--bind", f"{layer}/tmp", "/tmp", "--bind", f"{layer}/home", HOME, "--ro-bind" if read_only else "--bind", f"{layer}/ws", WORKSPACE,
              "--remount-ro", "/", "--chdir", WORKSPACE, "--clearenv"]
     for key, value in RUNNER_ENV.items():
         argv += ["--setenv", key, value]
@@ -297,6 +297,7 @@ def create(
     pids: int,
     disk: str,
     network: bool,
+    read_only: bool = False,
 ) -> BwrapSandbox:
     """Start a sandbox over `snapshot_path` with its runner connected."""
     available()
@@ -318,7 +319,7 @@ def create(
     outer += "".join(f"echo $$ > {shlex.quote(str(f))}\n" for f in (cgroups.procs_files() if cgroups else []))
     outer += f'exec unshare -Urm sh -c {shlex.quote(_SETUP)} offload-sandbox "$@"\n'
     argv = ["sh", "-c", outer, "offload-sandbox", str(directory), lower, str(disk_bytes),
-            *_bwrap_argv(directory, network, rlimits)]
+            *_bwrap_argv(directory, network, rlimits, read_only)]
     sandbox = BwrapSandbox(sandbox_id, directory, None, cgroups)
     try:
         transport = _SPAWNER.submit(local_transport, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}).result()

@@ -104,12 +104,13 @@ class DockerSandbox:
                 raise
 
 
-def _workspace_tar(path: Path) -> bytes:
-    """The snapshot as a tarball rooted at /workspace, owned by the sandbox user."""
+def _workspace_tar(path: Path, read_only: bool = False) -> bytes:
+    """The snapshot as a tarball rooted at /workspace, owned by the sandbox user (by root when
+    the sandbox must only read it: the unprivileged user then cannot change a byte)."""
     buffer = io.BytesIO()
 
     def own(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uid = info.gid = SANDBOX_UID
+        info.uid = info.gid = 0 if read_only else SANDBOX_UID
         info.uname = info.gname = ""
         return info
 
@@ -141,6 +142,7 @@ def create(
     cpus: float,
     pids: int,
     network: bool,
+    read_only: bool = False,
 ) -> DockerSandbox:
     """Start a container from `image` holding the snapshot, with its runner connected."""
     all_labels = {**labels, "offload.sandbox": sandbox_id, "offload.created": str(int(time.time()))}
@@ -171,7 +173,7 @@ def create(
     except docker.errors.DockerException as e:
         raise SandboxError(f"could not create a sandbox container: {e}") from e
     try:
-        container.put_archive("/", _workspace_tar(snapshot_path))
+        container.put_archive("/", _workspace_tar(snapshot_path, read_only))
         container.start()
         runner = _start_runner(client, container)
     except Exception:

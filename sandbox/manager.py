@@ -29,6 +29,10 @@ COMMAND_ENV = {
     "PAGER": "cat",
     "GIT_PAGER": "cat",
     "PYTHONDONTWRITEBYTECODE": "1",
+    # a read-only workspace belongs to root: git must still read it
+    "GIT_CONFIG_COUNT": "1",
+    "GIT_CONFIG_KEY_0": "safe.directory",
+    "GIT_CONFIG_VALUE_0": "*",
 }
 
 
@@ -192,11 +196,12 @@ class SandboxManager:
     def snapshot(self, directory: str | Path) -> Snapshot:
         return take_snapshot(directory, self.cache_dir)
 
-    def create(self, snapshot: Snapshot, labels: dict | None = None) -> Sandbox:
-        """A new sandbox over `snapshot`; the agent phase has no network unless configured."""
+    def create(self, snapshot: Snapshot, labels: dict | None = None, read_only: bool = False) -> Sandbox:
+        """A new sandbox over `snapshot`; the agent phase has no network unless configured, and a
+        read-only sandbox (Ask) cannot change a byte of its workspace."""
         sandbox_id = uuid.uuid4().hex[:12]
         limits = dict(memory=self.config.memory, cpus=self.config.cpus, pids=self.config.pids,
-                      network=self.config.network == "on")
+                      network=self.config.network == "on", read_only=read_only)
         all_labels = {"offload.owner": self.owner, **(labels or {})}
         if self.backend_name() == "docker":
             backend = docker_backend.create(self.docker(), image=self.config.image, snapshot_path=snapshot.path,

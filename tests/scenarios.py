@@ -144,3 +144,13 @@ def give_up(req):
     out = yield shell(UNITTEST)
     status = "failed" if "FAILED" in out else "passed"
     yield say(report(["Found the failure but did not fix it."], [(" ".join(UNITTEST), status)]))
+
+
+@scenario("ask-tries-to-write")
+def ask_tries_to_write(req):
+    """An Ask task that tries to change the workspace anyway: the sandbox must refuse."""
+    assert "apply_patch" not in req.tool_names, req.tool_names
+    out = yield shell(["sh", "-c", "echo x >> calc.py; touch new.txt; rm test_calc.py; git commit -qam x --allow-empty"])
+    refused = not out.startswith("Exit code: 0")
+    out = yield shell(["grep", "-n", "def add", "calc.py"])
+    yield say(f"`add` is defined at calc.py:L4-L5. Writing was {'refused' if refused else 'ALLOWED'}.")

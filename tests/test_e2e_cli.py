@@ -95,3 +95,12 @@ def test_tasks_changing_the_same_file_merge_or_conflict(docker_engine, fake_mode
     clash = offload_cli("apply", ids["rewrite-add"], cwd=sample_repo)
     assert clash.returncode == 2 and "Conflicts: calc.py" in clash.stderr
     assert (sample_repo / "calc.py").read_text() == text
+
+
+def test_ask_answers_from_a_read_only_sandbox(docker_engine, fake_model, sample_repo):
+    proc = offload_cli("ask", "Where is add defined?", "--repo", str(sample_repo),
+                       env=model_env(fake_model, "ask-tries-to-write"))
+    assert proc.returncode == 0, proc.stderr
+    assert "calc.py:L4-L5" in proc.stdout and "Writing was refused" in proc.stdout
+    assert "diff --git" not in proc.stdout
+    assert git(sample_repo, "status", "--porcelain") == ""

@@ -305,3 +305,15 @@ def test_a_code_task_runs_end_to_end_on_bubblewrap(bubblewrap, fake_model, sampl
     task = json.loads(offload_cli("tasks", "--json", cwd=sample_repo).stdout.splitlines()[0])
     events = json.loads(offload_cli("show", task["id"], "--json", cwd=sample_repo).stdout)["events"]
     assert any(e["type"] == "sandbox" and e["backend"] == "bubblewrap" for e in events), events[:5]
+
+
+def test_a_read_only_sandbox_cannot_change_its_workspace(make_manager, sample_repo):
+    manager = make_manager()
+    sandbox = manager.create(manager.snapshot(sample_repo), read_only=True)
+    before = sandbox.read_file("calc.py")
+    result = sandbox.run(["sh", "-c", "echo x >> calc.py; touch new.txt; rm -f test_calc.py; echo done"])
+    assert "done" in result.output
+    assert sandbox.read_file("calc.py") == before and sandbox.read_file("new.txt") is None
+    assert sandbox.read_file("test_calc.py") is not None
+    assert sandbox.run(["git", "status", "--porcelain"]).output.strip() == ""
+    assert sandbox.run(["sh", "-c", "echo ok > /tmp/scratch && cat /tmp/scratch"]).output.strip() == "ok"

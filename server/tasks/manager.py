@@ -238,7 +238,8 @@ class TaskManager:
                 else:  # continue from the same base, with the work so far minus what the user rejected
                     snapshot = load_snapshot(self.cache_dir, record["tree"], Path(record["repo"]),
                                              os.path.relpath(record["directory"], record["repo"]))
-                sandbox = await asyncio.to_thread(sandboxes.create, snapshot, {"offload.task": record["id"]})
+                sandbox = await asyncio.to_thread(sandboxes.create, snapshot, {"offload.task": record["id"]},
+                                                  record["kind"] == "ask")
                 if followup is not None:
                     await asyncio.to_thread(self._restore, record, sandbox)
                 self._emit(record, "sandbox", {"sandbox": sandbox.id, "backend": sandbox.backend.backend,
