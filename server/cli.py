@@ -26,7 +26,7 @@ def _progress_line(record: dict, event: dict) -> str | None:
     if kind == "tool.call":
         return f"[{record['id']}]   {event['name']}: {preview(event['arguments'])}"
     if kind == "tool.result" and "exit_code" in event:
-        return f"[{record['id']}]   → exit {event['exit_code']} in {event['duration']:.1f}s"
+        return f"[{record['id']}]   → exit {event['exit_code']} in {event.get('duration', 0):.1f}s"
     if kind in ("model.error", "error", "note"):
         return f"[{record['id']}]   {event.get('error') or event.get('text')}"
     return None

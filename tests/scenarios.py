@@ -124,7 +124,8 @@ def follow_up(req):
     out = yield apply_patch('*** Begin Patch\n*** Update File: calc.py\n@@ def add(a, b):\n+    """Sum of a and b."""\n'
                             "     return a + b\n*** End Patch")
     assert "Success" in out, out
-    yield say(report(["Documented `add` (calc.py:L4-L6)."], [(" ".join(UNITTEST), "passed")]))
+    out = yield shell(UNITTEST)
+    yield say(report(["Documented `add` (calc.py:L4-L6)."], [(" ".join(UNITTEST), "passed" if "OK" in out else "failed")]))
 
 
 @scenario("rewrite-add")
@@ -154,3 +155,25 @@ def ask_tries_to_write(req):
     refused = not out.startswith("Exit code: 0")
     out = yield shell(["grep", "-n", "def add", "calc.py"])
     yield say(f"`add` is defined at calc.py:L4-L5. Writing was {'refused' if refused else 'ALLOWED'}.")
+
+
+@scenario("skip-checks")
+def skip_checks(req):
+    """Edits and stops without running the checks AGENTS.md lists; when reminded, still doesn't."""
+    out = yield apply_patch("*** Begin Patch\n*** Update File: calc.py\n@@\n-    return a - b\n+    return a + b\n"
+                            "*** End Patch")
+    assert "Success" in out, out
+    reminder = yield say("## Summary\nFixed add (calc.py:L4-L5).")
+    assert "python3 -m unittest -q" in reminder, reminder
+    yield say("## Summary\nFixed add (calc.py:L4-L5).")
+
+
+@scenario("checks-after-reminder")
+def checks_after_reminder(req):
+    """Edits, forgets the checks, and runs them once reminded."""
+    out = yield apply_patch("*** Begin Patch\n*** Update File: calc.py\n@@\n-    return a - b\n+    return a + b\n"
+                            "*** End Patch")
+    assert "Success" in out, out
+    reminder = yield say("## Summary\nFixed add (calc.py:L4-L5).\n## Testing\n- none run")
+    out = yield shell(UNITTEST)
+    yield say(report(["Fixed add (calc.py:L4-L5)."], [(" ".join(UNITTEST), "passed" if "OK" in out else "failed")]))

@@ -104,3 +104,31 @@ def test_ask_answers_from_a_read_only_sandbox(docker_engine, fake_model, sample_
     assert "calc.py:L4-L5" in proc.stdout and "Writing was refused" in proc.stdout
     assert "diff --git" not in proc.stdout
     assert git(sample_repo, "status", "--porcelain") == ""
+
+
+def test_checks_agents_md_lists_run_after_the_last_edit(docker_engine, fake_model, sample_repo):
+    # reminded once, the model runs them itself
+    proc = offload_cli("run", "fix add", "--repo", str(sample_repo), "--json",
+                       env=model_env(fake_model, "checks-after-reminder"))
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert any(e["type"] == "note" and "unrun checks" in e["text"] for e in events)
+    assert not any(e.get("by") == "harness" for e in events)
+    # a model that will not run them: the harness runs them and reports them in the message
+    proc = offload_cli("run", "fix add", "--repo", str(sample_repo), env=model_env(fake_model, "skip-checks"))
+    assert proc.returncode == 0, proc.stderr
+    assert "## Testing (run by Offload after the last edit" in proc.stdout
+    assert "`python3 -m unittest -q` — passed [c" in proc.stdout
+
+
+def test_a_global_agents_md_is_read_first(docker_engine, fake_model, sample_repo, isolated_dirs):
+    from pathlib import Path
+
+    from offload.server.agent.prompts import agents_instructions, listed_checks
+
+    global_file = Path(isolated_dirs["XDG_CONFIG_HOME"]) / "offload" / "AGENTS.md"
+    global_file.parent.mkdir(parents=True)
+    global_file.write_text("Prefer small commits.\n\n## Checks\n- `make lint`\n")
+    text, notes = agents_instructions(sample_repo)
+    assert text.index("Prefer small commits") < text.index("A tiny calculator") and notes == []
+    assert listed_checks(sample_repo) == ["make lint", "python3 -m unittest -q"]

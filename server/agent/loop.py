@@ -22,7 +22,7 @@ from offload.sandbox.manager import Sandbox
 
 from .evidence import Chunks, check_citations
 from .model import Attempt, ModelClient, ModelError, Reply, ToolCall, Usage
-from .prompts import system_prompt
+from .prompts import listed_checks, system_prompt
 from .tools import Tools, tool_specs
 
 Emit = Callable[[str, dict], None]
@@ -35,6 +35,8 @@ HIDDEN = "[output hidden to save context; it is in the task log as chunk {chunk}
 REPEATED = ("\n\nNote: you have made exactly this call {n} times in a row and its result will not change. "
             "Do something different, or finish with your final message: the same call again stops the task.")
 CANCELLED = "cancelled by the user"
+CHECKS_REMINDER = ("AGENTS.md lists checks that must run after the last edit, and these have not run since yours. "
+                   "Run them now, then send your final message again with their results:\n")
 
 
 @dataclass
@@ -149,6 +151,8 @@ class _Agent:
         self.result = AgentResult("failed", "", cost_usd=model.cost(Usage()))
         self.history: list[dict] = []
         self.prior: list[dict] = []
+        self.checks = [] if read_only else listed_checks(sandbox.snapshot.path, sandbox.snapshot.subdir)
+        self.edited, self.reminded, self.since_edit = False, False, set()
         self.last_call: tuple[tuple, int] = ((), 0)  # (name, arguments) and how many times in a row
 
     async def run(self) -> AgentResult:
@@ -181,11 +185,20 @@ class _Agent:
             while True:
                 self._check_budget()
                 reply = await self._step()
-                if not reply.calls:
-                    self.result.message = reply.text
+                if reply.calls:
+                    for call in reply.calls:
+                        await self._call(call)
+                    continue
+                self.result.message = reply.text
+                missing = self._unrun_checks()
+                if not missing or self.reminded:
                     break
-                for call in reply.calls:
-                    await self._call(call)
+                self.reminded = True  # once: the model runs them, or the harness does below
+                self.emit("note", {"text": "reminded the model of unrun checks: " + ", ".join(missing)})
+                self.history.append({"role": "user", "content": CHECKS_REMINDER + "\n".join(
+                    f"- `{c}`" for c in missing)})
+            if missing := self._unrun_checks():
+                await self._run_checks(missing)
             await self._finish()
         except _End as end:
             return end.outcome, end.reason
@@ -264,8 +277,44 @@ class _Agent:
             self.emit("plan", {"plan": outcome.event["plan"], "explanation": outcome.event.get("explanation")})
         self.history.append({"role": "tool", "call_id": call.id, "output": output, "custom": call.custom,
                              "chunk": chunk})
+        self._track_checks(call, outcome.event)
         if self.stop.is_set():
             raise self._stopped()
+
+    def _track_checks(self, call: ToolCall, event: dict) -> None:
+        """Which commands ran since the last edit: the checks must run after it."""
+        if event.get("files"):
+            self.edited, self.since_edit = True, set()
+        elif "exit_code" in event and call.name == "shell":
+            try:
+                command = json.loads(call.arguments).get("command")
+            except (json.JSONDecodeError, AttributeError):
+                return
+            self.since_edit.add(_command_text(command))
+
+    def _unrun_checks(self) -> list[str]:
+        if self.read_only or not self.edited:
+            return []
+        return [c for c in self.checks if c not in self.since_edit]
+
+    async def _run_checks(self, checks: list[str]) -> None:
+        """The model would not run them: run them here and report them honestly in its message."""
+        lines = []
+        for check in checks:
+            call_id = f"harness-{len(self.since_edit) + 1}"
+            self.emit("tool.call", {"id": call_id, "name": "shell", "by": "harness",
+                                    "arguments": json.dumps({"command": ["bash", "-lc", check]})})
+            started = time.monotonic()
+            outcome = await asyncio.to_thread(self.tools.shell, call_id, {"command": ["bash", "-lc", check]})
+            chunk = self.chunks.add(call=call_id, name="shell", exit_code=outcome.event.get("exit_code"))
+            self.emit("tool.result", {"id": call_id, "name": "shell", "by": "harness", "chunk": chunk,
+                                      "output": f"Chunk: {chunk}\n{outcome.output}",
+                                      "duration": round(time.monotonic() - started, 4), **outcome.event})
+            self.since_edit.add(check)
+            status = "passed" if outcome.event.get("exit_code") == 0 else "failed"
+            lines.append(f"- `{check}` — {status} [{chunk}]")
+        self.result.message = (self.result.message.rstrip() + "\n\n## Testing (run by Offload after the last edit, "
+                               "as AGENTS.md asks)\n" + "\n".join(lines) + "\n")
 
     async def _finish(self) -> None:
         """Commits the work, then checks the final message's citations against the final tree."""
@@ -280,6 +329,13 @@ class _Agent:
         r.citations = await asyncio.to_thread(check_citations, r.message, self.sandbox.read_file, self.chunks)
         self.emit("citations", {"citations": r.citations, "checked": len(r.citations),
                                 "flagged": sum(not c["ok"] for c in r.citations)})
+
+
+def _command_text(command) -> str:
+    """A shell call's command as AGENTS.md would write it."""
+    if isinstance(command, list) and len(command) == 3 and command[0] in ("bash", "sh") and command[1] in ("-lc", "-c"):
+        return command[2].strip()
+    return " ".join(command) if isinstance(command, list) else str(command).strip()
 
 
 def _normal(arguments: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 AGENTS_BUDGET = 32 * 1024
@@ -41,16 +42,31 @@ Read the code with the shell tool, then answer in Markdown, citing files as path
 Mermaid diagrams (```mermaid) are welcome where they help."""
 
 
-def agents_instructions(workspace: Path, subdir: str = "") -> tuple[str, list[str]]:
-    """AGENTS.md from the root down to `subdir`, root first; drops the least specific over budget.
+def global_agents_file() -> Path:
+    """The user's own AGENTS.md, read before any repository's (the least specific of all)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return Path(base) / "offload" / "AGENTS.md"
 
-    Returns the joined text and a note for each file dropped or cut.
-    """
+
+def _agents_files(workspace: Path, subdir: str) -> list[tuple[str, str]]:
+    """(name, text) of every AGENTS.md that applies, least specific first."""
     dirs = [workspace]
     for part in Path(subdir).parts if subdir else ():
         dirs.append(dirs[-1] / part)
-    files = [(d / "AGENTS.md") for d in dirs if (d / "AGENTS.md").is_file()]
-    texts = [(os.path.relpath(f, workspace), f.read_text(errors="replace")) for f in files]
+    texts = []
+    if global_agents_file().is_file():
+        texts.append(("global AGENTS.md", global_agents_file().read_text(errors="replace")))
+    texts += [(os.path.relpath(d / "AGENTS.md", workspace), (d / "AGENTS.md").read_text(errors="replace"))
+              for d in dirs if (d / "AGENTS.md").is_file()]
+    return texts
+
+
+def agents_instructions(workspace: Path, subdir: str = "") -> tuple[str, list[str]]:
+    """AGENTS.md files joined least specific first; over budget, the least specific go first.
+
+    Returns the joined text and a note for each file dropped or cut.
+    """
+    texts = _agents_files(workspace, subdir)
     notes = []
     while texts and sum(len(t.encode()) for _, t in texts) > AGENTS_BUDGET:
         if len(texts) == 1:
@@ -62,6 +78,22 @@ def agents_instructions(workspace: Path, subdir: str = "") -> tuple[str, list[st
         notes.append(f"{name} dropped: AGENTS.md files exceed {AGENTS_BUDGET} bytes")
     joined = "\n\n".join(f"# AGENTS.md ({name})\n{text}" for name, text in texts)
     return joined, notes
+
+
+_CHECK_LINE = re.compile(r"^\s*[-*]\s+`([^`]+)`")
+
+
+def listed_checks(workspace: Path, subdir: str = "") -> list[str]:
+    """The commands AGENTS.md lists under a heading that names checks (e.g. `## Checks`)."""
+    checks: list[str] = []
+    for _, text in _agents_files(workspace, subdir):
+        in_checks = False
+        for line in text.splitlines():
+            if line.lstrip().startswith("#"):
+                in_checks = "check" in line.lower()
+            elif in_checks and (m := _CHECK_LINE.match(line)) and m[1].strip() not in checks:
+                checks.append(m[1].strip())
+    return checks
 
 
 def system_prompt(workspace: Path, subdir: str, read_only: bool) -> tuple[str, list[str]]:
