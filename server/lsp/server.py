@@ -252,7 +252,7 @@ def _whole_range(lines: list[str], codec) -> types.Range:
 
 def _summary(record: dict) -> dict:
     keys = ("id", "kind", "state", "reason", "prompt", "repo", "changes", "steps", "input_tokens", "output_tokens",
-            "cost_usd", "created", "updated")
+            "cost_usd", "created", "updated", "discarded")
     return {("taskId" if k == "id" else k): record.get(k) for k in keys}
 
 
@@ -401,33 +401,38 @@ async def apply(ls: OffloadServer, *args):
     return {"taskId": record["id"], "files": [m.path for m in merged if not m.unchanged]}
 
 
-def _hunk_args(args: tuple) -> tuple[str, str]:
-    arg = _args(args, "taskId", "hunkId")
-    return arg["taskId"], arg["hunkId"]
+def _hunk_args(args: tuple) -> tuple[str, list[str]]:
+    """`{taskId, hunkId}` or `{taskId, hunkIds: [...]}`: one hunk, or several decided as one."""
+    arg = _args(args, "taskId")
+    ids = arg.get("hunkIds", [arg.get("hunkId")])
+    if not (isinstance(ids, list) and ids and all(isinstance(i, str) and i for i in ids)):
+        raise CommandError("the argument needs a string 'hunkId' or a non-empty list of strings 'hunkIds'")
+    return arg["taskId"], ids
 
 
 @_command("offload.acceptHunk")
 async def accept_hunk(ls: OffloadServer, *args):
-    task_id, hunk_id = _hunk_args(args)
+    task_id, hunk_ids = _hunk_args(args)
     manager = ls.tasks()
     record = manager.get(task_id)
     root = Path(record["repo"])
-    merged = manager.merge_hunk(record["id"], hunk_id, lambda path: ls.current_bytes(root, path))
-    ls.spawn(ls.send_edit(record["id"], ls.workspace_edit(root, [merged]), [hunk_id]))
-    return {"taskId": record["id"], "hunkId": hunk_id, "path": merged.path}
+    merged = manager.merge_hunks(record["id"], hunk_ids, lambda path: ls.current_bytes(root, path))
+    ls.spawn(ls.send_edit(record["id"], ls.workspace_edit(root, merged), hunk_ids))
+    return {"taskId": record["id"], "hunkIds": hunk_ids, "paths": [m.path for m in merged]}
 
 
 @_command("offload.rejectHunk")
 async def reject_hunk(ls: OffloadServer, *args):
-    task_id, hunk_id = _hunk_args(args)
+    task_id, hunk_ids = _hunk_args(args)
     manager = ls.tasks()
     record = manager.get(task_id)
-    _, _, status, _ = manager._hunk(record["id"], hunk_id)
-    if status != "pending":
-        raise CommandError(f"hunk {hunk_id} was already {status}")
-    manager.decide(record["id"], [hunk_id], "rejected")
+    for hunk_id in hunk_ids:
+        _, _, status, _ = manager._hunk(record["id"], hunk_id)
+        if status != "pending":
+            raise CommandError(f"hunk {hunk_id} was already {status}")
+    manager.decide(record["id"], hunk_ids, "rejected")
     ls.publish_review(record["id"])
-    return {"taskId": record["id"], "hunkId": hunk_id, "decision": "rejected"}
+    return {"taskId": record["id"], "hunkIds": hunk_ids, "decision": "rejected"}
 
 
 @_command("offload.discard")

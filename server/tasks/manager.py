@@ -348,14 +348,19 @@ class TaskManager:
                 return record, hunk, status, change
         raise TaskError(f"task {record['id']} has no hunk {hunk_id!r}")
 
-    def merge_hunk(self, task_id: str, hunk_id: str, read_current: Callable[[str], bytes | None]) -> Merged:
-        """One hunk merged onto the file as it is now; raises on a conflict, writes nothing."""
-        record, hunk, status, change = self._hunk(task_id, hunk_id)
-        if status != "pending":
-            raise TaskError(f"hunk {hunk_id} was already {status}")
-        merged = accept(change, [hunk], read_current(change.path))
-        if merged.conflict:
-            raise TaskError(f"your edits to {change.path} overlap hunk {hunk_id}; it was not applied")
+    def merge_hunks(self, task_id: str, hunk_ids: list[str],
+                    read_current: Callable[[str], bytes | None]) -> list[Merged]:
+        """The given hunks merged onto their files as they are now, one result per file; raises on a
+        conflict or a hunk already decided, and writes nothing."""
+        chosen: dict[str, tuple[ChangedFile, list[Hunk]]] = {}
+        for hunk_id in hunk_ids:
+            _, hunk, status, change = self._hunk(task_id, hunk_id)
+            if status != "pending":
+                raise TaskError(f"hunk {hunk_id} was already {status}")
+            chosen.setdefault(change.path, (change, []))[1].append(hunk)
+        merged = [accept(change, hunks, read_current(path)) for path, (change, hunks) in chosen.items()]
+        if conflicts := [m.path for m in merged if m.conflict]:
+            raise TaskError(f"your edits overlap the chosen hunks in {', '.join(conflicts)}; nothing was applied")
         return merged
 
     def decide(self, task_id: str, hunk_ids: list[str], decision: str) -> None:

@@ -72,7 +72,7 @@ export function activate(context: vscode.ExtensionContext): void {
       const { files } = await server.command<{ files: string[] }>("offload.apply", { taskId: t.id });
       vscode.window.setStatusBarMessage(`Offload: applying ${files.join(", ")}; save to keep the change`, 8000);
     }),
-    "offload.discardTask": (arg) => taskCommand(arg, (t) => FINAL.includes(t.state) && !t.discarded, "discard",
+    "offload.discardTask": (arg) => taskCommand(arg, (t) => t.kind === "code" && FINAL.includes(t.state) && !t.discarded, "discard",
       (t) => server.command("offload.discard", { taskId: t.id })),
     "offload.showTaskLog": (arg) => taskCommand(arg, () => true, "show", (t) => pages.show(t.id)),
     "offload.acceptFile": (uri?: vscode.Uri) => review.acceptFile(fileOf(uri)),

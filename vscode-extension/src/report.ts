@@ -54,4 +54,10 @@ export function splitTesting(message: string): { summary: string; testing: strin
 
 export type CheckStatus = "passed" | "failed" | "blocked" | "unknown";
 
-export const CHECK_MARKS: Record<CheckStatus, string> = { passed: "✅", failed: "❌", blocked: "⚠️", unknown: "❔" };
+/** Text symbols, not emoji: they render in any editor font and take the theme's colours. */
+export const CHECK_MARKS: Record<CheckStatus, string> = { passed: "✔", failed: "✘", blocked: "⚠", unknown: "?" };
+
+/** A check as the server read it from the Testing line, without the mark the model put first. */
+export function checkText(check: string): string {
+  return check.replace(/^[^\p{L}\p{N}`'"([]+/u, "");
+}

@@ -12,20 +12,20 @@ import { type FileDiff, blocks, parseUnifiedDiff, proposedText } from "./diff";
 import type { OffloadServer } from "./server";
 import type { TaskFile, TaskList } from "./taskList";
 
-export const PROPOSAL_SCHEME = "offload-proposal";
+const PROPOSAL_SCHEME = "offload-proposal";
 
-export interface HunkRef {
+interface HunkRef {
   taskId: string;
   hunkId: string;
 }
 
-export interface PendingHunk {
+interface PendingHunk {
   diagnostic: vscode.Diagnostic;
   hunk: HunkRef;
 }
 
 /** The hunks of `uri` waiting for a decision, top to bottom. */
-export function pendingHunks(uri: vscode.Uri): PendingHunk[] {
+function pendingHunks(uri: vscode.Uri): PendingHunk[] {
   const found: PendingHunk[] = [];
   for (const diagnostic of vscode.languages.getDiagnostics(uri)) {
     // vscode-languageclient keeps the LSP diagnostic's `data` on the VS Code diagnostic

@@ -94,7 +94,11 @@ export class OffloadServer implements vscode.Disposable {
 /** The interpreter with Offload: the `offload.pythonPath` setting, else the Python extension's, else python3. */
 async function pythonPath(): Promise<string> {
   const configured = vscode.workspace.getConfiguration("offload").get<string>("pythonPath");
-  if (configured) return configured.replace(/^~(?=\/|$)/, process.env.HOME ?? "~");
+  if (configured) {
+    return configured
+      .replace(/^~(?=\/|$)/, process.env.HOME ?? "~")
+      .replace("${workspaceFolder}", vscode.workspace.workspaceFolders?.[0]?.uri.fsPath ?? "");
+  }
   const python = vscode.extensions.getExtension("ms-python.python");
   if (python) {
     try {

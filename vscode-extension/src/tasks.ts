@@ -4,8 +4,6 @@
  * without VS Code.
  */
 
-export type State = "queued" | "preparing" | "running" | "finished" | "failed" | "cancelled";
-
 export const ACTIVE: readonly string[] = ["queued", "preparing", "running"];
 export const FINAL: readonly string[] = ["finished", "failed", "cancelled"];
 

@@ -6,7 +6,7 @@
 
 import MarkdownIt from "markdown-it";
 import mermaid from "mermaid";
-import { CHECK_MARKS, type CheckStatus, splitCitations, splitTesting } from "../report";
+import { CHECK_MARKS, type CheckStatus, checkText, splitCitations, splitTesting } from "../report";
 import "./style.css";
 
 interface Shown {
@@ -41,7 +41,7 @@ window.addEventListener("message", (e: MessageEvent) => {
   if (message.type === "task") {
     task = message.task;
     void render();
-  } else if (task && message.type === "event") {
+  } else if (task && message.type === "event" && message.event.type !== "tool.output") {
     (task.events ??= []).push(message.event);
     renderPlan();
     renderLog();
@@ -92,23 +92,25 @@ function linkCitations(root: HTMLElement): void {
   }
 }
 
-async function renderMarkdown(source: string): Promise<HTMLElement> {
+function renderMarkdown(source: string): HTMLElement {
   const body = el("div", { className: "markdown" });
   body.innerHTML = markdown.render(source); // markdown-it escapes any HTML in the source (html: false)
   linkCitations(body);
-  const diagrams = [...body.querySelectorAll("pre > code.language-mermaid")].map((code) => {
-    const diagram = el("div", { className: "mermaid" }, code.textContent ?? "");
-    code.parentElement!.replaceWith(diagram);
-    return diagram;
-  });
-  if (diagrams.length) {
-    try {
-      await mermaid.run({ nodes: diagrams });
-    } catch (e) {
-      body.append(el("p", { className: "error" }, `A diagram could not be drawn: ${(e as Error).message}`));
-    }
+  for (const code of body.querySelectorAll("pre > code.language-mermaid")) {
+    code.parentElement!.replaceWith(el("div", { className: "mermaid" }, code.textContent ?? ""));
   }
   return body;
+}
+
+/** Draws the page's diagrams; mermaid measures text, so they must be in the document already. */
+async function drawDiagrams(): Promise<void> {
+  const diagrams = [...document.querySelectorAll<HTMLElement>("div.mermaid:not([data-processed])")];
+  if (!diagrams.length) return;
+  try {
+    await mermaid.run({ nodes: diagrams });
+  } catch (e) {
+    diagrams[0].after(el("p", { className: "error" }, `A diagram could not be drawn: ${(e as Error).message}`));
+  }
 }
 
 async function render(): Promise<void> {
@@ -121,15 +123,25 @@ async function render(): Promise<void> {
       + (task.reason ? ` — ${task.reason}` : "")),
     el("p", { className: "muted" }, task.taskId));
   const parts: HTMLElement[] = [header];
-  const title = task.kind === "ask" ? "Answer" : "Summary";
-  parts.push(section("summary", title, summary ? await renderMarkdown(summary) : el("p", { className: "muted" },
-    task.state === "finished" ? "No message." : "Not finished yet.")));
+  if (summary) {
+    const body = renderMarkdown(summary);
+    // the message usually opens with its own "## Summary"
+    parts.push(/^#/.test(summary) ? el("section", { id: "summary" }, body)
+      : section("summary", task.kind === "ask" ? "Answer" : "Summary", body));
+  } else {
+    parts.push(section("summary", "Summary", el("p", { className: "muted" },
+      task.state === "finished" ? "No message." : "Not finished yet.")));
+  }
   if (task.checks?.length) {
-    parts.push(section("testing", "Testing", el("ul", { className: "checks" }, ...task.checks.map((c) =>
-      el("li", { className: `check check-${c.status}` }, el("span", { className: "mark", title: c.status }, CHECK_MARKS[c.status] ?? CHECK_MARKS.unknown),
-        " ", ...withCitations(c.check))))));
+    parts.push(section("testing", "Testing", el("ul", { className: "checks" }, ...task.checks.map((c) => {
+      const text = el("span");
+      text.innerHTML = markdown.renderInline(checkText(c.check));
+      linkCitations(text);
+      return el("li", { className: `check check-${c.status}` },
+        el("span", { className: "mark", title: c.status }, CHECK_MARKS[c.status] ?? CHECK_MARKS.unknown), text);
+    }))));
   } else if (testing) {
-    parts.push(section("testing", "Testing", await renderMarkdown(testing.replace(/^#+.*\n?/, ""))));
+    parts.push(section("testing", "Testing", renderMarkdown(testing.replace(/^#+.*\n?/, ""))));
   }
   parts.push(el("section", { id: "plan" }));
   if (task.changes?.length) {
@@ -143,6 +155,7 @@ async function render(): Promise<void> {
   app.replaceChildren(...parts);
   renderPlan();
   renderLog();
+  await drawDiagrams();
 }
 
 const PLAN_MARKS: Record<string, string> = { completed: "☑", in_progress: "▶", pending: "☐" };
@@ -179,7 +192,7 @@ function describeEvent(e: LogEvent): string {
 function renderLog(): void {
   const target = document.getElementById("log");
   if (!target || !task) return;
-  // streamed output chunks are repeated whole in their tool.result
+  // streamed output chunks are repeated whole in their tool.result (live ones never get here)
   const events = (task.events ?? []).filter((e) => e.type !== "tool.output");
   const first = events[0]?.t ?? 0;
   const rows = events.map((e) => {

@@ -20,8 +20,16 @@ const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 
 fs.mkdirSync(ARTIFACTS, { recursive: true });
 
+const temporary = [];
+
 export function tempDir(name) {
-  return fs.mkdtempSync(path.join(os.tmpdir(), `offload-e2e-${name}-`));
+  temporary.push(fs.mkdtempSync(path.join(os.tmpdir(), `offload-e2e-${name}-`)));
+  return temporary[temporary.length - 1];
+}
+
+/** Removes every temporary directory of the run (artifacts stay). */
+export function removeTempDirs() {
+  for (const dir of temporary.splice(0)) fs.rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
 }
 
 /** Waits for `check()` to return something truthy, polling; throws `what` after `ms`. */
@@ -43,12 +51,18 @@ function start(command, args, options, logName, readStdout = false) {
   const log = fs.openSync(path.join(ARTIFACTS, logName), "w");
   const child = spawn(command, args, { ...options, detached: true, stdio: ["ignore", readStdout ? "pipe" : log, log] });
   child.stop = async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    const exited = once(child, "exit");
-    process.kill(-child.pid, "SIGTERM");
-    const timer = setTimeout(() => child.exitCode === null && process.kill(-child.pid, "SIGKILL"), 5000);
-    await exited;
-    clearTimeout(timer);
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = once(child, "exit");
+      process.kill(-child.pid, "SIGTERM");
+      const timer = setTimeout(() => process.kill(-child.pid, "SIGKILL"), 5000);
+      await exited;
+      clearTimeout(timer);
+    }
+    try {
+      process.kill(-child.pid, "SIGKILL"); // whatever of the group outlived its leader
+    } catch {
+      // the group is gone already
+    }
   };
   return child;
 }
@@ -67,8 +81,13 @@ export async function startModel() {
   }, "fakemodel.log", true);
   let output = "";
   child.stdout.on("data", (d) => (output += d));
-  const url = await until(() => /READY (\S+)/.exec(output)?.[1], 30_000, "the model stand-in to print READY");
-  return { url, stop: child.stop };
+  try {
+    const url = await until(() => /READY (\S+)/.exec(output)?.[1], 30_000, "the model stand-in to print READY");
+    return { url, stop: child.stop };
+  } catch (e) {
+    await child.stop();
+    throw e;
+  }
 }
 
 /** A copy of examples/calc as a git repository with one commit. */
@@ -121,6 +140,7 @@ export async function openVSCode(name, folder, settings) {
     "git.enabled": false,
     "editor.codeLens": true,
     "editor.lightbulb.enabled": "on",
+    "files.autoSave": "off", // the web build saves after a delay by default; the desktop one does not
     ...settings,
   }, null, 2));
   const port = await freePort();
@@ -130,27 +150,33 @@ export async function openVSCode(name, folder, settings) {
     "--disable-update-check", "--disable-workspace-trust", folder],
   { env: cleanEnv({ HOME: home, ...xdg }) }, `${name}-code-server.log`);
   const url = `http://127.0.0.1:${port}`;
-  await until(() => fetch(`${url}/healthz`).then((r) => r.ok, () => false), 30_000, "code-server to answer");
-
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    timeout: 30_000,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync"],
-  });
-  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
-  page.setDefaultTimeout(30_000);
-  await page.goto(`${url}/?folder=${encodeURIComponent(folder)}`);
-  await page.locator(".explorer-folders-view").waitFor();
-  await page.waitForTimeout(1500); // the workbench takes keys reliably only once it settled
-  const vscode = new Workbench(page, name);
-  vscode.close = async () => {
-    await browser.close().catch(() => {});
+  let browser;
+  const close = async () => {
+    await browser?.close().catch(() => {});
     await server.stop();
     // the extension host's logs, the Offload output channel among them
-    fs.cpSync(path.join(userData, "logs"), path.join(ARTIFACTS, `${name}-logs`), { recursive: true });
+    if (fs.existsSync(path.join(userData, "logs"))) {
+      fs.cpSync(path.join(userData, "logs"), path.join(ARTIFACTS, `${name}-logs`), { recursive: true });
+    }
   };
-  return vscode;
+  try {
+    await until(() => fetch(`${url}/healthz`).then((r) => r.ok, () => false), 30_000, "code-server to answer");
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      timeout: 30_000,
+      args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"],
+    });
+    const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+    page.setDefaultTimeout(30_000);
+    await page.goto(`${url}/?folder=${encodeURIComponent(folder)}`);
+    await page.locator(".explorer-folders-view").waitFor();
+    await page.waitForTimeout(1500); // the workbench takes keys reliably only once it settled
+    return Object.assign(new Workbench(page, name), { close });
+  } catch (e) {
+    await close();
+    throw e;
+  }
 }
 
 /** What the tests do in the workbench, by keyboard where the workbench allows. */
@@ -175,7 +201,14 @@ class Workbench {
 
   async command(title) {
     await this.quickInput(`>${title}`);
-    await this.page.locator(".quick-input-list .monaco-list-row", { hasText: title }).first().waitFor();
+    await this.select(".quick-input-list", title);
+  }
+
+  /** Moves the focus in a list down to the row labelled `label` (not one that merely matches) and takes it. */
+  async select(list, label) {
+    const focused = this.page.locator(`${list} .monaco-list-row.focused`);
+    await until(async () => (await focused.getAttribute("aria-label").catch(() => ""))?.split(",")[0] === label
+      || void (await this.page.keyboard.press("ArrowDown")), 10_000, `"${label}" selected`);
     await this.page.keyboard.press("Enter");
   }
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { findCitations, splitCitations, splitTesting } from "../../src/report";
+import { checkText, findCitations, splitCitations, splitTesting } from "../../src/report";
 
 describe("citations", () => {
   test("reads the forms the server accepts", () => {
@@ -39,4 +39,10 @@ describe("splitTesting", () => {
     const message = "Answer\n```sh\n# testing things\necho\n```\nmore";
     assert.deepEqual(splitTesting(message), { summary: message, testing: "" });
   });
+});
+
+test("checkText drops the model's own mark", () => {
+  assert.equal(checkText("✅ `python3 -m unittest -q` passed"), "`python3 -m unittest -q` passed");
+  assert.equal(checkText("⚠️ (network) blocked"), "(network) blocked");
+  assert.equal(checkText("pytest passed"), "pytest passed");
 });
