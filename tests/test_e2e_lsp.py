@@ -214,6 +214,7 @@ async def test_review_hunk_by_hunk_in_the_editor(client, fake_model, tmp_path):
     assert "# the product" not in new_text  # the rejected hunk stays out
     await editor.until(lambda: len(client.diagnostics[uri]) == 0, timeout=10)
     shown = await execute(client, "offload.showTask", {"taskId": task_id})
+    assert [(h["hunkId"], h["status"]) for h in shown["hunks"]] == [("calc.py#1", "accepted"), ("calc.py#2", "rejected")]
     review = [e for e in shown["events"] if e["type"] == "review"]
     assert [(e["hunks"], e["decision"]) for e in review] == [(["calc.py#2"], "rejected"), (["calc.py#1"], "accepted")]
     with pytest.raises(Exception, match="already accepted"):

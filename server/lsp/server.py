@@ -375,8 +375,9 @@ async def list_tasks(ls: OffloadServer, *args):
 async def show_task(ls: OffloadServer, *args):
     manager = ls.tasks()
     record = manager.get(_args(args, "taskId")["taskId"])
+    hunks = [{**h.as_dict(), "status": status} for h, status, _ in manager.hunks(record["id"])]
     return {**_summary(record), "message": record["message"], "checks": record["checks"],
-            "diff": manager.diff(record["id"]), "events": manager.events(record["id"])}
+            "diff": manager.diff(record["id"]), "hunks": hunks, "events": manager.events(record["id"])}
 
 
 @_command("offload.apply")
