@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -141,7 +140,9 @@ def cmd_followup(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    tasks = TaskManager().list(Path.cwd() if not args.all else None)
+    manager = TaskManager()
+    manager.recover()
+    tasks = manager.list(Path.cwd() if not args.all else None)
     for t in tasks:
         if args.json:
             print(json.dumps(t))

@@ -26,6 +26,10 @@ def output_text(out: str) -> str:
     return out.split("Output:\n", 1)[1] if "Output:\n" in out else out
 
 
+# The one-line fix of the sample's bug, as several scenarios patch it.
+FIX_ADD = "*** Begin Patch\n*** Update File: calc.py\n@@\n-    return a - b\n+    return a + b\n*** End Patch"
+
+
 @scenario("fix-failing-test")
 def fix_failing_test(req):
     """Runs the tests, finds ``add``'s lines, patches it, re-runs the tests and reports."""
@@ -35,8 +39,7 @@ def fix_failing_test(req):
     out = yield shell(["grep", "-n", "-e", "def add", "-e", "return a - b", "calc.py"])
     lines = [int(n) for n in re.findall(r"^(\d+):", output_text(out), re.M)]
     assert len(lines) == 2, f"expected grep to find add's two lines, got:\n{out}"
-    out = yield apply_patch("*** Begin Patch\n*** Update File: calc.py\n@@\n-    return a - b\n+    return a + b\n"
-                            "*** End Patch")
+    out = yield apply_patch(FIX_ADD)
     assert "Success" in out, out
     out = yield shell(UNITTEST)
     status = "passed" if re.search(r"^OK", output_text(out), re.M) and "FAILED" not in out else "failed"
@@ -105,8 +108,7 @@ def fix_and_cite(req):
     assert "FAILED" in out, out
     out = yield shell(["grep", "-n", "return a - b", "calc.py"])
     line = int(re.findall(r"^(\d+):", output_text(out), re.M)[0])
-    out = yield apply_patch("*** Begin Patch\n*** Update File: calc.py\n@@\n-    return a - b\n+    return a + b\n"
-                            "*** End Patch")
+    out = yield apply_patch(FIX_ADD)
     assert "Success" in out, out
     out = yield shell(UNITTEST)
     status = "passed" if out.split("\n")[1] == "Exit code: 0" else "failed"
@@ -160,8 +162,7 @@ def ask_tries_to_write(req):
 @scenario("skip-checks")
 def skip_checks(req):
     """Edits and stops without running the checks AGENTS.md lists; when reminded, still doesn't."""
-    out = yield apply_patch("*** Begin Patch\n*** Update File: calc.py\n@@\n-    return a - b\n+    return a + b\n"
-                            "*** End Patch")
+    out = yield apply_patch(FIX_ADD)
     assert "Success" in out, out
     reminder = yield say("## Summary\nFixed add (calc.py:L4-L5).")
     assert "python3 -m unittest -q" in reminder, reminder
@@ -171,9 +172,8 @@ def skip_checks(req):
 @scenario("checks-after-reminder")
 def checks_after_reminder(req):
     """Edits, forgets the checks, and runs them once reminded."""
-    out = yield apply_patch("*** Begin Patch\n*** Update File: calc.py\n@@\n-    return a - b\n+    return a + b\n"
-                            "*** End Patch")
+    out = yield apply_patch(FIX_ADD)
     assert "Success" in out, out
-    reminder = yield say("## Summary\nFixed add (calc.py:L4-L5).\n## Testing\n- none run")
+    yield say("## Summary\nFixed add (calc.py:L4-L5).\n## Testing\n- none run")  # answered by a reminder
     out = yield shell(UNITTEST)
     yield say(report(["Fixed add (calc.py:L4-L5)."], [(" ".join(UNITTEST), "passed" if "OK" in out else "failed")]))

@@ -131,14 +131,13 @@ async def run_agent(
     `prior` is the conversation of earlier runs of the same task (user, assistant and tool
     items, no system prompt): a follow-up continues it rather than starting over.
     """
-    agent = _Agent(sandbox, model, prompt, emit, cancel, read_only, budget or Budget(), keep_outputs, context_bytes)
-    agent.prior = list(prior or [])
-    return await agent.run()
+    return await _Agent(sandbox, model, prompt, emit, cancel, read_only, budget or Budget(), keep_outputs,
+                        context_bytes, prior or []).run()
 
 
 class _Agent:
     def __init__(self, sandbox: Sandbox, model: ModelClient, prompt: str, emit: Emit, cancel: threading.Event,
-                 read_only: bool, budget: Budget, keep_outputs: int, context_bytes: int) -> None:
+                 read_only: bool, budget: Budget, keep_outputs: int, context_bytes: int, prior: list[dict]) -> None:
         self.sandbox, self.model, self.prompt, self.emit = sandbox, model, prompt, emit
         self.cancel, self.read_only, self.budget = cancel, read_only, budget
         self.keep_outputs, self.context_bytes = keep_outputs, context_bytes
@@ -150,7 +149,7 @@ class _Agent:
         self.chunks = Chunks()
         self.result = AgentResult("failed", "", cost_usd=model.cost(Usage()))
         self.history: list[dict] = []
-        self.prior: list[dict] = []
+        self.prior = prior
         self.checks = [] if read_only else listed_checks(sandbox.snapshot.path, sandbox.snapshot.subdir)
         self.edited, self.reminded, self.since_edit = False, False, set()
         self.last_call: tuple[tuple, int] = ((), 0)  # (name, arguments) and how many times in a row

@@ -165,11 +165,10 @@ class OffloadServer(LanguageServer):
                     self.publish_review(task_id)
 
     # ---- review --------------------------------------------------------------------------
-    def pending_hunks(self, task_id: str | None = None):
-        """(task, hunk, change) for every hunk still waiting for a decision."""
+    def pending_hunks(self, records: list[dict] | None = None):
+        """(task, hunk, change) for every hunk of `records` (default: every task) still waiting for a decision."""
         manager = self.tasks()
-        records = [manager.get(task_id)] if task_id else manager.list()
-        for record in records:
+        for record in manager.list() if records is None else records:
             if record["state"] != "finished" or record.get("discarded") or record["kind"] != "code":
                 continue
             for hunk, status, change in manager.hunks(record["id"]):
@@ -186,10 +185,10 @@ class OffloadServer(LanguageServer):
     def publish_review(self, task_id: str | None = None) -> None:
         """An Information diagnostic over each pending hunk, per file (and clear reviewed files)."""
         by_uri: dict[str, list[types.Diagnostic]] = {}
+        records = self.tasks().list()
         touched = {from_fs_path(str(Path(r["repo"]) / c["path"]))
-                   for r in ([self.tasks().get(task_id)] if task_id else self.tasks().list())
-                   for c in r.get("changes", [])}
-        for record, hunk, change in self.pending_hunks():
+                   for r in records if task_id in (None, r["id"]) for c in r.get("changes", [])}
+        for record, hunk, change in self.pending_hunks(records):
             root = Path(record["repo"])
             uri = from_fs_path(str(root / hunk.path))
             current = self.current_bytes(root, hunk.path)
@@ -201,7 +200,7 @@ class OffloadServer(LanguageServer):
                 range=types.Range(types.Position(start, 0), types.Position(max(end, start + 1), 0)),
                 message=message, severity=types.DiagnosticSeverity.Information, source="offload",
                 code="proposal", data={"taskId": record["id"], "hunkId": hunk.id}))
-        for record in self.tasks().list():
+        for record in records:
             if record["kind"] != "code" or record.get("discarded") or record["state"] not in ("finished", "failed"):
                 continue
             for failure in record.get("failures", []):
@@ -384,20 +383,13 @@ async def show_task(ls: OffloadServer, *args):
 async def apply(ls: OffloadServer, *args):
     manager = ls.tasks()
     record = manager.get(_args(args, "taskId")["taskId"])
-
-    def read_current(path: str) -> bytes | None:
-        uri = from_fs_path(str(Path(record["repo"]) / path))
-        if uri in ls.workspace.text_documents:
-            return ls.workspace.get_text_document(uri).source.encode()
-        file = Path(record["repo"]) / path
-        return file.read_bytes() if file.is_file() else None
-
-    merged = manager.merge(record["id"], read_current)
+    root = Path(record["repo"])
+    merged = manager.merge(record["id"], lambda path: ls.current_bytes(root, path))
     conflicts = [m.path for m in merged if m.conflict]
     if conflicts:
         raise CommandError("your files changed where the task changed them; nothing was applied. "
                            "Conflicts: " + ", ".join(conflicts))
-    edit = ls.workspace_edit(Path(record["repo"]), merged)
+    edit = ls.workspace_edit(root, merged)
     ls.spawn(ls.send_edit(record["id"], edit))
     return {"taskId": record["id"], "files": [m.path for m in merged if not m.unchanged]}
 
@@ -427,11 +419,7 @@ async def reject_hunk(ls: OffloadServer, *args):
     task_id, hunk_ids = _hunk_args(args)
     manager = ls.tasks()
     record = manager.get(task_id)
-    for hunk_id in hunk_ids:
-        _, _, status, _ = manager._hunk(record["id"], hunk_id)
-        if status != "pending":
-            raise CommandError(f"hunk {hunk_id} was already {status}")
-    manager.decide(record["id"], hunk_ids, "rejected")
+    manager.reject(record["id"], hunk_ids)
     ls.publish_review(record["id"])
     return {"taskId": record["id"], "hunkIds": hunk_ids, "decision": "rejected"}
 
@@ -494,8 +482,8 @@ def code_lens(ls: OffloadServer, params: types.CodeLensParams) -> list[types.Cod
 @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
 @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
 def document_changed(ls: OffloadServer, params) -> None:
-    """Hunk diagnostics follow the user's edits."""
-    if ls.published or any(True for _ in ls.pending_hunks()):
+    """Hunk diagnostics follow the user's edits (only files that carry them are worth the work)."""
+    if params.text_document.uri in ls.published:
         ls.publish_review()
 
 

@@ -65,7 +65,6 @@ class TaskManager:
         return recovered
 
     def list(self, repo: Path | None = None) -> list[dict]:
-        self.recover()
         tasks = self.store.all()
         if repo is not None:
             root = str(find_root(Path(repo))[0])
@@ -170,12 +169,7 @@ class TaskManager:
 
     def _restore(self, record: dict, sandbox) -> None:
         """Put the task's work back into a fresh sandbox, without the hunks the user rejected."""
-        by_file: dict[str, tuple[ChangedFile, list[Hunk]]] = {}
-        for hunk, status, change in self.hunks(record["id"]):
-            chosen = by_file.setdefault(change.path, (change, []))[1]
-            if status != "rejected":
-                chosen.append(hunk)
-        for path, (change, chosen) in by_file.items():
+        for path, (change, chosen) in self._kept_hunks(record["id"]).items():
             content = with_hunks(change, chosen)
             if content is None:
                 sandbox.runner.delete_file(path)
@@ -320,12 +314,16 @@ class TaskManager:
             return file.read_bytes() if file.is_file() else None
 
         read = read_current or from_disk
+        return [accept(change, chosen, read(path)) for path, (change, chosen) in self._kept_hunks(record["id"]).items()]
+
+    def _kept_hunks(self, task_id: str) -> dict[str, tuple[ChangedFile, list[Hunk]]]:
+        """Each changed file with the hunks the user has not rejected (possibly none)."""
         by_file: dict[str, tuple[ChangedFile, list[Hunk]]] = {}
-        for hunk, status, change in self.hunks(record["id"]):
+        for hunk, status, change in self.hunks(task_id):
             chosen = by_file.setdefault(change.path, (change, []))[1]
             if status != "rejected":
                 chosen.append(hunk)
-        return [accept(change, chosen, read(path)) for path, (change, chosen) in by_file.items()]
+        return by_file
 
     def accepted_all(self, task_id: str) -> None:
         """After the whole change was applied, every pending hunk counts as accepted."""
@@ -339,37 +337,44 @@ class TaskManager:
         review = self.store.review(record["id"])
         return [(h, review.get(h.id, "pending"), c) for c in self.store.changes(record["id"]) for h in hunks(c)]
 
-    def _hunk(self, task_id: str, hunk_id: str) -> tuple[dict, Hunk, str, ChangedFile]:
+    def _pending(self, task_id: str, hunk_ids: list[str]) -> list[tuple[Hunk, ChangedFile]]:
+        """The named hunks of a finished task, each still waiting for a decision, or a TaskError."""
         record = self.get(task_id)
         if record["state"] != "finished":
             raise TaskError(f"task {record['id']} is {record['state']}; only a finished task has hunks to review")
-        for hunk, status, change in self.hunks(record["id"]):
-            if hunk.id == hunk_id:
-                return record, hunk, status, change
-        raise TaskError(f"task {record['id']} has no hunk {hunk_id!r}")
+        known = {hunk.id: (hunk, status, change) for hunk, status, change in self.hunks(record["id"])}
+        found = []
+        for hunk_id in hunk_ids:
+            if hunk_id not in known:
+                raise TaskError(f"task {record['id']} has no hunk {hunk_id!r}")
+            hunk, status, change = known[hunk_id]
+            if status != "pending":
+                raise TaskError(f"hunk {hunk_id} was already {status}")
+            found.append((hunk, change))
+        return found
 
     def merge_hunks(self, task_id: str, hunk_ids: list[str],
                     read_current: Callable[[str], bytes | None]) -> list[Merged]:
         """The given hunks merged onto their files as they are now, one result per file; raises on a
         conflict or a hunk already decided, and writes nothing."""
         chosen: dict[str, tuple[ChangedFile, list[Hunk]]] = {}
-        for hunk_id in hunk_ids:
-            _, hunk, status, change = self._hunk(task_id, hunk_id)
-            if status != "pending":
-                raise TaskError(f"hunk {hunk_id} was already {status}")
+        for hunk, change in self._pending(task_id, hunk_ids):
             chosen.setdefault(change.path, (change, []))[1].append(hunk)
         merged = [accept(change, hunks, read_current(path)) for path, (change, hunks) in chosen.items()]
         if conflicts := [m.path for m in merged if m.conflict]:
             raise TaskError(f"your edits overlap the chosen hunks in {', '.join(conflicts)}; nothing was applied")
         return merged
 
+    def reject(self, task_id: str, hunk_ids: list[str]) -> None:
+        """Reject pending hunks: they stay out of every later apply and go along to a follow-up."""
+        self._pending(task_id, hunk_ids)
+        self.decide(task_id, hunk_ids, "rejected")
+
     def decide(self, task_id: str, hunk_ids: list[str], decision: str) -> None:
-        """Record hunks as accepted or rejected; rejected ones are handed to a follow-up."""
+        """Record decisions on hunks the caller has checked (see `_pending`)."""
         record = self.get(task_id)
         review = self.store.review(record["id"])
-        for hunk_id in hunk_ids:
-            self._hunk(record["id"], hunk_id)
-            review[hunk_id] = decision
+        review.update(dict.fromkeys(hunk_ids, decision))
         self.store.save_review(record["id"], review)
         self._emit(record, "review", {"hunks": hunk_ids, "decision": decision})
 
