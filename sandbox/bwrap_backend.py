@@ -21,7 +21,6 @@ container; so, as Docker does, the kernel's global settings under /proc are made
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -33,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
+from . import layer, owner
 from .channel import RunnerClient, local_transport, runner_source
 from .errors import SandboxError
 from .image import SANDBOX_UID, SANDBOX_USER
@@ -50,13 +50,18 @@ _PROC_HIDDEN = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats", "
 
 # The outer shell runs on the host; the inner one as root of a fresh user namespace (that is,
 # as the caller), where it may mount a tmpfs and the overlay. $1 is the sandbox directory, $2
-# the snapshot, $3 the tmpfs size. bwrap's stderr is dropped: the sandbox could write to it.
+# the snapshot (and the cached setup layer below it), $3 the tmpfs size, $4 the cached setup home
+# or "". bwrap's stderr is dropped: the sandbox could write to it.
 _SETUP = """set -e
 layer=$1/layer
 mount -t tmpfs -o "size=$3,mode=0755" offload "$layer"
 mkdir "$layer/upper" "$layer/work" "$layer/ws" "$layer/home" "$layer/tmp" "$layer/shm"
 mount -t overlay overlay -o "lowerdir=$2,upperdir=$layer/upper,workdir=$layer/work" "$layer/ws"
-shift 3
+if [ -n "$4" ]; then
+  mkdir "$layer/home-upper" "$layer/home-work"
+  mount -t overlay overlay -o "lowerdir=$4,upperdir=$layer/home-upper,workdir=$layer/home-work" "$layer/home"
+fi
+shift 4
 exec 2>/dev/null
 exec "$@"
 """
@@ -114,16 +119,6 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def parse_size(size: str) -> int:
-    """Bytes in a Docker-style size: 512m, 2g, 1048576."""
-    text = str(size).strip().lower().removesuffix("b")
-    scale = 1 << (10 * "kmgt".index(text[-1]) + 10) if text and text[-1] in "kmgt" else 1
-    try:
-        return int(float(text.rstrip("kmgt")) * scale)
-    except ValueError:
-        raise SandboxError(f"not a size: {size!r} (write e.g. 512m or 2g)") from None
 
 
 class _Cgroups:
@@ -248,7 +243,8 @@ def available() -> None:
     host_python()
 
 
-def _bwrap_argv(directory: Path, network: bool, rlimits: list[str], read_only: bool = False) -> list[str]:
+def _bwrap_argv(directory: Path, network: bool, rlimits: list[str], read_only: bool = False,
+                binds: dict[str, str] | None = None) -> list[str]:
     layer = directory / "layer"
     argv = ["bwrap", "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
             "--disable-userns", "--die-with-parent", "--new-session", "--hostname", "offload"]
@@ -272,8 +268,10 @@ def _bwrap_argv(directory: Path, network: bool, rlimits: list[str], read_only: b
         if os.path.exists(f"/proc/{name}"):
             argv += ["--ro-bind", "/dev/null", f"/proc/{name}"]
     argv += ["--dev", "/dev", "--bind", f"{layer}/shm", "/dev/shm", "--remount-ro", "/dev",
-             "--bind", f"{layer}/tmp", "/tmp", "--bind", f"{layer}/home", HOME, "--ro-bind" if read_only else "--bind", f"{layer}/ws", WORKSPACE,
-             "--remount-ro", "/", "--chdir", WORKSPACE, "--clearenv"]
+             "--bind", f"{layer}/tmp", "/tmp", "--bind", f"{layer}/home", HOME, "--ro-bind" if read_only else "--bind", f"{layer}/ws", WORKSPACE]
+    for host, inside in (binds or {}).items():
+        argv += ["--bind", host, inside]
+    argv += ["--remount-ro", "/", "--chdir", WORKSPACE, "--clearenv"]
     for key, value in RUNNER_ENV.items():
         argv += ["--setenv", key, value]
     return argv + ["--", *rlimits, host_python(), "-I", "-u", "-c", runner_source(), "--root", WORKSPACE]
@@ -298,20 +296,21 @@ def create(
     disk: str,
     network: bool,
     read_only: bool = False,
+    lowers: tuple[Path, ...] = (),
+    home_lower: Path | None = None,
+    binds: dict[str, str] | None = None,
 ) -> BwrapSandbox:
-    """Start a sandbox over `snapshot_path` with its runner connected."""
+    """Start a sandbox over `snapshot_path` with its runner connected: `lowers` (a cached setup's
+    workspace) lie under the snapshot, `home_lower` under the home, `binds` are host directories
+    it may write (a setup's export)."""
     available()
-    lower = str(Path(snapshot_path).resolve())
-    if any(c in lower for c in ",:\\"):
-        raise SandboxError(f"the snapshot path {lower} holds a character overlayfs cannot take (, : \\); "
-                           "set XDG_CACHE_HOME to a plainer directory")
-    memory_bytes, disk_bytes = parse_size(memory), parse_size(disk)
-    prune(cache_dir)
-    directory = Path(cache_dir).resolve() / "sandboxes" / sandbox_id
-    (directory / "layer").mkdir(parents=True)
+    lower = ":".join(layer.overlay_path(p) for p in (snapshot_path, *lowers))
+    memory_bytes, disk_bytes = layer.parse_size(memory), layer.parse_size(disk)
+    all_labels = {**labels, "offload.sandbox": sandbox_id, "offload.created": str(int(time.time())),
+                  "offload.backend": "bubblewrap", owner.LABEL: owner.label()}
+    directory = layer.sandbox_dir(cache_dir, sandbox_id, all_labels)
+    (directory / "layer").mkdir()
     _write_identity(directory)
-    all_labels = {**labels, "offload.sandbox": sandbox_id, "offload.created": str(int(time.time()))}
-    (directory / "labels.json").write_text(json.dumps(all_labels))
     cgroups = _Cgroups.make(sandbox_id, memory_bytes + disk_bytes, pids, cpus)
     # Without cgroups: rlimits set inside the sandbox's user namespace, so NPROC counts only its processes.
     rlimits = [] if cgroups else ["prlimit", f"--as={memory_bytes}", f"--nproc={pids}", "--"]
@@ -319,7 +318,7 @@ def create(
     outer += "".join(f"echo $$ > {shlex.quote(str(f))}\n" for f in (cgroups.procs_files() if cgroups else []))
     outer += f'exec unshare -Urm sh -c {shlex.quote(_SETUP)} offload-sandbox "$@"\n'
     argv = ["sh", "-c", outer, "offload-sandbox", str(directory), lower, str(disk_bytes),
-            *_bwrap_argv(directory, network, rlimits, read_only)]
+            layer.overlay_path(home_lower) if home_lower else "", *_bwrap_argv(directory, network, rlimits, read_only, binds)]
     sandbox = BwrapSandbox(sandbox_id, directory, None, cgroups)
     try:
         transport = _SPAWNER.submit(local_transport, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}).result()
@@ -333,27 +332,23 @@ def create(
     return sandbox
 
 
-def prune(cache_dir: Path, older_than: float = 60.0) -> None:
-    """Remove what sandboxes whose process is gone left behind (their host was killed)."""
-    for directory in (Path(cache_dir) / "sandboxes").glob("*/"):
-        try:
-            stale = _pid(directory) is None and time.time() - directory.stat().st_mtime > older_than
-        except FileNotFoundError:
-            continue
-        if stale:
+def sweep(cache_dir: Path) -> list[str]:
+    """Remove what bubblewrap sandboxes of processes that died left: processes, cgroups, directories."""
+    removed = []
+    for directory, labels in layer.directories(cache_dir):
+        if labels.get("offload.backend") == "bubblewrap" and owner.dead(labels):
+            pid = _pid(directory)
+            if pid is not None:
+                _kill(pid)
             _Cgroups.of(directory.name).remove()
             shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory.name)
+    return removed
 
 
-def list_sandboxes(cache_dir: Path, owner: str | None = None) -> list[dict]:
+def list_sandboxes(cache_dir: Path, owner_name: str | None = None) -> list[dict]:
     """Sandboxes this cache holds (optionally one owner's), as label dicts with status."""
-    found = []
-    for labels_file in sorted((Path(cache_dir) / "sandboxes").glob("*/labels.json")):
-        try:
-            labels = json.loads(labels_file.read_text())
-        except (OSError, ValueError):
-            continue
-        if owner is None or labels.get("offload.owner") == owner:
-            status = "running" if _pid(labels_file.parent) else "exited"
-            found.append({**labels, "status": status, "directory": str(labels_file.parent)})
-    return found
+    return [{**labels, "status": "running" if _pid(directory) else "exited", "directory": str(directory)}
+            for directory, labels in layer.directories(cache_dir)
+            if labels.get("offload.backend") == "bubblewrap"
+            and (owner_name is None or labels.get("offload.owner") == owner_name)]

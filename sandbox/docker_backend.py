@@ -1,9 +1,12 @@
 """Docker backend: one hardened container per sandbox, commands through the runner.
 
 The container starts with no network, a non-root user, every capability dropped and
-resource limits. The workspace snapshot is copied in as a tarball owned by the sandbox user;
-then one `exec` starts the runner, and every later command travels over that exec's socket
-(a fraction of a millisecond each, against ~0.1 s for an exec per command).
+resource limits. On an engine of this host the workspace is an overlay volume over the cached
+snapshot (constant time, whatever the repository's size) and the root filesystem is read-only:
+all that is writable lives on one size-limited tmpfs, the layer (layer.py). On a remote engine
+the snapshot is copied in as a tarball owned by the sandbox user. Then one `exec` starts the
+runner, and every later command travels over that exec's socket (a fraction of a millisecond
+each, against ~0.1 s for an exec per command).
 """
 
 from __future__ import annotations
@@ -19,12 +22,16 @@ from pathlib import Path
 import docker
 import docker.errors
 import docker.types
+from docker.types import Mount
 
+from . import layer, owner
 from .channel import RunnerClient, runner_source
 from .errors import SandboxError
-from .image import SANDBOX_UID
+from .image import SANDBOX_UID, SANDBOX_USER
+from .snapshot import Snapshot, owned_copy
 
 WORKSPACE = "/workspace"
+HOME = f"/home/{SANDBOX_USER}"
 
 
 class DockerTransport:
@@ -77,31 +84,57 @@ class DockerTransport:
 
 
 class DockerSandbox:
-    """A running container holding one workspace."""
+    """A running container holding one workspace, with what it holds on this host."""
 
     backend = "docker"
 
-    def __init__(self, container, client: docker.DockerClient, runner: RunnerClient, labels: dict) -> None:
+    def __init__(self, container, client: docker.DockerClient, runner: RunnerClient, labels: dict,
+                 volume=None, directory: Path | None = None) -> None:
         self.container = container
         self.client = client
         self.runner = runner
         self.labels = labels
+        self.volume = volume
+        self.directory = directory
         self.id = labels["offload.sandbox"]
         self.workspace = WORKSPACE
 
     def destroy(self) -> None:
-        """Stop and remove the container; idempotent."""
+        """Stop and remove the container, its volume and its layer; idempotent."""
         try:
             self.runner.close()
         except Exception:
             pass
+        _remove(self.client, self.container.id, self.volume.name if self.volume else None, self.directory)
+
+
+def _remove(client: docker.DockerClient, container: str | None, volume: str | None, directory: Path | None) -> None:
+    """Remove a sandbox's container, then its volume (free once the container is gone), then its layer."""
+    if container:
         try:
-            self.container.remove(force=True)
+            client.api.remove_container(container, force=True)
         except docker.errors.NotFound:
             pass
-        except docker.errors.APIError as e:  # auto-removal already under way
+        except docker.errors.APIError as e:  # auto-removal already under way: wait for it
             if e.status_code != 409:
                 raise
+            try:
+                client.api.wait(container, condition="removed", timeout=30)
+            except (docker.errors.NotFound, docker.errors.APIError):
+                pass
+    if volume:
+        for _ in range(100):
+            try:
+                client.api.remove_volume(volume)
+                break
+            except docker.errors.NotFound:
+                break
+            except docker.errors.APIError as e:
+                if e.status_code != 409:  # 409: still in use by a container being removed
+                    raise
+                time.sleep(0.05)
+    if directory is not None:
+        layer.remove(directory)
 
 
 def _workspace_tar(path: Path, read_only: bool = False) -> bytes:
@@ -119,10 +152,26 @@ def _workspace_tar(path: Path, read_only: bool = False) -> bytes:
     return buffer.getvalue()
 
 
-def connect(base_url: str | None = None) -> docker.DockerClient:
-    """A client for the engine, or a SandboxError that says how to get one."""
+def is_local(client: docker.DockerClient) -> bool:
+    """Whether the engine answers on a unix socket, so it shares this host's filesystem."""
+    return client.api.base_url == "http+docker://localhost"
+
+
+def overlay_problem(client: docker.DockerClient, local: bool | None = None) -> str | None:
+    """None when sandboxes on this engine get an overlay workspace with a disk cap; else why they
+    get a copy of the workspace instead, with no disk cap."""
+    if not (is_local(client) if local is None else local):
+        return "the engine is remote, so the workspace is copied into each container"
+    if problem := layer.can_mount():
+        return f"{problem}, so the workspace is copied into each container and its disk is not capped"
+    return None
+
+
+def connect(base_url: str | None = None, **options) -> docker.DockerClient:
+    """A client for the engine (`options` as DockerClient takes them: tls, use_ssh_client), or a
+    SandboxError that says how to get one."""
     try:
-        client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
+        client = docker.DockerClient(base_url=base_url, **options) if base_url else docker.from_env()
         client.ping()
         return client
     except docker.errors.DockerException as e:
@@ -135,7 +184,7 @@ def connect(base_url: str | None = None) -> docker.DockerClient:
 def create(
     client: docker.DockerClient,
     image: str,
-    snapshot_path: Path,
+    snapshot: Snapshot,
     sandbox_id: str,
     labels: dict,
     memory: str,
@@ -143,51 +192,87 @@ def create(
     pids: int,
     network: bool,
     read_only: bool = False,
+    disk: str = "4g",
+    cache_dir: Path | None = None,
+    snapshot_cache: int | None = None,
+    local: bool | None = None,
+    lowers: tuple[Path, ...] = (),
+    home_lower: Path | None = None,
 ) -> DockerSandbox:
-    """Start a container from `image` holding the snapshot, with its runner connected."""
-    all_labels = {**labels, "offload.sandbox": sandbox_id, "offload.created": str(int(time.time()))}
+    """Start a container from `image` holding the snapshot, with its runner connected.
+
+    On an engine that shares this host's filesystem (`local`, by default when it answers on a
+    unix socket) and with root, the workspace is an overlay volume over the cached snapshot and
+    everything writable lives on one tmpfs of `disk` bytes under `cache_dir` (see layer.py);
+    otherwise the snapshot is copied in as a tarball and the disk is not capped."""
+    all_labels = {**labels, "offload.sandbox": sandbox_id, "offload.created": str(int(time.time())),
+                  "offload.backend": "docker", owner.LABEL: owner.label()}
+    memory_bytes, disk_bytes = layer.parse_size(memory), layer.parse_size(disk)
+    settings = dict(
+        command=["sleep", "infinity"],
+        name=f"offload-{sandbox_id}",
+        user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+        working_dir=WORKSPACE,
+        environment={"HOME": HOME, "LANG": "C.UTF-8", "PATH": "/usr/local/bin:/usr/bin:/bin"},
+        network_mode="bridge" if network else "none",
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        pids_limit=pids,
+        mem_limit=memory_bytes,
+        memswap_limit=memory_bytes,
+        nano_cpus=int(cpus * 1e9),
+        init=True,
+        auto_remove=True,  # the runner stops init when its owner goes: nothing stays behind
+        # No container log: anything in the sandbox can write to its init's stdout (/proc/1/fd/1),
+        # and json-file would store it on the host's disk without bound.
+        log_config=docker.types.LogConfig(type=docker.types.LogConfig.types.NONE),
+    )
+    volume = directory = container = None
     try:
-        container = client.containers.create(
-            image,
-            command=["sleep", "infinity"],
-            name=f"offload-{sandbox_id}",
-            user=f"{SANDBOX_UID}:{SANDBOX_UID}",
-            working_dir=WORKSPACE,
-            environment={"HOME": "/home/offload", "LANG": "C.UTF-8", "PATH": "/usr/local/bin:/usr/bin:/bin"},
-            network_mode="bridge" if network else "none",
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            pids_limit=pids,
-            mem_limit=memory,
-            memswap_limit=memory,
-            nano_cpus=int(cpus * 1e9),
-            init=True,
-            auto_remove=True,  # the runner stops init when its owner goes: nothing stays behind
-            # No container log: anything in the sandbox can write to its init's stdout (/proc/1/fd/1),
-            # and json-file would store it on the host's disk without bound.
-            log_config=docker.types.LogConfig(type=docker.types.LogConfig.types.NONE),
-            labels=all_labels,
-        )
-    except docker.errors.ImageNotFound as e:
-        raise SandboxError(f"sandbox image {image!r} is missing: run `offload image build`") from e
-    except docker.errors.DockerException as e:
-        raise SandboxError(f"could not create a sandbox container: {e}") from e
-    try:
-        container.put_archive("/", _workspace_tar(snapshot_path, read_only))
+        if cache_dir is not None and overlay_problem(client, local) is None:
+            directory = layer.sandbox_dir(cache_dir, sandbox_id, all_labels)
+            all_labels["offload.directory"] = str(directory)
+            written = layer.mount(directory, disk_bytes, SANDBOX_UID)
+            below = [layer.overlay_path(p) for p in lowers]  # cached setup layers: the snapshot wins over them
+            if read_only and not below:  # the cached snapshot itself, which no one may change
+                workspace = Mount(WORKSPACE, str(snapshot.path), type="bind", read_only=True)
+            else:
+                top = snapshot.path if read_only else owned_copy(snapshot, SANDBOX_UID, cache_dir, snapshot_cache)
+                options = f"lowerdir={':'.join([layer.overlay_path(top), *below])}"
+                volume = client.volumes.create(
+                    name=f"offload-{sandbox_id}", driver="local", labels=all_labels,
+                    driver_opts={"type": "overlay", "device": "overlay", "o": options + (
+                        "" if read_only else f",upperdir={written}/upper,workdir={written}/work")})
+                workspace = Mount(WORKSPACE, volume.name, type="volume", read_only=read_only)
+            if home_lower is not None:
+                layer.mount_home(written, home_lower, SANDBOX_UID)
+            settings.update(
+                read_only=True,  # the root filesystem: only the layer is writable
+                mounts=[workspace, Mount("/tmp", f"{written}/tmp", type="bind"),
+                        Mount(HOME, f"{written}/home", type="bind"), Mount("/dev/shm", f"{written}/shm", type="bind")],
+                # the layer's pages are charged to the container: files alone hit ENOSPC, not the OOM killer
+                mem_limit=memory_bytes + disk_bytes, memswap_limit=memory_bytes + disk_bytes,
+            )
+        container = client.containers.create(image, labels=all_labels, **settings)
+        if directory is None:
+            container.put_archive("/", _workspace_tar(snapshot.path, read_only))
         container.start()
         runner = _start_runner(client, container)
-    except Exception:
-        container.remove(force=True)
+    except Exception as e:
+        _remove(client, container.id if container else None, volume.name if volume else None, directory)
+        if isinstance(e, docker.errors.ImageNotFound):
+            raise SandboxError(f"sandbox image {image!r} is missing: run `offload image build`") from e
+        if isinstance(e, docker.errors.DockerException):
+            raise SandboxError(f"could not create a sandbox container: {e}") from e
         raise
-    return DockerSandbox(container, client, runner, all_labels)
+    return DockerSandbox(container, client, runner, all_labels, volume, directory)
 
 
-def _start_runner(client: docker.DockerClient, container) -> RunnerClient:
+def _start_runner(client: docker.DockerClient, container, user: str = f"{SANDBOX_UID}:{SANDBOX_UID}") -> RunnerClient:
     exec_id = client.api.exec_create(
         container.id,
         ["python3", "-I", "-u", "-c", runner_source(), "--root", WORKSPACE, "--stop-init"],
-        stdin=True, stdout=True, stderr=True, tty=False,
-        user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+        stdin=True, stdout=True, stderr=True, tty=False, user=user,
     )["Id"]
     sock = client.api.exec_start(exec_id, socket=True)
     transport = DockerTransport(sock)
@@ -200,11 +285,36 @@ def _start_runner(client: docker.DockerClient, container) -> RunnerClient:
     return runner
 
 
-def list_sandboxes(client: docker.DockerClient, owner: str | None = None) -> list[dict]:
+def list_sandboxes(client: docker.DockerClient, owner_name: str | None = None) -> list[dict]:
     """Containers Offload made (optionally one owner's), as label dicts with status."""
-    filters = {"label": ["offload.sandbox"] + ([f"offload.owner={owner}"] if owner else [])}
-    return [
-        {**c.labels, "status": c.status, "container": c.id}
-        for c in client.containers.list(all=True, filters=filters)
-    ]
+    filters = {"label": ["offload.sandbox"] + ([f"offload.owner={owner_name}"] if owner_name else [])}
+    # one listing, no inspect per container: a container may be removed between the two
+    return [{**c["Labels"], "status": c["State"], "container": c["Id"]}
+            for c in client.api.containers(all=True, filters=filters)]
 
+
+def sweep(client: docker.DockerClient | None, cache_dir: Path) -> list[str]:
+    """Remove what Docker sandboxes of processes of this machine that died left: containers,
+    volumes and layers (the layers of this cache even when no engine answers)."""
+    removed, left = [], {}
+    if client is not None:
+        for c in client.api.containers(all=True, filters={"label": ["offload.sandbox", owner.LABEL]}):
+            left.setdefault(c["Labels"]["offload.sandbox"], {}).update(c["Labels"], container=c["Id"])
+        for v in client.api.volumes(filters={"label": ["offload.sandbox", owner.LABEL]}).get("Volumes") or []:
+            left.setdefault(v["Labels"]["offload.sandbox"], {}).update(v["Labels"], volume=v["Name"])
+    for directory, labels in layer.directories(cache_dir):
+        if labels.get("offload.backend") == "docker":
+            left.setdefault(labels["offload.sandbox"], {}).update(labels, directory=str(directory))
+    for sandbox_id, found in left.items():
+        if not owner.dead(found):
+            continue
+        where = found.get("directory") or found.get("offload.directory")
+        directory = Path(where) if where else None
+        if directory is not None and (directory.name != sandbox_id or directory.parent.name != "sandboxes"):
+            directory = None  # a label naming some other place: not ours to delete
+        try:
+            _remove(client, found.get("container"), found.get("volume"), directory)
+        except docker.errors.DockerException:
+            continue  # left for the next sweep
+        removed.append(sandbox_id)
+    return removed

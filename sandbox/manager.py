@@ -14,10 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import bwrap_backend, docker_backend
+from . import bwrap_backend, docker_backend, hosts
+from .setup import Environment, Setup
 from .channel import ExecResult
 from .errors import SandboxError
 from .image import DEFAULT_IMAGE
+from .layer import parse_size
 from .snapshot import Snapshot, take_snapshot
 
 # The whole environment of every command: nothing of the host's, no keys.
@@ -46,8 +48,13 @@ class SandboxConfig:
     memory: str = "2g"
     cpus: float = 2.0
     pids: int = 512
-    disk: str = "4g"  # bubblewrap: the size of the sandbox's writable layer, /tmp and home together
+    disk: str = "4g"  # the size of the sandbox's writable layer, /tmp and home together
     docker_host: str | None = None
+    docker_hosts: list[str] = field(default_factory=list)  # several engines (hosts.py); empty: docker_host's
+    snapshot_cache: str = "20g"  # the bound of the snapshot cache
+    setup: str = ""  # shell text, or a script file of the repository, run once per environment (setup.py)
+    setup_secrets: list[str] = field(default_factory=list)  # host variables only the setup script gets
+    setup_timeout: float = 30.0  # minutes
 
 
 @dataclass(frozen=True)
@@ -160,9 +167,10 @@ class SandboxManager:
         self._backend: str | None = None
         self._sandboxes: dict[str, Sandbox] = {}
 
-    def docker(self):
+    def engines(self) -> hosts.DockerHosts:
+        """The Docker engines sandboxes are placed on: sandbox.docker_hosts, else the one engine."""
         if self._docker is None:
-            self._docker = docker_backend.connect(self.config.docker_host)
+            self._docker = hosts.DockerHosts(self.config.docker_hosts or [self.config.docker_host or ""])
         return self._docker
 
     def backend_name(self) -> str:
@@ -175,12 +183,13 @@ class SandboxManager:
     def _choose_backend(self) -> str:
         choice = self.config.backend
         if choice == "docker":
-            self.docker()
+            self.engines().check()
         elif choice == "bubblewrap":
             bwrap_backend.available()
         elif choice == "auto":
+            engines = self.engines()  # a malformed sandbox.docker_hosts is an error, not a reason to fall back
             try:
-                self.docker()
+                engines.check()
                 return "docker"
             except SandboxError as docker_problem:
                 try:
@@ -194,32 +203,71 @@ class SandboxManager:
         return choice
 
     def snapshot(self, directory: str | Path) -> Snapshot:
-        return take_snapshot(directory, self.cache_dir)
+        return take_snapshot(directory, self.cache_dir, parse_size(self.config.snapshot_cache))
 
-    def create(self, snapshot: Snapshot, labels: dict | None = None, read_only: bool = False) -> Sandbox:
+    def create(self, snapshot: Snapshot, labels: dict | None = None, read_only: bool = False,
+               local: bool | None = None, on_setup: Callable[[dict], None] | None = None,
+               cancel: threading.Event | None = None) -> Sandbox:
         """A new sandbox over `snapshot`; the agent phase has no network unless configured, and a
-        read-only sandbox (Ask) cannot change a byte of its workspace."""
+        read-only sandbox (Ask) cannot change a byte of its workspace. `local` says whether the
+        Docker engine shares this host's filesystem (by default: when it answers on a unix socket).
+        With `sandbox.setup`, the sandbox starts from the setup's cached result, made first when
+        missing; `on_setup` sees its progress and output, `cancel` stops it."""
         sandbox_id = uuid.uuid4().hex[:12]
         limits = dict(memory=self.config.memory, cpus=self.config.cpus, pids=self.config.pids,
                       network=self.config.network == "on", read_only=read_only)
-        all_labels = {"offload.owner": self.owner, **(labels or {})}
+        all_labels = {"offload.owner": self.owner, "offload.tree": snapshot.tree, **(labels or {})}
+        setup = self._setup(snapshot, on_setup, cancel)
+        environment = Environment(image=self.config.image)
         if self.backend_name() == "docker":
-            backend = docker_backend.create(self.docker(), image=self.config.image, snapshot_path=snapshot.path,
-                                            sandbox_id=sandbox_id, labels=all_labels, **limits)
+            def make(client, on_local: bool):
+                nonlocal environment
+                is_local = on_local if local is None else local
+                if setup is not None:
+                    environment = setup.docker(client, self.config.image, snapshot,
+                                               layers=docker_backend.overlay_problem(client, is_local) is None)
+                return docker_backend.create(
+                    client, image=environment.image, snapshot=snapshot, sandbox_id=sandbox_id, labels=all_labels,
+                    disk=self.config.disk, cache_dir=self.cache_dir, local=is_local,
+                    snapshot_cache=parse_size(self.config.snapshot_cache), lowers=environment.lowers,
+                    home_lower=environment.home, **limits)
+
+            backend = self.engines().create(self.config.image, make)
         else:
+            if setup is not None:
+                environment = setup.bubblewrap(snapshot)
             backend = bwrap_backend.create(self.cache_dir, snapshot_path=snapshot.path, sandbox_id=sandbox_id,
-                                           labels=all_labels, disk=self.config.disk, **limits)
+                                           labels=all_labels, disk=self.config.disk, lowers=environment.lowers,
+                                           home_lower=environment.home, **limits)
+        if not read_only:
+            try:
+                environment.exclude_from_git(backend.runner)
+            except Exception:
+                backend.destroy()
+                raise
         workdir = posixpath.join(backend.workspace, snapshot.subdir) if snapshot.subdir else backend.workspace
         sandbox = Sandbox(sandbox_id, snapshot, backend, workdir)
         self._sandboxes[sandbox_id] = sandbox
         return sandbox
+
+    def _setup(self, snapshot: Snapshot, log: Callable[[dict], None] | None,
+               cancel: threading.Event | None) -> Setup | None:
+        """The setup phase for a sandbox over `snapshot`, or None without `sandbox.setup`."""
+        if not self.config.setup.strip():
+            return None
+        return Setup(script=self.config.setup, secrets=list(self.config.setup_secrets),
+                     network=self.config.network in ("setup", "on"), timeout=self.config.setup_timeout * 60,
+                     cache_dir=self.cache_dir, env=dict(COMMAND_ENV), disk=self.config.disk,
+                     limits=dict(memory=self.config.memory, cpus=self.config.cpus, pids=self.config.pids),
+                     log=log or (lambda event: None), cancel=cancel,
+                     labels={"offload.owner": self.owner, "offload.tree": snapshot.tree})
 
     def get(self, sandbox_id: str) -> Sandbox | None:
         return self._sandboxes.get(sandbox_id)
 
     def list(self) -> list[dict]:
         if self.backend_name() == "docker":
-            return docker_backend.list_sandboxes(self.docker(), self.owner)
+            return self.engines().list_sandboxes(self.owner)
         return bwrap_backend.list_sandboxes(self.cache_dir, self.owner)
 
     def destroy(self, sandbox_id: str) -> None:
@@ -230,3 +278,13 @@ class SandboxManager:
     def close(self) -> None:
         for sandbox_id in list(self._sandboxes):
             self.destroy(sandbox_id)
+
+    def sweep(self) -> list[str]:
+        """Remove what sandboxes of processes of this machine that died left behind, on both
+        backends: containers, volumes, layers, directories, cgroups, processes. Returns their ids."""
+        try:
+            clients = [engine.client for engine in self.engines().answering()]
+        except SandboxError:  # a malformed sandbox.docker_hosts
+            clients = []
+        removed = [i for client in clients or [None] for i in docker_backend.sweep(client, self.cache_dir)]
+        return removed + bwrap_backend.sweep(self.cache_dir)

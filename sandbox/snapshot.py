@@ -4,7 +4,9 @@ A snapshot is HEAD plus uncommitted and untracked-not-ignored files. It is taken
 temporary index, so the user's index, working tree and refs never change (git only gains
 unreferenced blob and tree objects). The snapshot is materialised once per tree into
 `<cache>/snapshots/<tree>/`: a git repository whose single commit (the *base*) holds that
-tree, so sandboxes can start from it and diff against it.
+tree, so sandboxes can start from it and diff against it. A Docker sandbox on this host gets a
+copy owned by its user beside it (`<tree>.uid1000`), made once: an overlay keeps the owner of
+what it copies up. The cache is bounded by `evict` (cache.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import cache
+from .cache import evict, locked
 from .errors import SandboxError
 
 # Fixed identity and date: the same tree always gives the same base commit.
@@ -66,8 +70,9 @@ def find_root(directory: Path) -> tuple[Path, bool]:
     return directory.resolve(), False
 
 
-def take_snapshot(directory: str | os.PathLike, cache_dir: str | os.PathLike) -> Snapshot:
-    """Snapshot `directory` (inside a git repository or not) and materialise it in the cache."""
+def take_snapshot(directory: str | os.PathLike, cache_dir: str | os.PathLike, limit: int | None = None) -> Snapshot:
+    """Snapshot `directory` (inside a git repository or not) and materialise it in the cache;
+    a new one evicts the least recently used others until the cache holds `limit` bytes."""
     directory = Path(directory).resolve()
     if not directory.is_dir():
         raise SandboxError(f"not a directory: {directory}")
@@ -76,28 +81,61 @@ def take_snapshot(directory: str | os.PathLike, cache_dir: str | os.PathLike) ->
     subdir = "" if subdir == "." else subdir
     snapshots = Path(cache_dir) / "snapshots"
     snapshots.mkdir(parents=True, exist_ok=True)
+    tree = _tree_of_repo(root) if is_git else None
     with tempfile.TemporaryDirectory(dir=snapshots, prefix=".new-") as tmp:
         work = Path(tmp) / "work"
         _git(["init", "-q", "-b", "main", str(work)], cwd=Path(tmp))
-        if is_git:
-            tree = _tree_from_repo(root, work)
-        else:
+        if tree is None:
             tree = _tree_from_directory(root, work)
-        final = snapshots / tree
-        if not final.exists():  # renamed into place whole, so existing means complete
+        final, made = snapshots / tree, False
+
+        def materialise() -> None:
+            if is_git:
+                _copy_objects(root, work, tree)
             _check_out(work, tree)
-            try:
+
+        if not final.exists():  # renamed into place whole, so existing means complete
+            materialise()  # the slow part, outside the lock
+        with locked(snapshots):
+            if not final.exists():
+                if not (work / ".git" / cache.SIZE_FILE).exists():  # evicted between the look and the lock
+                    materialise()
                 os.rename(work, final)
-            except OSError:
-                if not final.exists():  # not a concurrent twin: a real failure
-                    raise
-        os.utime(final)  # recency for cache eviction
+                made = True
+            os.utime(final)  # recency for cache eviction
+    if made and limit is not None:
+        evict(cache_dir, limit, keep=tree)
     base = _git(["rev-parse", "HEAD"], cwd=final)
     return Snapshot(root=root, subdir=subdir, tree=tree, base=base, path=final)
 
 
-def _tree_from_repo(root: Path, work: Path) -> str:
-    """Write the working tree through a temporary index and copy its objects into `work`."""
+def owned_copy(snapshot: Snapshot, uid: int, cache_dir: str | os.PathLike, limit: int | None = None) -> Path:
+    """The snapshot's work tree owned by `uid`, made once beside it (needs root)."""
+    target = snapshot.path.with_name(f"{snapshot.tree}.uid{uid}")
+    snapshots = snapshot.path.parent
+    with locked(snapshots):
+        if target.is_dir():
+            os.utime(target)
+            return target
+    with tempfile.TemporaryDirectory(dir=snapshots, prefix=".new-") as tmp:
+        copy = Path(tmp) / "copy"
+        for argv in (["cp", "-a", "--reflink=auto", str(snapshot.path), str(copy)], ["chown", "-R", f"{uid}:{uid}", str(copy)]):
+            proc = subprocess.run(argv, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SandboxError(f"could not prepare the snapshot for the sandbox user: {proc.stderr.strip()}")
+        with locked(snapshots):
+            if not snapshot.path.is_dir():
+                raise SandboxError(f"the snapshot {snapshot.tree[:12]} was evicted from the cache; start the task again")
+            if not target.exists():
+                os.rename(copy, target)
+            os.utime(target)
+    if limit is not None:
+        evict(cache_dir, limit, keep=snapshot.tree)
+    return target
+
+
+def _tree_of_repo(root: Path) -> str:
+    """Write the working tree through a temporary index; its tree id names the snapshot."""
     index = Path(_git(["rev-parse", "--path-format=absolute", "--git-path", "index"], cwd=root))
     with tempfile.TemporaryDirectory() as tmp:
         tmp_index = Path(tmp) / "index"
@@ -105,7 +143,11 @@ def _tree_from_repo(root: Path, work: Path) -> str:
             shutil.copyfile(index, tmp_index)  # stat cache: only changed files are hashed
         env = {"GIT_INDEX_FILE": str(tmp_index)}
         _git(["add", "-A", "."], cwd=root, env=env)
-        tree = _git(["write-tree"], cwd=root, env=env)
+        return _git(["write-tree"], cwd=root, env=env)
+
+
+def _copy_objects(root: Path, work: Path, tree: str) -> None:
+    """Copy the objects of `tree` from the user's repository into `work`."""
     objects = _git(["rev-list", "--objects", tree], cwd=root)
     pack = subprocess.run(
         ["git", "pack-objects", "--stdout", "-q"], cwd=root, input=(objects + "\n").encode(), capture_output=True
@@ -113,7 +155,6 @@ def _tree_from_repo(root: Path, work: Path) -> str:
     if pack.returncode != 0:
         raise SandboxError(f"git pack-objects failed: {pack.stderr.decode(errors='replace')}")
     _git(["index-pack", "--stdin"], cwd=work, stdin=pack.stdout)
-    return tree
 
 
 def _tree_from_directory(root: Path, work: Path) -> str:
@@ -133,13 +174,15 @@ def _check_out(work: Path, tree: str) -> None:
     _git(["update-ref", "refs/heads/main", commit], cwd=work)
     _git(["config", "user.name", "Offload"], cwd=work)
     _git(["config", "user.email", "offload@localhost"], cwd=work)
+    cache.record_size(work)
 
 
 def load_snapshot(cache_dir: str | os.PathLike, tree: str, root: Path, subdir: str = "") -> Snapshot:
     """A snapshot taken earlier, still in the cache: a follow-up starts from the same base."""
     path = Path(cache_dir) / "snapshots" / tree
-    if not path.is_dir():
-        raise SandboxError(f"the snapshot {tree[:12]} this task started from is no longer cached; start a new task")
-    os.utime(path)
+    with locked(path.parent):
+        if not path.is_dir():
+            raise SandboxError(f"the snapshot {tree[:12]} this task started from is no longer cached; start a new task")
+        os.utime(path)
     subdir = "" if subdir in ("", ".") else subdir
     return Snapshot(root=root, subdir=subdir, tree=tree, base=_git(["rev-parse", "HEAD"], cwd=path), path=path)

@@ -23,9 +23,12 @@ def _progress_line(record: dict, event: dict) -> str | None:
     if kind == "state":
         return f"[{record['id']}] {event['state']}" + (f": {event['reason']}" if event.get("reason") else "")
     if kind == "tool.call":
-        return f"[{record['id']}]   {event['name']}: {preview(event['arguments'])}"
+        attempt = f"#{event['attempt']} " if "attempt" in event else ""
+        return f"[{record['id']}]   {attempt}{event['name']}: {preview(event['arguments'])}"
     if kind == "tool.result" and "exit_code" in event:
         return f"[{record['id']}]   → exit {event['exit_code']} in {event.get('duration', 0):.1f}s"
+    if kind == "setup" and "text" in event:
+        return f"[{record['id']}]   setup: {event['text']}"
     if kind in ("model.error", "error", "note"):
         return f"[{record['id']}]   {event.get('error') or event.get('text')}"
     return None
@@ -97,7 +100,7 @@ async def _run_task(args: argparse.Namespace, kind: str) -> int:
         if getattr(args, "id", None):
             record = manager.follow_up(args.id, args.prompt)
         else:
-            record = manager.submit(args.prompt, repo, kind=kind)
+            record = manager.submit(args.prompt, repo, kind=kind, attempts=getattr(args, "attempts", None))
     except TaskError as e:
         print(f"offload: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -120,11 +123,21 @@ async def _run_task(args: argparse.Namespace, kind: str) -> int:
             print(record["message"].rstrip() + "\n")
         if kind == "code":
             print(manager.diff(record["id"]), end="")
+        _print_attempts(record, sys.stderr)
         if record["state"] != "finished":
             print(f"offload: task {record['id']} {record['state']}: {record['reason']}", file=sys.stderr)
     if record["state"] != "finished":
         return EXIT_FAILED
     return 0 if kind == "ask" or checks_passed(record["checks"]) else EXIT_FAILED
+
+
+def _print_attempts(record: dict, stream) -> None:
+    """A best-of-N task's attempts, best first as ranked, the chosen one marked."""
+    for a in record.get("attempt_results") or []:
+        mark = "*" if a["attempt"] == record.get("attempt") else " "
+        print(f"{mark} attempt {a['attempt']}: {a['state']:<9} {a['passed']} passed, {a['failed']} failed, "
+              f"{a['diff_lines']} line(s) changed" + (f" — {a['reason']}" if a["state"] != "finished" else ""),
+              file=stream)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -166,18 +179,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"steps: {record['steps']}, tokens: {record['input_tokens']} in / {record['output_tokens']} out")
     for change in record["changes"]:
         print(f"  {change['status']:<8} {change['path']}")
+    _print_attempts(record, sys.stdout)
     if record["message"]:
         print("\n" + record["message"].rstrip())
     return 0
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    print(TaskManager().diff(args.id), end="")
+    print(TaskManager().diff(args.id, args.attempt), end="")
     return 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    merged = TaskManager().apply(args.id)
+    merged = TaskManager().apply(args.id, args.attempt)
     for m in merged:
         print(f"{'deleted' if m.content is None else 'unchanged' if m.unchanged else 'updated'}  {m.path}")
     return 0
@@ -234,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", help="what to do, in plain language")
     p.add_argument("--repo", default=".", help="the repository (or a directory in it); default: here")
     p.add_argument("--apply", action="store_true", help="apply the change to the checkout when the task finishes")
+    p.add_argument("--attempts", type=int, metavar="N",
+                   help="run N independent attempts in parallel and keep the best (default: tasks.attempts)")
     p = verb("ask", "ask a question about the code: a read-only task that answers with citations", cmd_ask, True)
     p.add_argument("prompt", metavar="question")
     p.add_argument("--repo", default=".", help="the repository (or a directory in it); default: here")
@@ -243,8 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p = verb("diff", "print a task's diff against its base", cmd_diff)
     p.add_argument("id")
+    p.add_argument("--attempt", type=int, metavar="K", help="attempt K of a best-of-N task (default: the chosen one)")
     p = verb("apply", "apply a finished task's change to the checkout (three-way merge)", cmd_apply)
     p.add_argument("id")
+    p.add_argument("--attempt", type=int, metavar="K",
+                   help="apply attempt K of a best-of-N task instead of the chosen one (it becomes the chosen one)")
     p = verb("cancel", "cancel a queued or running task", cmd_cancel)
     p.add_argument("id")
     p = verb("followup", "continue an ended task with a new instruction (rejected hunks go along)", cmd_followup, True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 import urllib.error
 import urllib.request
@@ -28,13 +29,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "sandbox": {
         "backend": "auto",
         "image": "offload-base:bookworm",
-        "setup": "",
+        "setup": "",  # shell text, or a script file of the repository, run once per environment
+        "setup_secrets": [],  # names of host environment variables only the setup script gets
+        "setup_timeout": 30.0,  # minutes
         "network": "off",
         "memory": "2g",
         "cpus": 2.0,
         "pids": 512,
         "disk": "4g",
         "docker_host": "",
+        "snapshot_cache": "20g",
+        "docker_hosts": [],  # several engines: unix:///…, ssh://user@host, tcp://host:2376 (TLS)
     },
     "tasks": {"concurrency": 4, "attempts": 1},
     "budget": {"max_steps": 60, "max_tokens": 2_000_000, "max_cost_usd": 5.0, "max_minutes": 60.0},
@@ -47,6 +52,21 @@ DEFAULT_OPENAI_MODEL = "gpt-5-codex"
 
 class ConfigError(Exception):
     """A setting is wrong or missing; the message says what to set."""
+
+
+CHOICES = {"sandbox.network": ("off", "setup", "on")}
+
+
+def _check(key: str, value: Any) -> None:
+    """Values a key's type lets through but the key does not take."""
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{key} must be one of {', '.join(map(repr, CHOICES[key]))}, got {value!r}")
+    if key == "sandbox.setup_secrets":
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ConfigError(f"{key}: {name!r} is not an environment variable name")
+    if key == "sandbox.setup_timeout" and not value > 0:
+        raise ConfigError(f"{key} must be a number of minutes above 0, got {value!r}")
 
 
 def state_dir() -> Path:
@@ -65,6 +85,12 @@ def _config_home() -> Path:
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
     try:
+        if isinstance(default, list):
+            if isinstance(value, str):  # from the environment: comma-separated
+                value = [item.strip() for item in value.split(",") if item.strip()]
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise ConfigError(f"{key} must be a list of strings (or one comma-separated string), got {value!r}")
+            return value
         if isinstance(default, bool):
             if isinstance(value, str):
                 if value.lower() in ("1", "true", "yes", "on"):
@@ -99,7 +125,12 @@ class Config:
         section, name = key.split(".", 1)
         if section not in DEFAULTS or name not in DEFAULTS[section]:
             raise ConfigError(f"unknown setting {key!r} (from {source})")
-        self.values[section][name] = _coerce(key, value, DEFAULTS[section][name])
+        value = _coerce(key, value, DEFAULTS[section][name])
+        try:
+            _check(key, value)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (from {source})") from None
+        self.values[section][name] = value
         self.sources[key] = source
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
@@ -142,6 +173,10 @@ def load_config(repo: Path | None = None, overrides: dict | None = None, env: di
             if var in env:
                 config.set(f"{section}.{name}", env[var], var)
     _apply(config, overrides or {}, "editor settings")
+    model_keys = {"OPENAI_API_KEY", config.get("model.api_key_env")}
+    if leaked := model_keys.intersection(config.get("sandbox.setup_secrets")):
+        raise ConfigError(f"sandbox.setup_secrets names {', '.join(sorted(leaked))}: the model's API key never enters "
+                          f"a sandbox (from {config.sources.get('sandbox.setup_secrets')})")
     return config
 
 

@@ -43,6 +43,60 @@ def probe_bubblewrap() -> str:
     return f"a sandbox answered in {ready * 1000:.0f} ms; limits by {limits}"
 
 
+def _check_engines(config: cfg.Config, check) -> None:
+    """`docker` and `image` for the one engine; with sandbox.docker_hosts, the same per engine (named by
+    URL) and then over all of them: Docker works when one engine answers and holds the image."""
+    from offload.sandbox.docker_backend import overlay_problem
+    from offload.sandbox.hosts import DockerHosts
+    from offload.sandbox.image import image_is_current
+
+    image = config.get("sandbox.image")
+    try:
+        engines = DockerHosts(config.get("sandbox.docker_hosts") or [config.get("sandbox.docker_host")]).engines
+    except SandboxError as e:
+        return check("docker", False, str(e), "correct sandbox.docker_hosts")
+    several = len(engines) > 1
+    answering = usable = 0
+    for engine in engines:
+        suffix = f" {engine.name}" if several else ""
+        if not engine.answering():
+            check("docker" + suffix, False, engine.error if several else str(engine.problem),
+                  f"start the engine at {engine.name} (or fix the ssh or TLS access to it), or remove it from "
+                  "sandbox.docker_hosts" if several else
+                  "install and start a Docker engine: apt-get install -y docker.io && dockerd &")
+            continue
+        answering += 1
+        where = overlay_problem(engine.client, engine.local) or \
+            "local: workspaces are overlays of this machine's snapshot cache, their disk capped by sandbox.disk"
+        check("docker" + suffix, True, f"engine {engine.client.version().get('Version', '?')} answers"
+              + ("" if several else f" at {engine.name}") + f" ({where})")
+        current = image_is_current(engine.client, image)
+        usable += current
+        check("image" + suffix, current, f"{image} is {'current' if current else 'missing or outdated'}",
+              f"run `OFFLOAD_SANDBOX_DOCKER_HOST={engine.name} offload image build`, or copy it from an engine "
+              f"that has it: docker save {image} | docker -H {engine.name} load" if several else
+              "run `offload image build`")
+    if several:
+        check("docker", answering > 0, f"{answering} of {len(engines)} engines in sandbox.docker_hosts answer",
+              "start at least one of the engines above")
+        if answering:
+            check("image", usable > 0, f"{image} is current on {usable} of the {answering} engines that answer; "
+                  "sandboxes go only to those", "build or copy the image to an engine, as above")
+
+
+def _check_setup(config: cfg.Config, check) -> None:
+    """`setup`: whether sandbox.setup can run here (its secrets are set) and what it has cached."""
+    from offload.sandbox.setup import cached_results
+
+    if not config.get("sandbox.setup").strip():
+        return check("setup", True, "no sandbox.setup")
+    missing = [name for name in config.get("sandbox.setup_secrets") if name not in os.environ]
+    network = "with" if config.get("sandbox.network") in ("setup", "on") else "without"
+    detail = (f"sandbox.setup runs {network} network; {len(cached_results(cfg.cache_dir()))} result(s) cached "
+              f"on this host" + (f"; sandbox.setup_secrets names {', '.join(missing)}, not set here" if missing else ""))
+    check("setup", not missing, detail, f"set {', '.join(missing)} in the environment Offload runs in")
+
+
 def _checks() -> list[dict]:
     results = []
 
@@ -55,21 +109,7 @@ def _checks() -> list[dict]:
     except cfg.ConfigError as e:
         check("config", False, str(e), "correct the setting named above")
         return results
-    client = None
-    try:
-        from offload.sandbox.docker_backend import connect
-
-        client = connect(config.get("sandbox.docker_host") or None)
-        check("docker", True, f"engine {client.version().get('Version', '?')} answers")
-    except SandboxError as e:
-        check("docker", False, str(e), "install and start a Docker engine: apt-get install -y docker.io && dockerd &")
-    if client is not None:
-        from offload.sandbox.image import image_is_current
-
-        name = config.get("sandbox.image")
-        current = image_is_current(client, name)
-        check("image", current, f"{name} is {'current' if current else 'missing or outdated'}",
-              "run `offload image build`")
+    _check_engines(config, check)
     try:
         check("bubblewrap", True, probe_bubblewrap())
     except SandboxError as e:
@@ -87,6 +127,7 @@ def _checks() -> list[dict]:
         check("model", True, f"{model['name']} at {model['base_url'] or 'api.openai.com'} ({config.get('model.api')} API)")
     except cfg.ConfigError as e:
         check("model", False, str(e), "set OPENAI_API_KEY, or OPENAI_BASE_URL and OFFLOAD_MODEL_NAME")
+    _check_setup(config, check)
     return results
 
 
@@ -100,4 +141,4 @@ def doctor(json_output: bool = False) -> int:
             if r["fix"]:
                 print(f"      fix: {r['fix']}")
     # The backends are alternatives: only the one sandbox.backend picks has to work.
-    return 0 if all(r["ok"] for r in results if r["check"] not in ("docker", "image", "bubblewrap")) else 1
+    return 0 if all(r["ok"] for r in results if r["check"].split()[0] not in ("docker", "image", "bubblewrap")) else 1

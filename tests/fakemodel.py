@@ -18,6 +18,7 @@ import hashlib
 import importlib
 import itertools
 import json
+import os
 import signal
 import socket
 import sys
@@ -126,11 +127,17 @@ def empty(times: int = 1) -> Fault:
     return Fault("empty", times)
 
 
-def scenario(name: str) -> Callable[[Scenario], Scenario]:
-    """Names a scenario; clients select it by sending that name as the model."""
+def scenario(name: str, variants: bool = False) -> Callable[[Scenario], Scenario]:
+    """Names a scenario; clients select it by sending that name as the model.
+
+    With ``variants``, each new conversation with the same prompt gets the next number in
+    ``Request.variant`` (0, 1, 2, …) and keeps it through the ids of its tool calls, so parallel
+    attempts at one task can be played differently: one fails, another passes.
+    """
 
     def register(fn: Scenario) -> Scenario:
         fn.scenario_name = name  # type: ignore[attr-defined]
+        fn.variants = variants  # type: ignore[attr-defined]
         return fn
 
     return register
@@ -170,6 +177,7 @@ class Request:
     path: str
     headers: dict[str, str]  # names lower-cased
     body: Any  # the parsed JSON body, None for GET
+    variant: int = 0  # which play of a ``variants`` scenario this conversation gets
 
     @property
     def api(self) -> str | None:
@@ -316,6 +324,10 @@ class _Plan:
     cut: bool = False
 
 
+def _call_id(variant: int, index: int, k: int) -> str:
+    return f"call_{index}_{k}" if variant == 0 else f"call_v{variant}_{index}_{k}"
+
+
 def _describe(move: Any) -> str:
     if isinstance(move, list):
         return "parallel calls " + ", ".join(c.name for c in move)
@@ -332,6 +344,7 @@ class _Replay:
 
     def plan(self) -> _Plan:
         h = _history(self.req)
+        self.req.variant = self._variant(h)
         gen = self.fn(self.req)
         consumed: set[str] = set()
         followups, index, delay, cut_pending = 0, 0, 0.0, False
@@ -364,7 +377,7 @@ class _Replay:
                     followups += 1
                 else:
                     calls = move if isinstance(move, list) else [move]
-                    ids = [f"call_{index}_{k}" for k in range(len(calls))]
+                    ids = [_call_id(self.req.variant, index, k) for k in range(len(calls))]
                     missing = [cid for cid in ids if cid not in h.outputs]
                     if len(missing) == len(ids) and at_end:
                         return _Plan(index, calls, delay, cut_pending)
@@ -385,6 +398,15 @@ class _Replay:
                 move = self._step(gen, value, index)
         finally:
             gen.close()
+
+    def _variant(self, h: _History) -> int:
+        """The conversation's variant: read back from its first call id, or a new one for a new
+        conversation of a ``variants`` scenario."""
+        if not getattr(self.fn, "variants", False):
+            return 0
+        for cid in h.names:
+            return int(cid.split("_")[1][1:]) if cid.startswith("call_v") else 0
+        return self.server._next_variant((self.name, self.req.prompt))
 
     def _mismatch(self, index: int, move: Any, why: str) -> _Answer:
         return _Answer(400, f"History does not match scenario {self.name!r}: its move {index} is {_describe(move)}, "
@@ -587,6 +609,7 @@ class _Handler(BaseHTTPRequestHandler):
                     req.body = json.loads(raw)
                 except ValueError:
                     raise _Answer(400, "We could not parse the JSON body of your request.") from None
+            model._record(req)
             try:
                 handle(req)
             except (_Answer, OSError):
@@ -642,7 +665,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         tag = hashlib.sha1(f"{name}\0{req.prompt}\0{plan.index}".encode()).hexdigest()[:16]
         reply = _Reply(move.text if isinstance(move, Say) else None,  # the empty fault has neither
-                       [(f"call_{plan.index}_{k}", c) for k, c in enumerate(move)] if isinstance(move, list) else [],
+                       [(_call_id(req.variant, plan.index, k), c) for k, c in enumerate(move)]
+                       if isinstance(move, list) else [],
                        tag, len(json.dumps(req.body)) // 4)
         if req.stream:
             events = (_chat_events if req.api == "chat" else _response_events)(req, reply)
@@ -723,8 +747,11 @@ class FakeModel:
         self.requests: list[Request] = []
         # Every error answer no fault scripted: scenario failures, history mismatches, unknown models.
         self.errors: list[str] = []
+        # Where each request's method, path, model and headers go as a JSON line (``--requests``).
+        self.request_log: TextIO | None = None
         self._log = log
         self._fired: dict[tuple, int] = {}
+        self._variants: dict[tuple, int] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._http = _HTTPServer(self, port)
@@ -779,6 +806,11 @@ class FakeModel:
 
         return fake_model
 
+    def _next_variant(self, key: tuple) -> int:
+        with self._lock:
+            self._variants[key] = self._variants.get(key, -1) + 1
+            return self._variants[key]
+
     def _take(self, key: tuple, times: int) -> bool:
         """Counts one firing of the fault at ``key`` if it has any left (atomic: retries race)."""
         with self._lock:
@@ -787,6 +819,13 @@ class FakeModel:
                 return False
             self._fired[key] = fired + 1
             return True
+
+    def _record(self, req: Request) -> None:
+        """One JSON line per request for a test in another process (an editor's: which key it sent)."""
+        if self.request_log is not None:
+            line = json.dumps({"method": req.method, "path": req.path, "model": req.model, "headers": req.headers})
+            with self._lock:
+                print(line, file=self.request_log, flush=True)
 
     def _note(self, error: str) -> None:
         self.errors.append(error)
@@ -804,6 +843,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", action="append", default=[], metavar="MODULE",
                         help="module whose @scenario functions to serve (repeatable)")
     parser.add_argument("--default", metavar="NAME", help="scenario answering unregistered model names")
+    parser.add_argument("--requests", metavar="FILE",
+                        help="append each request's method, path, model and headers to FILE, one JSON line each")
     args = parser.parse_args(argv)
     scenarios = load_scenarios(*args.scenarios)
     if args.default is not None and args.default not in scenarios:
@@ -812,7 +853,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with FakeModel(default=scenarios.get(args.default or ""), scenarios=scenarios, port=args.port,
-                   log=sys.stderr) as fm:
+                   log=sys.stderr) as fm, open(args.requests or os.devnull, "a", encoding="utf-8") as requests:
+        fm.request_log = requests if args.requests else None
         print(f"READY {fm.base_url}", flush=True)
         stop.wait()
     return 0

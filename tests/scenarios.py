@@ -166,7 +166,10 @@ def skip_checks(req):
     assert "Success" in out, out
     reminder = yield say("## Summary\nFixed add (calc.py:L4-L5).")
     assert "python3 -m unittest -q" in reminder, reminder
-    yield say("## Summary\nFixed add (calc.py:L4-L5).")
+    followup = yield say("## Summary\nFixed add (calc.py:L4-L5).")
+    # a follow-up hears what the harness ran after the final message, as a message, not a stray output
+    assert "Offload ran this check" in followup and "Exit code: 0" in followup, followup
+    yield say("## Summary\nThe checks Offload ran passed; nothing more to do.")
 
 
 @scenario("checks-after-reminder")
@@ -177,3 +180,28 @@ def checks_after_reminder(req):
     yield say("## Summary\nFixed add (calc.py:L4-L5).\n## Testing\n- none run")  # answered by a reminder
     out = yield shell(UNITTEST)
     yield say(report(["Fixed add (calc.py:L4-L5)."], [(" ".join(UNITTEST), "passed" if "OK" in out else "failed")]))
+
+
+@scenario("best-of-three", variants=True)
+def best_of_three(req):
+    """Three plays of one task, for best-of-N: a wrong fix whose tests fail, a right fix that also
+    rewrites the docstring (a larger diff), and the minimal right fix. Each cites its last test run,
+    and a follow-up shows the file's first line as that attempt left it."""
+    patch = [
+        "*** Begin Patch\n*** Update File: calc.py\n@@\n-    return a - b\n+    return a * b\n*** End Patch",
+        '*** Begin Patch\n*** Update File: calc.py\n@@\n-"""A tiny calculator with a bug for Offload to fix."""\n'
+        '+"""A tiny calculator."""\n@@\n-    return a - b\n+    return a + b\n*** End Patch',
+        FIX_ADD,
+    ][req.variant % 3]
+    out = yield apply_patch(patch)
+    assert "Success" in out, out
+    out = yield shell(UNITTEST)
+    status = "passed" if out.split("\n")[1] == "Exit code: 0" else "failed"
+    yield say(report(["Changed `add` (calc.py:L4-L5)."], [(" ".join(UNITTEST), status)]) + f" [{chunk_of(out)}]")
+    # a follow-up continues this attempt's conversation: it shows the file, then tests again
+    out = yield shell(["cat", "calc.py"])
+    first = output_text(out).splitlines()[0]
+    out = yield shell(UNITTEST)
+    status = "passed" if out.split("\n")[1] == "Exit code: 0" else "failed"
+    yield say(report([f"calc.py begins `{first}` (calc.py:L1)."], [(" ".join(UNITTEST), status)])
+              + f" [{chunk_of(out)}]")

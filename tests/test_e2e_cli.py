@@ -119,6 +119,10 @@ def test_checks_agents_md_lists_run_after_the_last_edit(docker_engine, fake_mode
     assert proc.returncode == 0, proc.stderr
     assert "## Testing (run by Offload after the last edit" in proc.stdout
     assert "`python3 -m unittest -q` — passed [c" in proc.stdout
+    # a follow-up's conversation carries the harness's run as a message the model can read
+    task_id = json.loads(offload_cli("tasks", "--json", cwd=sample_repo).stdout.splitlines()[-1])["id"]
+    proc = offload_cli("followup", task_id, "anything left?", cwd=sample_repo, env=model_env(fake_model, "skip-checks"))
+    assert "nothing more to do" in proc.stdout, proc.stderr
 
 
 def test_a_global_agents_md_is_read_first(docker_engine, fake_model, sample_repo, isolated_dirs):

@@ -248,6 +248,10 @@ async def test_follow_up_continues_the_conversation_without_the_rejected_hunks(c
     await editor.until(lambda: [u["state"] for u in editor.updates].count("finished") == 2)
     shown = await execute(client, "offload.showTask", {"taskId": task_id})
     assert shown["state"] == "finished"
+    # the follow-up has its own progress, begun and ended
+    reports = client.progress_reports[f"offload-{task_id}-2"]
+    await editor.until(lambda: isinstance(reports[-1], types.WorkDoneProgressEnd), timeout=10)
+    assert isinstance(reports[0], types.WorkDoneProgressBegin)
     assert '+    """Sum of a and b."""' in shown["diff"] and "+    return a + b" in shown["diff"]
     assert "the product" not in shown["diff"]
     # the conversation went on: the follow-up request carried the first run's calls and outputs

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from offload.sandbox import bwrap_backend
+from offload.sandbox import docker_backend
 from offload.sandbox.errors import SandboxError
 from offload.sandbox.manager import SandboxConfig, SandboxManager
 from offload.server.doctor import probe_bubblewrap
@@ -189,9 +187,13 @@ def test_destroy_leaves_nothing_behind(make_manager, sample_repo, backend, reque
     sandbox = manager.create(manager.snapshot(sample_repo))
     sandbox.run(["sh", "-c", "echo x > file.txt"])
     if backend == "docker":
-        container = sandbox.backend.container.id
+        client, container = request.getfixturevalue("docker_engine"), sandbox.backend.container.id
+        volume, directory = sandbox.backend.volume.name, sandbox.backend.directory
+        assert directory.exists() and client.volumes.get(volume)
         manager.destroy(sandbox.id)
-        assert not request.getfixturevalue("docker_engine").containers.list(all=True, filters={"id": container})
+        assert not client.containers.list(all=True, filters={"id": container})
+        assert not client.volumes.list(filters={"name": volume}) and not directory.exists()
+        assert str(directory) not in Path("/proc/self/mountinfo").read_text()
     else:
         directory, pid = sandbox.backend.directory, sandbox.backend.pid
         cgroups = sandbox.backend.cgroups.dirs if sandbox.backend.cgroups else []
@@ -255,33 +257,6 @@ def test_a_backend_that_cannot_work_names_the_fix(tmp_path, monkeypatch):
                        tmp_path).backend_name()
 
 
-HOST_THAT_DIES = """
-import sys, time
-from pathlib import Path
-from offload.sandbox.manager import SandboxConfig, SandboxManager
-manager = SandboxManager(SandboxConfig(backend="bubblewrap"), Path(sys.argv[1]))
-sandbox = manager.create(manager.snapshot(sys.argv[2]))
-sandbox.run(["sh", "-c", "sleep 300 & echo started"])
-print(sandbox.backend.directory, *(sandbox.backend.cgroups.dirs if sandbox.backend.cgroups else []), flush=True)
-time.sleep(300)
-"""
-
-
-def test_a_killed_host_leaves_no_sandbox_running_and_prune_clears_the_rest(bubblewrap, sample_repo, tmp_path):
-    cache = tmp_path / "cache"
-    host = subprocess.Popen([sys.executable, "-c", HOST_THAT_DIES, str(cache), str(sample_repo)],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        directory, *cgroups = map(Path, host.stdout.readline().split())
-    finally:
-        host.kill()
-        host.wait()
-    assert wait_until(lambda: not host_processes_mentioning(str(directory))), "the sandbox outlived its host"
-    assert directory.exists() and all(c.exists() for c in cgroups)
-    bwrap_backend.prune(cache, older_than=0)
-    assert not directory.exists() and not any(c.exists() for c in cgroups)
-
-
 def test_doctor_reports_each_backend_and_the_one_tasks_use(docker_engine, bubblewrap, tmp_path):
     proc = offload_cli("doctor", "--json", cwd=tmp_path)
     checks = {c["check"]: c for c in json.loads(proc.stdout)}
@@ -317,3 +292,57 @@ def test_a_read_only_sandbox_cannot_change_its_workspace(make_manager, sample_re
     assert sandbox.read_file("test_calc.py") is not None
     assert sandbox.run(["git", "status", "--porcelain"]).output.strip() == ""
     assert sandbox.run(["sh", "-c", "echo ok > /tmp/scratch && cat /tmp/scratch"]).output.strip() == "ok"
+
+
+def test_only_the_workspace_tmp_and_home_are_writable(sandbox):
+    result = sandbox.run(["sh", "-c", "for d in / /etc /usr /var /opt; do touch $d/offload-x 2>/dev/null && echo WROTE $d; done; "
+                                      "touch /workspace/w /tmp/t /home/offload/h && echo writable"])
+    assert "WROTE" not in result.output and "writable" in result.output, result.output
+
+
+# --- how the workspace reaches a Docker sandbox ---------------------------------------------
+
+
+@pytest.mark.parametrize("backend", [pytest.param("docker", marks=pytest.mark.docker)], indirect=True)
+def test_a_docker_workspace_is_an_overlay_over_the_cached_snapshot(docker_engine, make_manager, sample_repo):
+    manager = make_manager()
+    snapshot = manager.snapshot(sample_repo)
+    sandbox = manager.create(snapshot)
+    options = docker_engine.volumes.get(sandbox.backend.volume.name).attrs["Options"]
+    lower = Path(snapshot.path.parent, f"{snapshot.tree}.uid1000")
+    assert options["type"] == "overlay" and f"lowerdir={lower}," in options["o"]
+    assert {p.stat().st_uid for p in [lower, *lower.rglob("*")]} == {1000}  # the sandbox user's, once
+    before = tree_digest(lower)
+    sandbox.write_file("calc.py", b"changed\n")
+    sandbox.run(["sh", "-c", "echo new > new.txt && rm test_calc.py && git add -A && git commit -qm x"])
+    upper = sandbox.backend.directory / "layer" / "upper"
+    assert (upper / "calc.py").read_bytes() == b"changed\n" and (upper / "new.txt").exists()
+    assert tree_digest(lower) == before
+    second = manager.create(snapshot)  # the copy is made once and shared
+    assert f"lowerdir={lower}," in docker_engine.volumes.get(second.backend.volume.name).attrs["Options"]["o"]
+    assert b"def add" in second.read_file("calc.py")
+
+
+@pytest.mark.parametrize("backend", [pytest.param("docker", marks=pytest.mark.docker)], indirect=True)
+def test_a_remote_engine_gets_the_workspace_copied_in(docker_engine, make_manager, sample_repo):
+    manager = make_manager()
+    snapshot = manager.snapshot(sample_repo)
+    sandbox = manager.create(snapshot, local=False)
+    assert sandbox.backend.volume is None and sandbox.backend.directory is None
+    sandbox.write_file("calc.py", b"changed\n")
+    assert sandbox.commit("change") and "+changed" in sandbox.diff()
+    reader = manager.create(snapshot, read_only=True, local=False)
+    reader.run(["sh", "-c", "echo x >> calc.py; rm -f README.md"])
+    assert reader.run(["git", "status", "--porcelain"]).output.strip() == ""
+    assert not (manager.cache_dir / "sandboxes").exists() or not list((manager.cache_dir / "sandboxes").iterdir())
+    assert "engine is remote" in docker_backend.overlay_problem(docker_engine, local=False)
+    assert docker_backend.overlay_problem(docker_engine) is None  # root, on this machine's socket
+
+
+def test_a_cache_path_an_overlay_cannot_take_is_refused_and_leaves_nothing(backend, sample_repo, tmp_path):
+    cache = tmp_path / "odd,cache"
+    manager = SandboxManager(SandboxConfig(backend=backend), cache, owner=f"offload-test-{uuid.uuid4().hex[:8]}")
+    with pytest.raises(SandboxError, match="overlayfs cannot take.*XDG_CACHE_HOME"):
+        manager.create(manager.snapshot(sample_repo))
+    assert not list((cache / "sandboxes").glob("*")) and str(cache) not in Path("/proc/self/mountinfo").read_text()
+    assert manager.list() == []

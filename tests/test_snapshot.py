@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from offload.sandbox.snapshot import take_snapshot
+import pytest
+
+from offload.sandbox import cache
+from offload.sandbox.errors import SandboxError
+from offload.sandbox.manager import SandboxConfig, SandboxManager
+from offload.sandbox.snapshot import load_snapshot, take_snapshot
 from tests.conftest import git
+from tests.test_sandbox_backends import (  # noqa: F401  (fixtures)
+    backend,
+    bubblewrap,
+    make_manager,
+)
 
 
 def repo_state(repo: Path) -> tuple:
@@ -61,3 +75,106 @@ def test_a_plain_directory_without_git_can_be_snapshotted(tmp_path):
     assert not (plain / ".git").exists()
     assert subprocess.run(["git", "-C", str(snap.path), "status", "--porcelain"],
                           capture_output=True, text=True).stdout == ""
+
+
+# --- the cache's bound ----------------------------------------------------------------------
+
+
+def _age(cache_dir: Path, tree: str, seconds_ago: float) -> None:
+    """Make a snapshot (and any copy of it) look last used `seconds_ago`."""
+    when = time.time() - seconds_ago
+    for path in (cache_dir / "snapshots").glob(f"{tree}*"):
+        os.utime(path, (when, when))
+
+
+def _size(cache_dir: Path, tree: str) -> int:
+    return sum(int((p / ".git" / cache.SIZE_FILE).read_text()) for p in (cache_dir / "snapshots").glob(f"{tree}*"))
+
+
+def _new_tree(repo: Path, cache_dir: Path, n: int, limit: int | None = None):
+    (repo / "version.txt").write_text(f"{n}\n" * 2000)
+    return take_snapshot(repo, cache_dir, limit)
+
+
+def test_the_least_recently_used_snapshot_is_evicted_first(sample_repo, tmp_path):
+    cache_dir = tmp_path / "cache"
+    a, b, c = (_new_tree(sample_repo, cache_dir, n) for n in range(3))
+    for age, snap in zip((300, 200, 100), (a, b, c)):
+        _age(cache_dir, snap.tree, age)
+    load_snapshot(cache_dir, a.tree, sample_repo)  # a follow-up used `a`: now the most recent
+    _age(cache_dir, a.tree, 90)
+    d = _new_tree(sample_repo, cache_dir, 3)
+    total = sum(_size(cache_dir, s.tree) for s in (a, b, c, d))
+    e = _new_tree(sample_repo, cache_dir, 4, limit=total + _size(cache_dir, d.tree) // 2)
+    assert not b.path.exists()  # the oldest went, and only it
+    assert all(s.path.exists() for s in (a, c, d, e))
+    with pytest.raises(SandboxError, match="no longer cached; start a new task"):
+        load_snapshot(cache_dir, b.tree, sample_repo)
+    assert sorted(p.name for p in (cache_dir / "snapshots").iterdir() if p.name.startswith(".")) == [".lock"]
+
+
+def test_a_snapshot_just_used_is_kept_even_over_the_bound(sample_repo, tmp_path):
+    cache_dir = tmp_path / "cache"
+    first = _new_tree(sample_repo, cache_dir, 0)
+    second = _new_tree(sample_repo, cache_dir, 1, limit=0)
+    assert first.path.exists() and second.path.exists()  # `first` is within its minute; `second` is new
+    _age(cache_dir, first.tree, 120)
+    _new_tree(sample_repo, cache_dir, 2, limit=0)
+    assert not first.path.exists() and second.path.exists()
+
+
+def test_a_snapshot_a_live_sandbox_uses_survives_eviction(make_manager, sample_repo, tmp_path):
+    manager = make_manager(snapshot_cache="1")  # evict all it may
+    used = manager.snapshot(sample_repo)
+    sandbox = manager.create(used)
+    (sample_repo / "calc.py").write_text("changed\n")
+    unused = manager.snapshot(sample_repo)
+    for snap in (used, unused):
+        _age(manager.cache_dir, snap.tree, 600)
+    (sample_repo / "calc.py").write_text("changed again\n")
+    newest = manager.snapshot(sample_repo)
+    assert used.path.exists() and newest.path.exists() and not unused.path.exists()
+    assert b"def add" in sandbox.read_file("calc.py")  # its workspace is whole
+    assert sandbox.run(["git", "status", "--porcelain"]).output == ""
+    manager.destroy(sandbox.id)
+    _age(manager.cache_dir, used.tree, 600)
+    (sample_repo / "calc.py").write_text("once more\n")
+    manager.snapshot(sample_repo)
+    assert not used.path.exists()  # no longer in use: evicted, its Docker copy with it
+    assert not list(manager.cache_dir.glob(f"snapshots/{used.tree}*"))
+
+
+TAKE = """
+import sys
+from offload.sandbox.snapshot import take_snapshot
+snap = take_snapshot(sys.argv[1], sys.argv[2], 0)
+print(snap.tree, snap.base, snap.path)
+"""
+
+
+def test_concurrent_snapshots_of_one_tree_with_eviction_under_way_are_safe(sample_repo, tmp_path):
+    cache_dir = tmp_path / "cache"
+    olds = [_new_tree(sample_repo, cache_dir, n) for n in range(4)]
+    for snap in olds:
+        _age(cache_dir, snap.tree, 600)
+    (sample_repo / "version.txt").write_text("shared\n")
+    procs = [subprocess.Popen([sys.executable, "-c", TAKE, str(sample_repo), str(cache_dir)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda _: take_snapshot(sample_repo, cache_dir, 0), range(4)))
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    results = {tuple(out.split()) for out, _ in outputs} | {(s.tree, s.base, str(s.path)) for s in threaded}
+    assert len(results) == 1
+    [(tree, base, path)] = results
+    assert Path(path, "version.txt").read_text() == "shared\n"
+    assert git(Path(path), "status", "--porcelain") == "" and git(Path(path), "rev-parse", "HEAD").strip() == base
+    assert not any(s.path.exists() for s in olds)
+    assert sorted(p.name for p in (cache_dir / "snapshots").iterdir()) == [".lock", tree]
+
+
+def test_a_malformed_cache_bound_is_refused_before_anything_is_made(sample_repo, tmp_path):
+    manager = SandboxManager(SandboxConfig(snapshot_cache="lots"), tmp_path / "cache")
+    with pytest.raises(SandboxError, match="not a size: 'lots'"):
+        manager.snapshot(sample_repo)
+    assert not (tmp_path / "cache" / "snapshots").exists()

@@ -8,7 +8,7 @@ output the task really produced, and a check claimed as passed must cite a comma
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 _STATUS = re.compile(r"\b(passed|pass|ok|failed|fail|failing|blocked|environment)\b", re.IGNORECASE)
 _CANON = {"pass": "passed", "ok": "passed", "fail": "failed", "failing": "failed", "environment": "blocked"}
@@ -19,13 +19,19 @@ _CHUNK_REF = re.compile(r"(?:[\[(]|\bchunks?:?\s*)\s*(c\d+(?:\s*(?:,|;|and)\s*c\
 
 
 class Chunks:
-    """The citable outputs of a task, numbered c1, c2, … in the order they were produced."""
+    """The citable outputs of a task, numbered c1, c2, … in the order they were produced.
 
-    def __init__(self) -> None:
-        self.meta: dict[str, dict] = {}
+    A follow-up starts from the `earlier` runs' chunks (id → meta) and numbers on after the
+    highest of them, so that every id names one output in the task's whole log.
+    """
+
+    def __init__(self, earlier: Iterable[tuple[str, dict]] = ()) -> None:
+        self.meta: dict[str, dict] = dict(earlier)
+        self.last = max((int(c[1:]) for c in self.meta if re.fullmatch(r"c\d+", c)), default=0)
 
     def add(self, **meta) -> str:
-        chunk = f"c{len(self.meta) + 1}"
+        self.last += 1
+        chunk = f"c{self.last}"
         self.meta[chunk] = meta
         return chunk
 

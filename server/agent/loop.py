@@ -107,6 +107,8 @@ def hide_old_outputs(history: list[dict], keep: int, max_bytes: int) -> list[str
     for item in shown[:-1]:
         if len(shown) - len(hidden) <= keep // 2 and size <= max_bytes // 2:
             break
+        if not item.get("chunk"):  # an interrupted call's stand-in output: nothing to point at
+            continue
         size -= len(item["output"])
         item["output"], item["hidden"] = HIDDEN.format(chunk=item["chunk"]), True
         hidden.append(item["chunk"])
@@ -146,7 +148,8 @@ class _Agent:
         self.tools = Tools(sandbox, read_only, lambda call_id, chunk: emit("tool.output", {"id": call_id,
                                                                                            "chunk": chunk}), self.stop)
         self.specs = tool_specs(read_only, model.freeform_patch)
-        self.chunks = Chunks()
+        self.chunks = Chunks((item["chunk"], {"call": item["call_id"], "exit_code": item.get("exit_code")})
+                             for item in prior if item["role"] == "tool" and item.get("chunk"))
         self.result = AgentResult("failed", "", cost_usd=model.cost(Usage()))
         self.history: list[dict] = []
         self.prior = prior
@@ -193,9 +196,11 @@ class _Agent:
                 if not missing or self.reminded:
                     break
                 self.reminded = True  # once: the model runs them, or the harness does below
-                self.emit("note", {"text": "reminded the model of unrun checks: " + ", ".join(missing)})
-                self.history.append({"role": "user", "content": CHECKS_REMINDER + "\n".join(
-                    f"- `{c}`" for c in missing)})
+                reminder = CHECKS_REMINDER + "\n".join(f"- `{c}`" for c in missing)
+                # the log keeps what the model was told, so a follow-up's conversation has it too
+                self.emit("note", {"text": "reminded the model of unrun checks: " + ", ".join(missing),
+                                   "told": reminder})
+                self.history.append({"role": "user", "content": reminder})
             if missing := self._unrun_checks():
                 await self._run_checks(missing)
             await self._finish()

@@ -10,12 +10,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 import watchfiles
 from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+from pygls.io_ import StdinAsyncReader, StdoutWriter
 from pygls.lsp.server import LanguageServer
 from pygls.uris import from_fs_path
 
@@ -24,8 +28,10 @@ from ..agent.loop import preview
 from ..tasks.manager import TaskError, TaskManager
 from ..tasks.merge import Merged
 from ..tasks.review import locate
+from . import wire
 
 log = logging.getLogger(__name__)
+SWEEP_SECONDS = 300.0
 
 
 class CommandError(Exception):
@@ -34,17 +40,43 @@ class CommandError(Exception):
 
 class OffloadServer(LanguageServer):
     def __init__(self) -> None:
-        super().__init__("offload", "0.1.0")
+        super().__init__("offload", "0.1.0", protocol_cls=wire.Protocol)
         self.manager: TaskManager | None = None
         self.progress_tokens: dict[str, str] = {}
         self.published: set[str] = set()
+        self.published_tasks: set[str] = set()
         self.background: set[asyncio.Task] = set()
+        # what review diagnostics and lenses are computed from, read from the store only after a task
+        # event or a change on disk says it changed: typing in a file with hunks reads nothing
+        self._records: list[dict] | None = None
+        self._hunks: dict[str, list] = {}
+
+    def start_io(self, stdin=None, stdout=None) -> None:
+        """Serve over stdio with our reader, which answers malformed messages (see `wire`)."""
+        self._stop_event = threading.Event()
+        self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+        reader = StdinAsyncReader(stdin or sys.stdin.buffer, self.thread_pool)
+        try:
+            asyncio.run(wire.serve(self._stop_event, reader, self.protocol))
+        except BrokenPipeError:
+            log.error("the client closed the connection")
+        finally:
+            self.shutdown()
 
     def tasks(self) -> TaskManager:
         if self.manager is None:
             self.manager = TaskManager()
-            self.manager.listeners.append(self.on_task_event)
+            self.manager.listeners.append(self.task_listener())
         return self.manager
+
+    def task_listener(self):
+        """Task events arrive on the task manager's thread; the editor is served from this loop."""
+        loop = asyncio.get_running_loop()
+
+        def listener(record: dict, event: dict) -> None:
+            loop.call_soon_threadsafe(self.on_task_event, dict(record), event)
+
+        return listener
 
     def spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -53,9 +85,13 @@ class OffloadServer(LanguageServer):
 
     # ---- tasks → editor ------------------------------------------------------------------
     def on_task_event(self, record: dict, event: dict) -> None:
+        if event["type"] not in _AGENT_EVENTS:
+            self.forget(record["id"])
         self.protocol.notify("offload/taskEvent", {"taskId": record["id"], "event": event})
-        if event["type"] != "state" and event["type"] != "tool.call":
+        if event["type"] not in ("state", "tool.call", "attempt.chosen"):
             return
+        if event["type"] == "attempt.chosen":
+            return self.protocol.notify("offload/taskUpdated", _summary(record))
         if event["type"] == "state":
             self.protocol.notify("offload/taskUpdated", _summary(record))
             if event["state"] in ("finished", "failed") and (record.get("changes") or record.get("failures")):
@@ -67,7 +103,8 @@ class OffloadServer(LanguageServer):
         if token is None:
             return
         if event["type"] == "tool.call":
-            message = f"{event['name']}: {preview(event['arguments'], 60)}"
+            message = (f"attempt {event['attempt']}: " if "attempt" in event else "") + \
+                f"{event['name']}: {preview(event['arguments'], 60)}"
         else:
             message = event["state"] + (f": {event['reason']}" if event.get("reason") else "")
         if event["type"] == "state" and event["state"] in ("finished", "failed", "cancelled"):
@@ -77,7 +114,10 @@ class OffloadServer(LanguageServer):
             self.work_done_progress.report(token, types.WorkDoneProgressReport(message=message))
 
     async def start_progress(self, record: dict) -> None:
-        token = f"offload-{record['id']}"
+        token, run = f"offload-{record['id']}", 1
+        while token in self.work_done_progress.tokens:  # a follow-up: a token is never reused
+            run += 1
+            token = f"offload-{record['id']}-{run}"
         if _supports(self, "window", "work_done_progress"):
             try:
                 await self.work_done_progress.create_async(token)
@@ -131,6 +171,8 @@ class OffloadServer(LanguageServer):
     async def send_edit(self, task_id: str, edit: types.WorkspaceEdit, hunk_ids: list[str] | None = None) -> None:
         """Ask the client to apply `edit`; the hunks count as accepted once it says it did."""
         manager = self.tasks()
+        if _supports(self, "workspace", "workspace_edit", "change_annotation_support") and edit.document_changes:
+            edit = _annotated(edit, task_id, manager.get(task_id)["prompt"], hunk_ids)
         try:
             response = await self.workspace_apply_edit_async(
                 types.ApplyWorkspaceEditParams(edit=edit, label=f"Offload task {task_id}"))
@@ -147,17 +189,30 @@ class OffloadServer(LanguageServer):
             manager._emit(manager.get(task_id), "apply.rejected", {"reason": getattr(response, "failure_reason", None)})
         self.publish_review(task_id)
 
+    async def sweep_sandboxes(self) -> None:
+        """At start and every SWEEP_SECONDS: remove what sandboxes of dead processes left behind."""
+        while True:
+            try:
+                await asyncio.to_thread(self.tasks().sweep)
+            except Exception as e:  # a sweep that fails is retried at the next tick; it never stops the server
+                log.warning("sandbox sweep failed: %s", e)
+            await asyncio.sleep(SWEEP_SECONDS)
+
     async def watch_store(self) -> None:
         """Tasks run by other processes (the CLI, another editor window) show up here too."""
         root = self.tasks().store.root
         seen = {r["id"]: r["state"] for r in self.tasks().store.all()}
         async for changes in watchfiles.awatch(root, debounce=200, recursive=True):
             for _, path in changes:
-                if not path.endswith("task.json"):
+                name, task_id = Path(path).name, Path(path).parent.name
+                if name in ("task.json", "review.json", "changes.json"):
+                    self.forget(task_id)
+                if name == "review.json" and task_id in self.published_tasks:
+                    self.publish_review(task_id)  # hunks decided elsewhere (the CLI): withdraw them here
+                if name != "task.json":
                     continue
-                task_id = Path(path).parent.name
                 record = self.tasks().store.load(task_id)
-                if record is None or task_id in self.tasks()._running or seen.get(task_id) == record["state"]:
+                if record is None or self.tasks().runs_here(record) or seen.get(task_id) == record["state"]:
                     continue
                 seen[task_id] = record["state"]
                 self.protocol.notify("offload/taskUpdated", _summary(record))
@@ -165,13 +220,24 @@ class OffloadServer(LanguageServer):
                     self.publish_review(task_id)
 
     # ---- review --------------------------------------------------------------------------
+    def forget(self, task_id: str) -> None:
+        """The task changed: its record and hunks are read again when next needed."""
+        self._records = None
+        self._hunks.pop(task_id, None)
+
+    def records(self) -> list[dict]:
+        if self._records is None:
+            self._records = self.tasks().list()
+        return self._records
+
     def pending_hunks(self, records: list[dict] | None = None):
         """(task, hunk, change) for every hunk of `records` (default: every task) still waiting for a decision."""
-        manager = self.tasks()
-        for record in manager.list() if records is None else records:
+        for record in self.records() if records is None else records:
             if record["state"] != "finished" or record.get("discarded") or record["kind"] != "code":
                 continue
-            for hunk, status, change in manager.hunks(record["id"]):
+            if record["id"] not in self._hunks:
+                self._hunks[record["id"]] = self.tasks().hunks(record["id"])
+            for hunk, status, change in self._hunks[record["id"]]:
                 if status == "pending":
                     yield record, hunk, change
 
@@ -185,7 +251,7 @@ class OffloadServer(LanguageServer):
     def publish_review(self, task_id: str | None = None) -> None:
         """An Information diagnostic over each pending hunk, per file (and clear reviewed files)."""
         by_uri: dict[str, list[types.Diagnostic]] = {}
-        records = self.tasks().list()
+        records = self.records()
         touched = {from_fs_path(str(Path(r["repo"]) / c["path"]))
                    for r in records if task_id in (None, r["id"]) for c in r.get("changes", [])}
         for record, hunk, change in self.pending_hunks(records):
@@ -199,7 +265,7 @@ class OffloadServer(LanguageServer):
             by_uri.setdefault(uri, []).append(types.Diagnostic(
                 range=types.Range(types.Position(start, 0), types.Position(max(end, start + 1), 0)),
                 message=message, severity=types.DiagnosticSeverity.Information, source="offload",
-                code="proposal", data={"taskId": record["id"], "hunkId": hunk.id}))
+                code="proposal", data={"taskId": record["id"], "hunkId": hunk.id, "located": span is not None}))
         for record in records:
             if record["kind"] != "code" or record.get("discarded") or record["state"] not in ("finished", "failed"):
                 continue
@@ -215,6 +281,7 @@ class OffloadServer(LanguageServer):
             self.text_document_publish_diagnostics(
                 types.PublishDiagnosticsParams(uri=uri, diagnostics=by_uri.get(uri, [])))
         self.published = set(by_uri)
+        self.published_tasks = {d.data["taskId"] for ds in by_uri.values() for d in ds}
         if _supports(self, "workspace", "code_lens", "refresh_support"):
             self.spawn(self._refresh_code_lens())
 
@@ -225,6 +292,11 @@ class OffloadServer(LanguageServer):
             log.info("codeLens refresh failed: %s", e)
 
 
+# Events of an agent at work: frequent, and nothing the review shows depends on them.
+_AGENT_EVENTS = frozenset({"tool.call", "tool.output", "tool.result", "model.reply", "model.call.failed",
+                           "model.error", "note", "context", "plan", "loop", "commit", "citations", "agent.end"})
+
+
 def _supports(ls: LanguageServer, *path: str):
     node: Any = ls.client_capabilities
     for name in path:
@@ -232,6 +304,29 @@ def _supports(ls: LanguageServer, *path: str):
         if node is None:
             return None
     return node
+
+
+def _annotated(edit: types.WorkspaceEdit, task_id: str, prompt: str,
+               hunk_ids: list[str] | None) -> types.WorkspaceEdit:
+    """`edit` with every change under one annotation naming the task. Applying a whole task
+    needs the user's confirmation (VS Code shows its refactor preview first): it may touch many
+    files the user has not looked at. Accepting hunks does not: the user has just read each one
+    where it is and clicked Accept on it, so a preview would only ask the same question twice."""
+    annotation_id = f"offload-{task_id}"
+    first_line = prompt.strip().splitlines()[0] if prompt.strip() else "change"
+    label = "Offload: " + (first_line if len(first_line) <= 50 else first_line[:49] + "…")
+    what = "the whole change" if hunk_ids is None else "hunk " + ", ".join(hunk_ids)
+    changes: list[Any] = []
+    for change in edit.document_changes:
+        if isinstance(change, types.TextDocumentEdit):
+            change = types.TextDocumentEdit(text_document=change.text_document, edits=[
+                types.AnnotatedTextEdit(range=e.range, new_text=e.new_text, annotation_id=annotation_id)
+                for e in change.edits])
+        else:  # CreateFile, DeleteFile
+            change = type(change)(uri=change.uri, options=change.options, annotation_id=annotation_id)
+        changes.append(change)
+    return types.WorkspaceEdit(document_changes=changes, change_annotations={annotation_id: types.ChangeAnnotation(
+        label=label, needs_confirmation=hunk_ids is None, description=f"Offload task {task_id}: {what}")})
 
 
 def _start_range() -> types.Range:
@@ -251,8 +346,14 @@ def _whole_range(lines: list[str], codec) -> types.Range:
 
 def _summary(record: dict) -> dict:
     keys = ("id", "kind", "state", "reason", "prompt", "repo", "changes", "steps", "input_tokens", "output_tokens",
-            "cost_usd", "created", "updated", "discarded")
-    return {("taskId" if k == "id" else k): record.get(k) for k in keys}
+            "cost_usd", "created", "updated", "discarded", "attempt")
+    summary = {("taskId" if k == "id" else k): record.get(k) for k in keys}
+    summary["attempts"] = record.get("attempts", 1)
+    summary["attemptResults"] = [
+        {"attempt": a["attempt"], "state": a["state"], "reason": a["reason"], "passed": a["passed"],
+         "failed": a["failed"], "diffLines": a["diff_lines"], "changes": a["changes"], "cost_usd": a["cost_usd"]}
+        for a in record.get("attempt_results") or []]
+    return summary
 
 
 def _path_from_uri(uri: str) -> Path:
@@ -274,7 +375,8 @@ def _args(args: tuple, *required: str) -> dict:
 
 
 def _command(name: str):
-    """Register a command whose bad input becomes a clear JSON-RPC error, never a crash."""
+    """Register a command whose bad input becomes a clear JSON-RPC error, never a crash: a malformed
+    argument is InvalidParams, a request the task's state or the config refuses is RequestFailed."""
 
     def register(func):
         @server.command(name)
@@ -282,8 +384,10 @@ def _command(name: str):
         async def handler(ls: OffloadServer, *args):
             try:
                 return await func(ls, *args)
-            except (CommandError, TaskError, cfg.ConfigError) as e:
-                raise ValueError(f"{name}: {e}") from None
+            except CommandError as e:
+                raise JsonRpcException(f"{name}: {e}", int(types.ErrorCodes.InvalidParams)) from None
+            except (TaskError, cfg.ConfigError) as e:
+                raise JsonRpcException(f"{name}: {e}", int(types.LSPErrorCodes.RequestFailed)) from None
 
         return handler
 
@@ -300,13 +404,14 @@ def initialize(ls: OffloadServer, params: types.InitializeParams) -> None:
     if isinstance(options, dict) and isinstance(options.get("settings"), dict):
         options = options["settings"]
     ls.manager = TaskManager(overrides=options if isinstance(options, dict) else None)
-    ls.manager.listeners.append(ls.on_task_event)
+    ls.manager.listeners.append(ls.task_listener())
 
 
 @server.feature(types.INITIALIZED)
 def initialized(ls: OffloadServer, params: types.InitializedParams) -> None:
     ls.tasks().recover()
     ls.spawn(ls.watch_store())
+    ls.spawn(ls.sweep_sandboxes())
 
 
 def _task_directory(ls: OffloadServer, arg: dict) -> Path:
@@ -333,7 +438,8 @@ def _prompt_with_context(ls: OffloadServer, arg: dict) -> str:
 
 async def _start(ls: OffloadServer, args: tuple, kind: str) -> dict:
     arg = _args(args, "prompt")
-    record = ls.tasks().submit(_prompt_with_context(ls, arg), _task_directory(ls, arg), kind=kind)
+    record = ls.tasks().submit(_prompt_with_context(ls, arg), _task_directory(ls, arg), kind=kind,
+                               attempts=arg.get("attempts") if kind == "code" else None)
     ls.spawn(ls.start_progress(record))
     return {"taskId": record["id"]}
 
@@ -367,13 +473,19 @@ async def follow_up(ls: OffloadServer, *args):
 async def list_tasks(ls: OffloadServer, *args):
     if args and not (len(args) == 1 and isinstance(args[0], dict)):
         raise CommandError("the command takes one JSON object ({} for all tasks)")
-    return {"tasks": [_summary(t) for t in ls.tasks().list()]}
+    return {"tasks": [_summary(t) for t in ls.records()]}
 
 
 @_command("offload.showTask")
 async def show_task(ls: OffloadServer, *args):
     manager = ls.tasks()
-    record = manager.get(_args(args, "taskId")["taskId"])
+    arg = _args(args, "taskId")
+    record = manager.get(arg["taskId"])
+    if arg.get("attempt") not in (None, record.get("attempt")):  # another attempt, to look at
+        attempt = manager.attempt(record["id"], arg["attempt"])
+        return {**_summary(record), "attempt": attempt["attempt"], "message": attempt["message"],
+                "checks": attempt["checks"], "diff": manager.diff(record["id"], attempt["attempt"]), "hunks": [],
+                "events": [e for e in manager.events(record["id"]) if e.get("attempt") in (None, attempt["attempt"])]}
     hunks = [{**h.as_dict(), "status": status} for h, status, _ in manager.hunks(record["id"])]
     return {**_summary(record), "message": record["message"], "checks": record["checks"],
             "diff": manager.diff(record["id"]), "hunks": hunks, "events": manager.events(record["id"])}
@@ -382,8 +494,12 @@ async def show_task(ls: OffloadServer, *args):
 @_command("offload.apply")
 async def apply(ls: OffloadServer, *args):
     manager = ls.tasks()
-    record = manager.get(_args(args, "taskId")["taskId"])
+    arg = _args(args, "taskId")
+    record = manager.get(arg["taskId"])
     root = Path(record["repo"])
+    if arg.get("attempt") not in (None, record.get("attempt")):
+        manager.choose_attempt(record["id"], arg["attempt"])
+        ls.publish_review(record["id"])  # the chosen attempt's hunks replace the old ones
     merged = manager.merge(record["id"], lambda path: ls.current_bytes(root, path))
     conflicts = [m.path for m in merged if m.conflict]
     if conflicts:

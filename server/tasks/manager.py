@@ -1,12 +1,14 @@
 """The task manager: queue, run and record tasks; the CLI and the language server share it.
 
 A task goes queued → preparing → running → finished | failed | cancelled. Every step is an
-event in its log; listeners (progress displays, editors) get each event as it is stored.
+event in its log; listeners (progress displays, editors) get each event as it is stored, on the
+thread that stored it: a task's own events come from the manager's thread (see `_start`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import secrets
 import threading
@@ -15,14 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from offload.sandbox import owner
 from offload.sandbox.errors import SandboxError
 from offload.sandbox.manager import ChangedFile, SandboxConfig, SandboxManager
 from offload.sandbox.snapshot import find_root, load_snapshot
 
 from .. import config as cfg
 from ..agent.evidence import testing_checks
-from ..agent.loop import Budget, run_agent
+from ..agent.loop import AgentResult, Budget, run_agent
 from ..agent.model import ModelClient, ToolCall
+from . import attempts
+from .attempts import MAX_ATTEMPTS
 from .failures import failure_locations
 from .merge import Merged
 from .review import Hunk, accept, hunks, with_hunks
@@ -39,7 +44,7 @@ class TaskError(Exception):
 @dataclass
 class _Running:
     cancel: threading.Event
-    job: asyncio.Task | None = None
+    job: concurrent.futures.Future | None = None
 
 
 class TaskManager:
@@ -50,19 +55,34 @@ class TaskManager:
         self.overrides = overrides or {}
         self.listeners: list[Listener] = []
         self._running: dict[str, _Running] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()
         self._slots: asyncio.Semaphore | None = None
+        self._swept = False
+
+    def sweep(self, sandboxes: SandboxManager | None = None) -> list[str]:
+        """Remove what sandboxes of processes that died left (containers, volumes, directories);
+        run at start-up and, in the language server, on a timer. Returns the sandboxes removed."""
+        self._swept = True
+        if sandboxes is None:
+            sandboxes = SandboxManager(_sandbox_config(cfg.load_config(Path.cwd(), self.overrides)), self.cache_dir)
+        return sandboxes.sweep()
 
     # ---- queries -------------------------------------------------------------------------
     def recover(self) -> list[dict]:
         """Mark the tasks whose process died mid-way as interrupted; their logs stay whole."""
         recovered = []
         for record in self.store.all():
-            if record["state"] in FINAL_STATES or record["id"] in self._running or _alive(record.get("owner")):
+            if record["state"] in FINAL_STATES or record["id"] in self._running or owner.alive(record.get("owner")):
                 continue
             self._set_state(record, "failed", "interrupted: the process running it stopped; "
                             "its history is kept and a follow-up can continue it", interrupted=True)
             recovered.append(record)
         return recovered
+
+    def runs_here(self, record: dict) -> bool:
+        """Whether this process runs (or ran) the task: then its listeners hear every event of it."""
+        return record["id"] in self._running or record.get("owner") == owner.current()
 
     def list(self, repo: Path | None = None) -> list[dict]:
         tasks = self.store.all()
@@ -84,27 +104,33 @@ class TaskManager:
         return self.store.events(self.get(task_id)["id"])
 
     # ---- life ----------------------------------------------------------------------------
-    def submit(self, prompt: str, repo: str | Path, kind: str = "code") -> dict:
-        """Record a new task and start it in the background; returns at once."""
+    def submit(self, prompt: str, repo: str | Path, kind: str = "code", attempts: int | None = None) -> dict:
+        """Record a new task and start it in the background; returns at once. A Code task runs
+        `attempts` (default `tasks.attempts`) independent attempts and keeps the best."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise TaskError("a task needs a prompt")
         directory = Path(repo).expanduser().resolve()
         if not directory.is_dir():
             raise TaskError(f"not a directory: {directory}")
         root, _ = find_root(directory)
+        if attempts is None:
+            attempts = cfg.load_config(root, self.overrides).get("tasks.attempts")
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or not 1 <= attempts <= MAX_ATTEMPTS:
+            raise TaskError(f"attempts must be a whole number from 1 to {MAX_ATTEMPTS}, not {attempts!r}")
         now = time.time()
         record = {
             "id": time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + "-" + secrets.token_hex(3),
             "kind": kind, "prompt": prompt, "repo": str(root), "directory": str(directory),
             "state": "queued", "reason": "", "created": now, "updated": now,
             "message": "", "checks": [], "changes": [], "commit": None, "base": None,
-            "steps": 0, "input_tokens": 0, "output_tokens": 0, "owner": _owner(),
+            "steps": 0, "input_tokens": 0, "output_tokens": 0, "owner": owner.current(),
+            "attempts": attempts if kind == "code" else 1,
         }
         self.store.create(record)
         self._emit(record, "state", {"state": "queued"})
         running = _Running(threading.Event())
         self._running[record["id"]] = running
-        running.job = asyncio.get_running_loop().create_task(self._run(record, running.cancel))
+        running.job = self._start(self._run(record, running.cancel))
         return record
 
     def follow_up(self, task_id: str, prompt: str) -> dict:
@@ -125,38 +151,46 @@ class TaskManager:
                           + "".join(f"  +{line}" for line in h.result_lines) for h in rejected)
         prior = self.conversation(record["id"])
         self._emit(record, "followup", {"prompt": prompt, "text": text, "rejected": [h.id for h in rejected]})
-        record.update(discarded=False, interrupted=False, owner=_owner())
+        record.update(discarded=False, interrupted=False, owner=owner.current())
         self._set_state(record, "queued", "follow-up")
         running = _Running(threading.Event())
         self._running[record["id"]] = running
 
         async def after_last_run() -> None:
             if ending and ending.job:
-                await asyncio.shield(ending.job)
+                await asyncio.shield(asyncio.wrap_future(ending.job))
             await self._run(record, running.cancel, followup=text, prior=prior)
 
-        running.job = asyncio.get_running_loop().create_task(after_last_run())
+        running.job = self._start(after_last_run())
         return record
 
     def conversation(self, task_id: str) -> list[dict]:
         """The model's conversation so far, rebuilt from the task's log."""
         history: list[dict] = []
         custom: set[str] = set()
+        called: set[str] = set()
         record = self.get(task_id)
         for event in self.store.events(record["id"]):
+            if event.get("attempt", record.get("attempt")) != record.get("attempt"):
+                continue  # another attempt's work: the chosen one's is the conversation
             kind = event["type"]
             if kind == "state" and event["state"] == "queued" and not history:
                 history.append({"role": "user", "content": record["prompt"]})
-            elif kind == "followup":
-                history.append({"role": "user", "content": event["text"]})
+            elif kind == "followup" or (kind == "note" and "told" in event):
+                history.append({"role": "user", "content": event.get("told") or event["text"]})
             elif kind == "model.reply":
                 calls = [ToolCall(c["id"], c["name"], c["arguments"], c.get("custom", False))
                          for c in event.get("calls", [])]
                 custom.update(c.id for c in calls if c.custom)
+                called.update(c.id for c in calls)
                 history.append({"role": "assistant", "content": event.get("text", ""), "calls": calls})
+            elif kind == "tool.result" and event["id"] not in called:  # a check the harness ran itself
+                history.append({"role": "user", "content": "After your final message, Offload ran this check:\n"
+                                + event.get("output", "")})
             elif kind == "tool.result":
                 history.append({"role": "tool", "call_id": event["id"], "output": event.get("output", ""),
-                                "custom": event["id"] in custom})
+                                "custom": event["id"] in custom, "chunk": event.get("chunk"),
+                                "exit_code": event.get("exit_code")})
         answered = {item["call_id"] for item in history if item["role"] == "tool"}
         closed = []
         for item in history:  # a run cut off mid-step leaves calls without outputs: close them
@@ -177,10 +211,19 @@ class TaskManager:
                 sandbox.runner.write_file(path, content)
         sandbox.commit("Work so far")
 
+    def _start(self, work) -> concurrent.futures.Future:
+        """Run a task's work on the manager's own event loop, in a thread of its own, so that many
+        running agents never hold up the caller's loop: the language server answers at once."""
+        with self._loop_lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(target=self._loop.run_forever, name="offload-tasks", daemon=True).start()
+        return asyncio.run_coroutine_threadsafe(work, self._loop)
+
     async def wait(self, task_id: str) -> dict:
         running = self._running.get(task_id)
         if running and running.job:
-            await asyncio.shield(running.job)
+            await asyncio.shield(asyncio.wrap_future(running.job))
         return self.get(task_id)
 
     def cancel(self, task_id: str) -> dict:
@@ -214,7 +257,6 @@ class TaskManager:
 
     async def _run(self, record: dict, cancel: threading.Event, followup: str | None = None,
                    prior: list[dict] | None = None) -> None:
-        sandbox = None
         watcher = asyncio.get_running_loop().create_task(self._watch_cancel(record["id"], cancel))
         try:
             config = cfg.load_config(Path(record["repo"]), self.overrides)
@@ -226,64 +268,164 @@ class TaskManager:
                 self._set_state(record, "preparing", "snapshotting the workspace and starting a sandbox")
                 model_settings = cfg.resolve_model(config)
                 sandboxes = SandboxManager(_sandbox_config(config), self.cache_dir, owner=f"offload-{os.getpid()}")
+                if not self._swept:  # start-up: what dead processes left goes first
+                    await asyncio.to_thread(self.sweep, sandboxes)
                 if followup is None:
                     snapshot = await asyncio.to_thread(sandboxes.snapshot, record["directory"])
                     record.update(base=snapshot.base, tree=snapshot.tree)
                 else:  # continue from the same base, with the work so far minus what the user rejected
                     snapshot = load_snapshot(self.cache_dir, record["tree"], Path(record["repo"]),
                                              os.path.relpath(record["directory"], record["repo"]))
-                sandbox = await asyncio.to_thread(sandboxes.create, snapshot, {"offload.task": record["id"]},
-                                                  record["kind"] == "ask")
-                if followup is not None:
-                    await asyncio.to_thread(self._restore, record, sandbox)
-                self._emit(record, "sandbox", {"sandbox": sandbox.id, "backend": sandbox.backend.backend,
-                                               "base": snapshot.base, "workdir": sandbox.workdir})
-                if cancel.is_set():
-                    return self._set_state(record, "cancelled", "cancelled while preparing")
-                self._set_state(record, "running", f"working with {model_settings['name']}")
-                model = ModelClient(model_settings["base_url"], model_settings["api_key"], model_settings["name"],
-                                    api=config.get("model.api"), stream=config.get("model.stream"),
-                                    timeout=config.get("model.timeout"), max_retries=config.get("model.max_retries"),
-                                    freeform_patch=config.get("model.freeform_patch"))
-                try:
-                    result = await run_agent(
-                        sandbox, model, followup or record["prompt"], lambda kind, data: self._emit(record, kind, data),
-                        cancel, read_only=record["kind"] == "ask", prior=prior,
-                        budget=Budget(max_steps=config.get("budget.max_steps"),
-                                      max_tokens=config.get("budget.max_tokens"),
-                                      max_minutes=config.get("budget.max_minutes"),
-                                      max_cost_usd=config.get("budget.max_cost_usd")),
-                    )
-                finally:
-                    await model.close()
-                record.update(message=result.message, commit=result.commit, steps=result.steps,
-                              input_tokens=result.input_tokens, output_tokens=result.output_tokens,
-                              cost_usd=result.cost_usd, checks=testing_checks(result.message), plan=result.plan)
-                if record["kind"] == "code" and result.outcome in ("completed", "budget"):
-                    changes = await asyncio.to_thread(sandbox.export)
-                    diff = await asyncio.to_thread(sandbox.diff)
-                    self.store.save_changes(record["id"], changes, diff)
-                    self.store.save_review(record["id"], {})  # new hunks, new decisions
-                    record["changes"] = [{"path": c.path, "status": c.status} for c in changes]
-                if record["kind"] == "code":
-                    record["failures"] = self._failures(record)
-                state = {"completed": "finished", "cancelled": "cancelled"}.get(result.outcome, "failed")
-                self._set_state(record, state, result.reason)
-        except (cfg.ConfigError, SandboxError) as e:
-            self._set_state(record, "failed", str(e))
+                count = 1 if followup is not None else record.get("attempts", 1)
+                outcomes = await asyncio.gather(*(
+                    self._attempt(record, number if count > 1 else None, sandboxes, snapshot, config,
+                                  model_settings, cancel, followup, prior)
+                    for number in range(1, count + 1)), return_exceptions=True)
+                if count == 1:
+                    if isinstance(outcomes[0], BaseException):
+                        raise outcomes[0]
+                    self._finish(record, *outcomes[0])
+                else:
+                    self._finish_attempts(record, outcomes, cancel)
+        except (cfg.ConfigError, SandboxError) as e:  # a cancel stops a setup script with an error too
+            self._set_state(record, "cancelled" if cancel.is_set() else "failed", str(e))
         except Exception as e:  # a bug of ours: record it on the task, never lose the task
             self._emit(record, "error", {"error": f"{type(e).__name__}: {e}"})
             self._set_state(record, "failed", f"internal error: {type(e).__name__}: {e}")
         finally:
             watcher.cancel()
-            if sandbox is not None:
-                await asyncio.to_thread(sandbox.destroy)
             if (running := self._running.get(record["id"])) and running.cancel is cancel:
                 del self._running[record["id"]]
 
-    def _failures(self, record: dict) -> list[dict]:
-        """Locations from the checks of the last run whose latest attempt still failed."""
-        events = self.store.events(record["id"])
+    async def _attempt(self, record: dict, number: int | None, sandboxes: SandboxManager, snapshot, config,
+                       model_settings: dict, cancel: threading.Event, followup: str | None,
+                       prior: list[dict] | None) -> tuple[AgentResult, list[ChangedFile] | None, str]:
+        """One try at the task in a sandbox of its own: the agent's result and the change it made.
+        Attempt `number` of a best-of-N task tags every event it emits; a lone run tags none."""
+        tag = {} if number is None else {"attempt": number}
+
+        def emit(kind: str, data: dict) -> dict:
+            return self._emit(record, kind, {**data, **tag})
+
+        labels = {"offload.task": record["id"], **({"offload.attempt": str(number)} if number else {})}
+        # the setup phase (sandbox.setup), when it runs, logs its progress and output as "setup" events
+        sandbox = await asyncio.to_thread(sandboxes.create, snapshot, labels, record["kind"] == "ask",
+                                          on_setup=lambda data: emit("setup", data), cancel=cancel)
+        try:
+            if followup is not None:
+                await asyncio.to_thread(self._restore, record, sandbox)
+            emit("sandbox", {"sandbox": sandbox.id, "backend": sandbox.backend.backend,
+                             "base": snapshot.base, "workdir": sandbox.workdir})
+            if cancel.is_set():
+                return AgentResult("cancelled", "cancelled while preparing"), None, ""
+            if record["state"] == "preparing":
+                self._set_state(record, "running", f"working with {model_settings['name']}")
+            # in a thread: the HTTP client's TLS set-up takes ~0.1 s, which editors' requests would wait out
+            model = await asyncio.to_thread(
+                ModelClient, model_settings["base_url"], model_settings["api_key"], model_settings["name"],
+                api=config.get("model.api"), stream=config.get("model.stream"), timeout=config.get("model.timeout"),
+                max_retries=config.get("model.max_retries"), freeform_patch=config.get("model.freeform_patch"))
+            try:
+                result = await run_agent(
+                    sandbox, model, followup or record["prompt"], emit, cancel,
+                    read_only=record["kind"] == "ask", prior=prior,
+                    budget=Budget(max_steps=config.get("budget.max_steps"),
+                                  max_tokens=config.get("budget.max_tokens"),
+                                  max_minutes=config.get("budget.max_minutes"),
+                                  max_cost_usd=config.get("budget.max_cost_usd")),
+                )
+            finally:
+                await model.close()
+            if record["kind"] == "code" and result.outcome in ("completed", "budget"):
+                return result, await asyncio.to_thread(sandbox.export), await asyncio.to_thread(sandbox.diff)
+            return result, None, ""
+        finally:
+            await asyncio.to_thread(sandbox.destroy)
+
+    def _finish(self, record: dict, result: AgentResult, changes: list[ChangedFile] | None, diff: str) -> None:
+        """A lone run's ending: its message, its change for review, its state."""
+        record.update(message=result.message, commit=result.commit, steps=result.steps,
+                      input_tokens=result.input_tokens, output_tokens=result.output_tokens,
+                      cost_usd=result.cost_usd, checks=testing_checks(result.message), plan=result.plan)
+        if changes is not None:
+            self.store.save_changes(record["id"], changes, diff)
+            self.store.save_review(record["id"], {})  # new hunks, new decisions
+            record["changes"] = [{"path": c.path, "status": c.status} for c in changes]
+        if record["kind"] == "code":
+            record["failures"] = self._failures(record)
+        state = {"completed": "finished", "cancelled": "cancelled"}.get(result.outcome, "failed")
+        self._set_state(record, state, result.reason)
+
+    def _finish_attempts(self, record: dict, outcomes: list, cancel: threading.Event) -> None:
+        """A best-of-N ending: every attempt kept on its own, the best one chosen for review."""
+        summaries = []
+        for number, outcome in enumerate(outcomes, 1):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, (SandboxError, cfg.ConfigError)):
+                    self._emit(record, "error", {"error": f"{type(outcome).__name__}: {outcome}", "attempt": number})
+                summaries.append(attempts.summary(number, "failed", str(outcome), None, "", [], []))
+                continue
+            result, changes, diff = outcome
+            if changes is not None:
+                self.store.save_changes(record["id"], changes, diff, attempt=number)
+            state = {"completed": "finished", "cancelled": "cancelled"}.get(result.outcome, "failed")
+            summaries.append(attempts.summary(
+                number, state, result.reason, result, diff,
+                [{"path": c.path, "status": c.status} for c in changes or []], self._failures(record, number)))
+        costs = [a["cost_usd"] for a in summaries]
+        record.update(attempt_results=summaries, steps=sum(a["steps"] for a in summaries),
+                      input_tokens=sum(a["input_tokens"] for a in summaries),
+                      output_tokens=sum(a["output_tokens"] for a in summaries),
+                      cost_usd=None if None in costs else round(sum(costs), 6))
+        best = attempts.rank(summaries)[0]
+        self._choose(record, best["attempt"])
+        if best["state"] == "finished":
+            return self._set_state(record, "finished", attempts.verdict(best, len(summaries)))
+        if cancel.is_set():
+            return self._set_state(record, "cancelled", "cancelled; every attempt stopped")
+        self._set_state(record, "failed", f"all {len(summaries)} attempts failed: "
+                        + "; ".join(f"{a['attempt']}: {a['reason']}" for a in summaries))
+
+    def _choose(self, record: dict, number: int) -> None:
+        """Make attempt `number` the task's change: the one reviewed, applied and followed up on."""
+        chosen = record["attempt_results"][number - 1]
+        self.store.save_changes(record["id"], self.store.changes(record["id"], number),
+                                self.store.diff(record["id"], number))
+        self.store.save_review(record["id"], {})
+        record.update(attempt=number, **{k: chosen[k] for k in ("message", "checks", "commit", "plan",
+                                                                 "changes", "failures")})
+
+    def choose_attempt(self, task_id: str, number: int) -> dict:
+        """Put another attempt of a finished best-of-N task up for review (decisions start over)."""
+        record = self.get(task_id)
+        self._attempt_number(record, number)
+        if record["state"] != "finished":
+            raise TaskError(f"task {record['id']} is {record['state']}; choose an attempt when it has finished")
+        if record.get("attempt") != number:
+            self._choose(record, number)
+            record["reason"] = attempts.verdict(self.attempt(record["id"], number), len(record["attempt_results"]),
+                                                "by you")
+            self.store.save(record)
+            self._emit(record, "attempt.chosen", {"chosen": number})
+        return record
+
+    def attempt(self, task_id: str, number: int) -> dict:
+        """One attempt of a best-of-N task as the record keeps it: state, checks, message, change."""
+        record = self.get(task_id)
+        return record["attempt_results"][self._attempt_number(record, number) - 1]
+
+    def _attempt_number(self, record: dict, number) -> int:
+        """`number` when it names one of the task's attempts, else a TaskError saying which exist."""
+        count = len(record.get("attempt_results") or [])
+        if not count:
+            raise TaskError(f"task {record['id']} ran a single attempt; leave out the attempt number")
+        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= count:
+            raise TaskError(f"task {record['id']} has attempts 1 to {count}; {number!r} is not one of them")
+        return number
+
+    def _failures(self, record: dict, attempt: int | None = None) -> list[dict]:
+        """Locations from the checks of the last run (of one attempt) whose latest try still failed."""
+        events = [e for e in self.store.events(record["id"]) if e.get("attempt") == attempt]
         starts = [i for i, e in enumerate(events) if e["type"] == "state" and e["state"] == "running"]
         calls, latest = {}, {}
         for event in events[starts[-1] if starts else 0:]:
@@ -299,11 +441,17 @@ class TaskManager:
         return failures
 
     # ---- results -------------------------------------------------------------------------
-    def diff(self, task_id: str) -> str:
-        return self.store.diff(self.get(task_id)["id"])
+    def diff(self, task_id: str, attempt: int | None = None) -> str:
+        """The chosen change, or any attempt's of a best-of-N task."""
+        record = self.get(task_id)
+        return self.store.diff(record["id"], None if attempt is None else self._attempt_number(record, attempt))
 
-    def merge(self, task_id: str, read_current: Callable[[str], bytes | None] | None = None) -> list[Merged]:
-        """Every hunk not rejected, merged three ways onto the files as they are now."""
+    def merge(self, task_id: str, read_current: Callable[[str], bytes | None] | None = None,
+              attempt: int | None = None) -> list[Merged]:
+        """Every hunk not rejected, merged three ways onto the files as they are now; naming another
+        attempt of a best-of-N task chooses it first."""
+        if attempt is not None:
+            self.choose_attempt(task_id, attempt)
         record = self.get(task_id)
         if record["state"] != "finished":
             raise TaskError(f"task {record['id']} is {record['state']}; only a finished task can be applied")
@@ -391,10 +539,10 @@ class TaskManager:
         self._emit(record, "discarded", {})
         return record
 
-    def apply(self, task_id: str) -> list[Merged]:
+    def apply(self, task_id: str, attempt: int | None = None) -> list[Merged]:
         """Write the merged change into the checkout; nothing is written when any file conflicts."""
         record = self.get(task_id)
-        merged = self.merge(task_id)
+        merged = self.merge(task_id, attempt=attempt)
         conflicts = [m.path for m in merged if m.conflict]
         if conflicts:
             raise TaskError("your files changed where the task changed them; nothing was applied. Conflicts: "
@@ -412,34 +560,13 @@ class TaskManager:
         return merged
 
 
-def _owner() -> dict:
-    """Who runs a task: enough to tell later whether that process is still alive."""
-    return {"pid": os.getpid(), "started": _proc_stat(os.getpid())[1]}
-
-
-def _proc_stat(pid: int) -> tuple[str, str | None]:
-    """A process's state letter and start time (in clock ticks since boot), from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[0], fields[19]
-    except (OSError, IndexError):
-        return "X", None
-
-
-def _alive(owner: dict | None) -> bool:
-    """The owner process still runs (and is the same process, not a reused pid or a zombie)."""
-    if not owner:
-        return False
-    state, started = _proc_stat(owner["pid"])
-    if state in ("X", "Z"):
-        return False
-    return owner.get("started") is None or started == owner["started"]
-
-
 def _sandbox_config(config: cfg.Config) -> SandboxConfig:
     return SandboxConfig(
         backend=config.get("sandbox.backend"), image=config.get("sandbox.image"),
         network=config.get("sandbox.network"), memory=config.get("sandbox.memory"),
         cpus=config.get("sandbox.cpus"), pids=config.get("sandbox.pids"), disk=config.get("sandbox.disk"),
-        docker_host=config.get("sandbox.docker_host") or None,
+        snapshot_cache=config.get("sandbox.snapshot_cache"),
+        docker_host=config.get("sandbox.docker_host") or None, docker_hosts=list(config.get("sandbox.docker_hosts")),
+        setup=config.get("sandbox.setup"), setup_secrets=list(config.get("sandbox.setup_secrets")),
+        setup_timeout=config.get("sandbox.setup_timeout"),
     )

@@ -3,7 +3,8 @@
 `$XDG_STATE_HOME/offload/tasks/<id>/` holds `events.jsonl` (every event, appended and
 flushed one line at a time, so a killed process loses nothing already emitted), `task.json`
 (the summary, replaced atomically) and `changes.json` (both sides of every changed file,
-for applying later even when the sandbox is gone).
+for applying later even when the sandbox is gone). A best-of-N task keeps each attempt's
+change under `attempts/<n>/`; the top-level change is the chosen attempt's.
 """
 
 from __future__ import annotations
@@ -66,17 +67,23 @@ class TaskStore:
         records = [self.load(d.name) for d in self.root.iterdir() if d.is_dir()]
         return sorted((r for r in records if r), key=lambda r: r["created"])
 
-    def save_changes(self, task_id: str, changes: list[ChangedFile], diff: str) -> None:
+    def _results(self, task_id: str, attempt: int | None) -> Path:
+        """Where a change lives: the task's own (the chosen one), or one attempt's."""
+        return self.dir(task_id) if attempt is None else self.dir(task_id) / "attempts" / str(attempt)
+
+    def save_changes(self, task_id: str, changes: list[ChangedFile], diff: str, attempt: int | None = None) -> None:
         def enc(data: bytes | None) -> str | None:
             return None if data is None else base64.b64encode(data).decode()
 
-        (self.dir(task_id) / "changes.json").write_text(json.dumps(
+        where = self._results(task_id, attempt)
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "changes.json").write_text(json.dumps(
             [{"path": c.path, "status": c.status, "base": enc(c.base), "result": enc(c.result)} for c in changes]
         ))
-        (self.dir(task_id) / "diff.patch").write_text(diff)
+        (where / "diff.patch").write_text(diff)
 
-    def changes(self, task_id: str) -> list[ChangedFile]:
-        path = self.dir(task_id) / "changes.json"
+    def changes(self, task_id: str, attempt: int | None = None) -> list[ChangedFile]:
+        path = self._results(task_id, attempt) / "changes.json"
         if not path.exists():
             return []
 
@@ -97,6 +104,6 @@ class TaskStore:
         tmp.write_text(json.dumps(review))
         os.replace(tmp, path)
 
-    def diff(self, task_id: str) -> str:
-        path = self.dir(task_id) / "diff.patch"
+    def diff(self, task_id: str, attempt: int | None = None) -> str:
+        path = self._results(task_id, attempt) / "diff.patch"
         return path.read_text() if path.exists() else ""

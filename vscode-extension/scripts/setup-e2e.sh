@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the extension's tests need and builds its VSIX; safe to run again (each step is
 # skipped when done): Debian packages (Chromium, ripgrep, libkrb5-dev for code-server's native
-# modules), the npm dependencies (`npm ci`), code-server into .e2e/, and offload.vsix.
+# modules), the npm dependencies (`npm ci`), code-server into .e2e/, offload.vsix, and the VSIX of
+# the stand-in for the Python extension (test/e2e/python-extension: the real one is not on npm).
 # Offline-capable beyond the npm registry and Debian's mirror: nothing is fetched from GitHub.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,3 +67,7 @@ if [ ! -x .e2e/node_modules/code-server/lib/vscode/node_modules/@vscode/ripgrep/
 fi
 
 npm run package
+
+# The stand-in answers the Python extension's API under its id, ms-python.python.
+(cd test/e2e/python-extension && ../../../node_modules/.bin/vsce package --no-dependencies --skip-license \
+    --allow-missing-repository --out ../../../.e2e/ms-python-stand-in.vsix)

@@ -1,9 +1,7 @@
 /**
- * The task's unified diff (git's, against the task's base) as per-file hunks and change blocks.
- *
- * A block is one contiguous run of removed/added lines. The server numbers its reviewable hunks
- * the same way (`<path>#<n>`, the n-th block of the file), which is how a diagnostic finds the
- * lines to decorate. Pure: no VS Code here, so it is unit-tested under plain node.
+ * The task's unified diff (git's, against the task's base) as per-file hunks, and the file as the
+ * task proposes it, built onto the file as it is now: the side-by-side view. Pure: no VS Code
+ * here, so it is unit-tested under plain node.
  */
 
 export interface Hunk {
@@ -14,12 +12,6 @@ export interface Hunk {
   lines: string[]; // each with its ' ', '-' or '+' prefix
   oldEndsWithoutNewline?: boolean; // "\ No newline at end of file" after an old-side line
   newEndsWithoutNewline?: boolean;
-}
-
-export interface Block {
-  baseStart: number; // 0-based line in the base where the removed lines start (or the added ones go)
-  removed: string[];
-  added: string[];
 }
 
 export interface FileDiff {
@@ -108,35 +100,6 @@ export function parseUnifiedDiff(text: string): FileDiff[] {
     }
   }
   return files;
-}
-
-/** The contiguous runs of changes of one file, in order: the server's hunks `path#1`, `path#2`, … */
-export function blocks(file: FileDiff): Block[] {
-  const found: Block[] = [];
-  for (const hunk of file.hunks) {
-    // A hunk of an empty side starts at line 0, which means "before line 1".
-    let base = hunk.oldLines === 0 ? hunk.oldStart : hunk.oldStart - 1;
-    let current: Block | null = null;
-    for (const line of hunk.lines) {
-      const kind = line[0];
-      if (kind === " ") {
-        current = null;
-        base++;
-        continue;
-      }
-      if (!current) {
-        current = { baseStart: base, removed: [], added: [] };
-        found.push(current);
-      }
-      if (kind === "-") {
-        current.removed.push(line.slice(1));
-        base++;
-      } else {
-        current.added.push(line.slice(1));
-      }
-    }
-  }
-  return found;
 }
 
 /**

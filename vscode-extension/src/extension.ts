@@ -68,10 +68,7 @@ export function activate(context: vscode.ExtensionContext): void {
       });
       if (prompt?.trim()) await server.command("offload.followUp", { taskId: t.id, prompt });
     }),
-    "offload.applyTask": (arg) => taskCommand(arg, reviewable, "apply", async (t) => {
-      const { files } = await server.command<{ files: string[] }>("offload.apply", { taskId: t.id });
-      vscode.window.setStatusBarMessage(`Offload: applying ${files.join(", ")}; save to keep the change`, 8000);
-    }),
+    "offload.applyTask": (arg) => taskCommand(arg, reviewable, "apply", (t) => server.apply(t.id)),
     "offload.discardTask": (arg) => taskCommand(arg, (t) => t.kind === "code" && FINAL.includes(t.state) && !t.discarded, "discard",
       (t) => server.command("offload.discard", { taskId: t.id })),
     "offload.showTaskLog": (arg) => taskCommand(arg, () => true, "show", (t) => pages.show(t.id)),

@@ -1,44 +1,42 @@
 /**
  * Inline review of a finished task's change. The server publishes each pending hunk as an
- * Information diagnostic (source "offload", data {taskId, hunkId}) with accept/reject code
- * actions and CodeLens; this adds what only an editor can show: the proposed lines as
- * decorations, Accept/Reject all for a file, and a side-by-side diff of the proposed file.
- * Every change to a file goes through the server (`workspace/applyEdit`), never from here.
+ * Information diagnostic (source "offload", data {taskId, hunkId}) where the hunk sits now, with
+ * accept/reject code actions and CodeLens; this adds what only an editor can show: the hunk's
+ * lines (from the server's own hunk list, `offload.showTask` → `hunks`) as decorations there,
+ * Accept/Reject all for a file, and a side-by-side diff of the proposed file. Every change to a
+ * file goes through the server (`workspace/applyEdit`), never from here.
  */
 
 import * as path from "node:path";
 import * as vscode from "vscode";
-import { type FileDiff, blocks, parseUnifiedDiff, proposedText } from "./diff";
+import { type FileDiff, parseUnifiedDiff, proposedText } from "./diff";
+import { type Placed, type ServerHunk, applyDecision, pendingIds, reviewViews } from "./hunks";
 import type { OffloadServer } from "./server";
 import type { TaskFile, TaskList } from "./taskList";
 
 const PROPOSAL_SCHEME = "offload-proposal";
 
-interface HunkRef {
-  taskId: string;
-  hunkId: string;
+/** What review needs of a task, from one `offload.showTask`: its diff and its hunks. */
+interface TaskChange {
+  files: FileDiff[];
+  hunks: ServerHunk[];
 }
 
-interface PendingHunk {
-  diagnostic: vscode.Diagnostic;
-  hunk: HunkRef;
-}
-
-/** The hunks of `uri` waiting for a decision, top to bottom. */
-function pendingHunks(uri: vscode.Uri): PendingHunk[] {
-  const found: PendingHunk[] = [];
+/** The hunks of `uri` waiting for a decision, where the server's diagnostics place them. */
+function placedHunks(uri: vscode.Uri): Placed[] {
+  const found: Placed[] = [];
   for (const diagnostic of vscode.languages.getDiagnostics(uri)) {
     // vscode-languageclient keeps the LSP diagnostic's `data` on the VS Code diagnostic
-    const data = (diagnostic as { data?: Partial<HunkRef> }).data;
+    const data = (diagnostic as { data?: { taskId?: unknown; hunkId?: unknown } }).data;
     if (diagnostic.source === "offload" && typeof data?.taskId === "string" && typeof data.hunkId === "string") {
-      found.push({ diagnostic, hunk: { taskId: data.taskId, hunkId: data.hunkId } });
+      found.push({ taskId: data.taskId, hunkId: data.hunkId, line: diagnostic.range.start.line });
     }
   }
-  return found.sort((a, b) => a.diagnostic.range.start.line - b.diagnostic.range.start.line);
+  return found.sort((a, b) => a.line - b.line);
 }
 
 export class Review implements vscode.CodeLensProvider, vscode.TextDocumentContentProvider, vscode.Disposable {
-  private readonly diffs = new Map<string, Promise<FileDiff[]>>();
+  private readonly changes = new Map<string, Promise<TaskChange>>();
   private readonly lensesChanged = new vscode.EventEmitter<void>();
   readonly onDidChangeCodeLenses = this.lensesChanged.event;
   private readonly removedLines = vscode.window.createTextEditorDecorationType({
@@ -67,47 +65,61 @@ export class Review implements vscode.CodeLensProvider, vscode.TextDocumentConte
         this.lensesChanged.fire();
       }),
       vscode.window.onDidChangeVisibleTextEditors((editors) => editors.forEach((ed) => void this.decorate(ed))),
-      // A task that runs again (a follow-up) will have another diff.
-      list.onDidChange((task) => task && task.state !== "finished" && this.diffs.delete(task.id)),
-      server.onStarted(() => this.diffs.clear()),
+      // A task that runs again (a follow-up) will have another change.
+      list.onDidChange((task) => task && task.state !== "finished" && this.changes.delete(task.id)),
+      // Decisions arrive as events: the hunks' statuses follow them without asking again;
+      // another attempt chosen brings other hunks.
+      server.onTaskEvent(({ taskId, event }) => {
+        if (event.type === "attempt.chosen") this.changes.delete(taskId);
+        const known = this.changes.get(taskId);
+        if (known && event.type === "review") {
+          const decided = known.then((c) => ({ ...c, hunks: applyDecision(c.hunks, event) }));
+          decided.catch(() => this.changes.delete(taskId));
+          this.changes.set(taskId, decided);
+        }
+      }),
+      server.onStarted(() => this.changes.clear()),
       vscode.languages.registerCodeLensProvider({ scheme: "file" }, this),
       vscode.workspace.registerTextDocumentContentProvider(PROPOSAL_SCHEME, this),
     ];
   }
 
-  private diffOf(taskId: string): Promise<FileDiff[]> {
-    let diff = this.diffs.get(taskId);
-    if (!diff) {
-      diff = this.server.command<{ diff: string }>("offload.showTask", { taskId }).then((t) => parseUnifiedDiff(t.diff));
-      diff.catch(() => this.diffs.delete(taskId));
-      this.diffs.set(taskId, diff);
+  private changeOf(taskId: string): Promise<TaskChange> {
+    let change = this.changes.get(taskId);
+    if (!change) {
+      change = this.server.command<{ diff: string; hunks: ServerHunk[] }>("offload.showTask", { taskId })
+        .then((t) => ({ files: parseUnifiedDiff(t.diff ?? ""), hunks: t.hunks ?? [] }));
+      change.catch(() => this.changes.delete(taskId));
+      this.changes.set(taskId, change);
     }
-    return diff;
+    return change;
+  }
+
+  /** The hunks of each task with a hunk placed in this file. */
+  private async hunksOf(placed: Placed[]): Promise<Map<string, ServerHunk[]>> {
+    const byTask = new Map<string, ServerHunk[]>();
+    for (const taskId of new Set(placed.map((p) => p.taskId))) {
+      byTask.set(taskId, (await this.changeOf(taskId).catch(() => undefined))?.hunks ?? []);
+    }
+    return byTask;
   }
 
   /** Removed lines tinted where they are now; the added ones shown after the line they follow. */
   private async decorate(editor: vscode.TextEditor): Promise<void> {
+    const placed = placedHunks(editor.document.uri);
+    const hunks = await this.hunksOf(placed);
+    const document = editor.document;
     const removed: vscode.DecorationOptions[] = [];
     const added: vscode.DecorationOptions[] = [];
-    for (const { diagnostic, hunk } of pendingHunks(editor.document.uri)) {
-      const cut = hunk.hunkId.lastIndexOf("#");
-      const file = (await this.diffOf(hunk.taskId).catch(() => [])).find((f) => f.path === hunk.hunkId.slice(0, cut));
-      const block = file && blocks(file)[Number(hunk.hunkId.slice(cut + 1)) - 1];
-      if (!block) continue;
-      const hover = new vscode.MarkdownString().appendCodeblock(
-        [...block.removed.map((l) => `-${l}`), ...block.added.map((l) => `+${l}`)].join("\n"), "diff");
-      const start = diagnostic.range.start.line;
-      if (block.removed.length) {
-        removed.push({ range: new vscode.Range(start, 0, start + block.removed.length - 1, 0), hoverMessage: hover });
-      }
-      if (block.added.length) {
-        const line = Math.min(block.removed.length ? start + block.removed.length - 1 : Math.max(start - 1, 0),
-          editor.document.lineCount - 1);
-        const more = block.added.length > 1 ? `   (+${block.added.length - 1} more lines)` : "";
-        const end = editor.document.lineAt(line).range.end;
+    for (const view of reviewViews(placed, (id) => hunks.get(id), (i) => document.lineAt(i).text, document.lineCount)) {
+      const hover = new vscode.MarkdownString().appendCodeblock(view.hover, "diff");
+      if (view.removed) removed.push({ range: new vscode.Range(view.removed.start, 0, view.removed.end, 0), hoverMessage: hover });
+      if (view.added) {
+        const end = document.lineAt(view.added.after).range.end;
+        const more = view.added.more ? `   (+${view.added.more} more lines)` : "";
         added.push({
           range: new vscode.Range(end, end), hoverMessage: hover,
-          renderOptions: { after: { contentText: `+ ${block.added[0].trim()}${more}` } },
+          renderOptions: { after: { contentText: `+ ${view.added.first}${more}` } },
         });
       }
     }
@@ -116,7 +128,7 @@ export class Review implements vscode.CodeLensProvider, vscode.TextDocumentConte
   }
 
   provideCodeLenses(document: vscode.TextDocument): vscode.CodeLens[] {
-    const pending = pendingHunks(document.uri);
+    const pending = placedHunks(document.uri);
     if (!pending.length) return [];
     const top = new vscode.Range(0, 0, 0, 0);
     return [
@@ -126,21 +138,30 @@ export class Review implements vscode.CodeLensProvider, vscode.TextDocumentConte
     ];
   }
 
-  /** Accepts the file's hunks one at a time: each is merged onto the file as the previous left it. */
+  /** Each task's pending hunks of the file, by the ids the server gave them. */
+  private async pendingOf(uri: vscode.Uri): Promise<{ taskId: string; hunkIds: string[] }[]> {
+    const found = [];
+    for (const taskId of new Set(placedHunks(uri).map((p) => p.taskId))) {
+      const repo = this.list.get(taskId)?.repo;
+      if (!repo) continue;
+      const { hunks } = await this.changeOf(taskId);
+      const hunkIds = pendingIds(hunks, path.relative(repo, uri.fsPath).split(path.sep).join("/"));
+      if (hunkIds.length) found.push({ taskId, hunkIds });
+    }
+    return found;
+  }
+
+  /** Accepts every pending hunk of the file, each task's as one edit merged onto the file as it is now. */
   async acceptFile(uri: vscode.Uri): Promise<void> {
-    const count = pendingHunks(uri).length;
-    for (let i = 0; i < count; i++) {
-      const next = pendingHunks(uri)[0];
-      if (!next) return;
-      await this.server.command("offload.acceptHunk", next.hunk);
-      const same = (p: PendingHunk) => p.hunk.taskId === next.hunk.taskId && p.hunk.hunkId === next.hunk.hunkId;
-      await diagnosticsUntil(uri, () => !pendingHunks(uri).some(same), 20_000,
-        `the editor did not apply hunk ${next.hunk.hunkId}; the rest of the file was left for review`);
+    for (const { taskId, hunkIds } of await this.pendingOf(uri)) {
+      await this.server.command("offload.acceptHunk", { taskId, hunkIds });
+      await diagnosticsUntil(uri, () => !placedHunks(uri).some((p) => p.taskId === taskId && hunkIds.includes(p.hunkId)),
+        20_000, `the editor did not apply the change of task ${taskId}; the rest of the file was left for review`);
     }
   }
 
   async rejectFile(uri: vscode.Uri): Promise<void> {
-    for (const { hunk } of pendingHunks(uri)) await this.server.command("offload.rejectHunk", hunk);
+    for (const { taskId, hunkIds } of await this.pendingOf(uri)) await this.server.command("offload.rejectHunk", { taskId, hunkIds });
   }
 
   /** The file beside the task's version of it: from a task's file in the Tasks view, or a file under review. */
@@ -152,7 +173,7 @@ export class Review implements vscode.CodeLensProvider, vscode.TextDocumentConte
       file = path.join(target.task.repo, target.change.path);
     } else {
       const uri = target ?? vscode.window.activeTextEditor?.document.uri;
-      taskId = uri && pendingHunks(uri)[0]?.hunk.taskId;
+      taskId = uri && placedHunks(uri)[0]?.taskId;
       if (!uri || !taskId) throw new Error("this file has no change from Offload waiting for review");
       file = uri.fsPath;
     }
@@ -166,7 +187,7 @@ export class Review implements vscode.CodeLensProvider, vscode.TextDocumentConte
     const taskId = new URLSearchParams(uri.query).get("task");
     if (!taskId) return "";
     const repo = this.list.get(taskId)?.repo;
-    const change = repo && (await this.diffOf(taskId)).find((f) => vscode.Uri.file(path.join(repo, f.path)).path === uri.path);
+    const change = repo && (await this.changeOf(taskId)).files.find((f) => vscode.Uri.file(path.join(repo, f.path)).path === uri.path);
     if (!change) return "";
     const onDisk = uri.with({ scheme: "file", query: "" });
     const open = vscode.workspace.textDocuments.find((d) => String(d.uri) === String(onDisk));

@@ -7,6 +7,7 @@
 import { execFile } from "node:child_process";
 import * as vscode from "vscode";
 import { ExecuteCommandRequest, LanguageClient } from "vscode-languageclient/node";
+import { type PythonExtensionApi, pythonCommand } from "./interpreter";
 import { serverSettings } from "./settings";
 import type { Summary, TaskEvent } from "./tasks";
 
@@ -32,8 +33,9 @@ export class OffloadServer implements vscode.Disposable {
   }
 
   private async launch(): Promise<void> {
-    const python = await pythonPath();
-    const problem = await checkInstalled(python);
+    const [program, ...prefix] = await interpreter();
+    const python = [program, ...prefix].join(" ");
+    const problem = await checkInstalled([program, ...prefix]);
     if (problem) {
       void notInstalled(python, problem, () => this.start());
       return;
@@ -45,7 +47,7 @@ export class OffloadServer implements vscode.Disposable {
     const client = new LanguageClient(
       "offload",
       "Offload",
-      { command: python, args: ["-m", "offload.server.cli", "serve"], options: { env } },
+      { command: program, args: [...prefix, "-m", "offload.server.cli", "serve"], options: { env } },
       {
         documentSelector: [{ scheme: "file" }],
         initializationOptions: {
@@ -60,6 +62,7 @@ export class OffloadServer implements vscode.Disposable {
     client.onNotification("offload/taskEvent", (params: { taskId: string; event: TaskEvent }) =>
       this.evented.fire(params));
     this.client = client;
+    client.outputChannel.appendLine(`Starting the Offload server: ${python} -m offload.server.cli serve`);
     await client.start();
     this.started.fire();
   }
@@ -70,9 +73,10 @@ export class OffloadServer implements vscode.Disposable {
     await client?.stop();
   }
 
-  async restart(): Promise<void> {
-    await this.stop();
-    await this.start();
+  /** Stops and starts the server, after a start under way; commands sent meanwhile wait for the new one. */
+  restart(): Promise<void> {
+    this.starting = this.starting.catch(() => undefined).then(() => this.stop()).then(() => this.launch());
+    return this.starting;
   }
 
   /** Runs one of the server's commands (`offload.*`), which take a single JSON object. */
@@ -84,6 +88,13 @@ export class OffloadServer implements vscode.Disposable {
     return this.client.sendRequest(ExecuteCommandRequest.type, { command: name, arguments: [arg] });
   }
 
+  /** Applies a task's change (one attempt's, when given): it arrives as an edit, to be saved. */
+  async apply(taskId: string, attempt?: number): Promise<void> {
+    const { files } = await this.command<{ files: string[] }>("offload.apply", attempt ? { taskId, attempt } : { taskId });
+    vscode.window.setStatusBarMessage(
+      `Offload: applying ${attempt ? `attempt ${attempt}: ` : ""}${files.join(", ")}; save to keep the change`, 8000);
+  }
+
   dispose(): void {
     this.updated.dispose();
     this.evented.dispose();
@@ -92,32 +103,19 @@ export class OffloadServer implements vscode.Disposable {
 }
 
 /** The interpreter with Offload: the `offload.pythonPath` setting, else the Python extension's, else python3. */
-async function pythonPath(): Promise<string> {
-  const configured = vscode.workspace.getConfiguration("offload").get<string>("pythonPath");
-  if (configured) {
-    return configured
-      .replace(/^~(?=\/|$)/, process.env.HOME ?? "~")
-      .replace("${workspaceFolder}", vscode.workspace.workspaceFolders?.[0]?.uri.fsPath ?? "");
-  }
-  const python = vscode.extensions.getExtension("ms-python.python");
-  if (python) {
-    try {
-      const environments = (await python.activate())?.environments;
-      const active = environments?.getActiveEnvironmentPath(vscode.workspace.workspaceFolders?.[0]?.uri);
-      const resolved = active && (await environments.resolveEnvironment(active));
-      const executable: string | undefined = resolved?.executable?.uri?.fsPath;
-      if (executable) return executable;
-    } catch {
-      // an older Python extension without the environments API: fall back to python3
-    }
-  }
-  return "python3";
+function interpreter(): Promise<string[]> {
+  const folder = vscode.workspace.workspaceFolders?.[0]?.uri;
+  return pythonCommand(vscode.workspace.getConfiguration("offload").get<string>("pythonPath"), async () => {
+    const extension = vscode.extensions.getExtension<PythonExtensionApi>("ms-python.python");
+    return extension && (await extension.activate());
+  }, { home: process.env.HOME, folder: folder?.fsPath, resource: folder });
 }
 
-/** Why `python` cannot run Offload, or undefined when it can. */
-function checkInstalled(python: string): Promise<string | undefined> {
+/** Why the Python `command` cannot run Offload, or undefined when it can. */
+function checkInstalled([program, ...prefix]: string[]): Promise<string | undefined> {
+  const python = [program, ...prefix].join(" ");
   return new Promise((resolve) => {
-    execFile(python, ["-c", "import offload.server.cli"], { timeout: 30_000 }, (error, _stdout, stderr) => {
+    execFile(program, [...prefix, "-c", "import offload.server.cli"], { timeout: 30_000 }, (error, _stdout, stderr) => {
       if (!error) resolve(undefined);
       else if ((error as NodeJS.ErrnoException).code === "ENOENT") resolve(`${python} was not found`);
       else if (/No module named '?offload/.test(stderr)) resolve(`Offload is not installed for ${python}`);

@@ -16,7 +16,8 @@ import type { TaskList } from "./taskList";
 type FromPage =
   | { type: "ready" }
   | { type: "open"; path: string; start: number; end: number }
-  | { type: "diff"; path: string };
+  | { type: "diff"; path: string }
+  | { type: "apply"; attempt: number };
 
 export class TaskPages implements vscode.Disposable {
   private readonly panels = new Map<string, { panel: vscode.WebviewPanel; state?: string }>();
@@ -30,7 +31,10 @@ export class TaskPages implements vscode.Disposable {
     private readonly review: Review,
   ) {
     this.subscriptions = [
-      server.onTaskEvent(({ taskId, event }) => void this.panels.get(taskId)?.panel.webview.postMessage({ type: "event", event })),
+      server.onTaskEvent(({ taskId, event }) => {
+        void this.panels.get(taskId)?.panel.webview.postMessage({ type: "event", event });
+        if (event.type === "attempt.chosen") void this.load(taskId); // the page shows the chosen attempt
+      }),
       list.onDidChange((task) => task && this.stateChanged(task)),
     ];
   }
@@ -86,6 +90,8 @@ export class TaskPages implements vscode.Disposable {
     } else if (message.type === "diff") {
       const change = task.changes.find((c) => c.path === message.path);
       if (change) await this.review.showProposedDiff({ task, change });
+    } else if (message.type === "apply") {
+      await this.server.apply(taskId, message.attempt);
     }
   }
 

@@ -12,6 +12,18 @@ export interface Change {
   status: string;
 }
 
+/** One attempt of a best-of-N task: its outcome, checks and the size of its change. */
+export interface AttemptResult {
+  attempt: number; // 1-based
+  state: string;
+  reason?: string | null;
+  passed?: number | null; // checks that passed
+  failed?: number | null;
+  diffLines?: number | null;
+  changes?: Change[] | number | null;
+  cost_usd?: number | null;
+}
+
 /** `offload/taskUpdated`'s payload, also what `offload.listTasks` returns per task. */
 export interface Summary {
   taskId: string;
@@ -27,6 +39,9 @@ export interface Summary {
   created?: number | null;
   updated?: number | null;
   discarded?: boolean | null;
+  attempts?: number | null; // N of best-of-N, 1 otherwise
+  attempt?: number | null; // the chosen attempt, null until the task ends
+  attemptResults?: AttemptResult[] | null;
 }
 
 export interface TaskEvent {
@@ -48,6 +63,9 @@ export interface Task {
   started: number | null; // seconds since the epoch
   ended: number | null;
   discarded: boolean;
+  attempts: number;
+  attempt: number | null;
+  attemptResults: AttemptResult[];
 }
 
 /** Task ids start with the local time they were created: 20250101-120000-abcdef. */
@@ -59,7 +77,7 @@ function startFromId(id: string): number | null {
 function blank(id: string): Task {
   return {
     id, kind: "code", state: "queued", reason: "", prompt: "", repo: "", changes: [], tokens: 0,
-    costUsd: null, started: startFromId(id), ended: null, discarded: false,
+    costUsd: null, started: startFromId(id), ended: null, discarded: false, attempts: 1, attempt: null, attemptResults: [],
   };
 }
 
@@ -73,6 +91,9 @@ export function applySummary(prev: Task | undefined, s: Summary): Task {
   task.started = s.created ?? task.started;
   if (s.input_tokens != null || s.output_tokens != null) task.tokens = (s.input_tokens ?? 0) + (s.output_tokens ?? 0);
   task.costUsd = s.cost_usd ?? task.costUsd;
+  task.attempts = s.attempts ?? task.attempts;
+  if (s.attempt !== undefined) task.attempt = s.attempt; // null is news too: not chosen yet
+  task.attemptResults = s.attemptResults ?? task.attemptResults;
   if (s.state) setState(task, s.state, s.reason ?? "", s.updated ?? null);
   return task;
 }
@@ -103,6 +124,12 @@ export function applyEvent(prev: Task | undefined, taskId: string, event: TaskEv
     case "discarded":
       task.discarded = true;
       break;
+    case "attempt.chosen": { // another attempt of a best-of-N task is up for review now
+      const chosen = task.attemptResults.find((a) => a.attempt === event.chosen);
+      task.attempt = num("chosen") ?? task.attempt;
+      if (Array.isArray(chosen?.changes)) task.changes = chosen.changes;
+      break;
+    }
   }
   return task;
 }
@@ -133,9 +160,16 @@ function formatTokens(n: number): string {
   return n < 1000 ? `${n} tokens` : `${(n / 1000).toFixed(n < 10000 ? 1 : 0)}k tokens`;
 }
 
-/** One line for the task list: "finished · 12s · 3.4k tokens · $0.0123". */
+/** "attempt 2 of 3" for a best-of-N task ("3 attempts" until one is chosen); "" for a single attempt. */
+export function attemptOf(task: Task): string {
+  if (task.attempts <= 1) return "";
+  return task.attempt ? `attempt ${task.attempt} of ${task.attempts}` : `${task.attempts} attempts`;
+}
+
+/** One line for the task list: "finished · attempt 2 of 3 · 12s · 3.4k tokens · $0.0123". */
 export function describe(task: Task, now: number): string {
   const parts = [task.discarded ? `${task.state}, discarded` : task.state];
+  if (attemptOf(task)) parts.push(attemptOf(task));
   if (task.started !== null) {
     const end = task.ended ?? (ACTIVE.includes(task.state) ? now : null);
     if (end !== null) parts.push(formatElapsed(end - task.started));

@@ -6,7 +6,9 @@
 
 import MarkdownIt from "markdown-it";
 import mermaid from "mermaid";
+import { attemptRows } from "../attempts";
 import { CHECK_MARKS, type CheckStatus, checkText, splitCitations, splitTesting } from "../report";
+import type { AttemptResult } from "../tasks";
 import "./style.css";
 
 interface Shown {
@@ -19,6 +21,9 @@ interface Shown {
   message?: string;
   checks?: { check: string; status: CheckStatus }[];
   events?: LogEvent[];
+  attempts?: number | null;
+  attempt?: number | null;
+  attemptResults?: AttemptResult[] | null;
 }
 
 interface LogEvent {
@@ -49,6 +54,11 @@ window.addEventListener("message", (e: MessageEvent) => {
 });
 
 document.addEventListener("click", (e) => {
+  const apply = (e.target as HTMLElement).closest<HTMLButtonElement>("button[data-attempt]");
+  if (apply) {
+    vscode.postMessage({ type: "apply", attempt: Number(apply.dataset.attempt) });
+    return;
+  }
   const link = (e.target as HTMLElement).closest<HTMLAnchorElement>("a[data-path]");
   if (!link) return;
   e.preventDefault();
@@ -143,6 +153,7 @@ async function render(): Promise<void> {
   } else if (testing) {
     parts.push(section("testing", "Testing", renderMarkdown(testing.replace(/^#+.*\n?/, ""))));
   }
+  if ((task.attempts ?? 1) > 1 && task.attemptResults?.length) parts.push(renderAttempts(task));
   parts.push(el("section", { id: "plan" }));
   if (task.changes?.length) {
     parts.push(section("changes", "Changes", el("ul", {}, ...task.changes.map((c) => {
@@ -156,6 +167,19 @@ async function render(): Promise<void> {
   renderPlan();
   renderLog();
   await drawDiagrams();
+}
+
+/** Each attempt of a best-of-N task, with an Apply button for any that changed something. */
+function renderAttempts(shown: Shown): HTMLElement {
+  const rows = attemptRows(shown.attemptResults ?? [], shown.attempt, shown.state).map((r) => {
+    const apply = el("button", { disabled: !r.canApply, title: `Apply attempt ${r.attempt}'s change to your files` }, "Apply");
+    apply.dataset.attempt = String(r.attempt);
+    return el("tr", { className: `attempt${r.chosen ? " chosen" : ""}` },
+      el("td", {}, r.title), el("td", {}, r.outcome), el("td", { className: "checks" }, r.checks),
+      el("td", {}, r.change), el("td", {}, r.cost), el("td", {}, apply));
+  });
+  return section("attempts", `Attempts (${shown.attemptResults?.length} of ${shown.attempts})`,
+    el("table", { className: "attempts" }, el("tbody", {}, ...rows)));
 }
 
 const PLAN_MARKS: Record<string, string> = { completed: "☑", in_progress: "▶", pending: "☐" };

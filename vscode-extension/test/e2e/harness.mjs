@@ -16,6 +16,7 @@ export const PYTHON = process.env.OFFLOAD_PYTHON || path.join(REPO, ".venv/bin/p
 export const ARTIFACTS = path.join(EXTENSION, "test-artifacts");
 const CODE_SERVER = path.join(EXTENSION, ".e2e/node_modules/code-server/out/node/entry.js");
 const VSIX = path.join(EXTENSION, "offload.vsix");
+const PYTHON_EXTENSION_VSIX = path.join(EXTENSION, ".e2e/ms-python-stand-in.vsix");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 
 fs.mkdirSync(ARTIFACTS, { recursive: true });
@@ -73,9 +74,15 @@ function cleanEnv(extra) {
   return { ...env, ...extra };
 }
 
-/** `python -m tests.fakemodel` with the project's scenarios and this suite's (scenarios_e2e.py). */
+/**
+ * `python -m tests.fakemodel` with the project's scenarios and this suite's (scenarios_e2e.py);
+ * `requests()` reads back every request it got (method, path, model, headers).
+ */
 export async function startModel() {
-  const child = start(PYTHON, ["-m", "tests.fakemodel", "--port", "0", "--scenarios", "tests.scenarios", "--scenarios", "scenarios_e2e"], {
+  const log = path.join(ARTIFACTS, "fakemodel-requests.jsonl");
+  fs.rmSync(log, { force: true });
+  const child = start(PYTHON, ["-m", "tests.fakemodel", "--port", "0", "--scenarios", "tests.scenarios", "--scenarios", "scenarios_e2e",
+    "--requests", log], {
     cwd: REPO,
     env: cleanEnv({ PYTHONPATH: [REPO, import.meta.dirname].join(path.delimiter) }),
   }, "fakemodel.log", true);
@@ -83,7 +90,8 @@ export async function startModel() {
   child.stdout.on("data", (d) => (output += d));
   try {
     const url = await until(() => /READY (\S+)/.exec(output)?.[1], 30_000, "the model stand-in to print READY");
-    return { url, stop: child.stop };
+    const requests = () => fs.readFileSync(log, "utf8").split("\n").filter(Boolean).map((line) => JSON.parse(line));
+    return { url, requests, stop: child.stop };
   } catch (e) {
     await child.stop();
     throw e;
@@ -101,17 +109,52 @@ export function sampleRepo(dir) {
   return repo;
 }
 
-let extensionsDir;
+const extensionsDirs = new Map();
 
-/** The extension installed from its VSIX, once per run, as a user would. */
-function installedExtensions() {
-  if (!extensionsDir) {
-    if (!fs.existsSync(VSIX)) throw new Error(`${VSIX} is missing: run \`npm run package\` (scripts/setup-e2e.sh does)`);
-    extensionsDir = tempDir("extensions");
-    execFileSync(process.execPath, [CODE_SERVER, "--extensions-dir", extensionsDir, "--user-data-dir", tempDir("install"),
-      "--install-extension", VSIX], { stdio: "ignore", timeout: 60_000, env: cleanEnv({ HOME: tempDir("home") }) });
+/** The extensions installed from their VSIXs, once per run and set, as a user would. */
+function installedExtensions(vsixes) {
+  const key = vsixes.join("\n");
+  if (!extensionsDirs.has(key)) {
+    const missing = vsixes.find((vsix) => !fs.existsSync(vsix));
+    if (missing) throw new Error(`${missing} is missing: run scripts/setup-e2e.sh`);
+    const dir = tempDir("extensions");
+    execFileSync(process.execPath, [CODE_SERVER, "--extensions-dir", dir, "--user-data-dir", tempDir("install"),
+      ...vsixes.flatMap((vsix) => ["--install-extension", vsix])],
+    { stdio: "ignore", timeout: 60_000, env: cleanEnv({ HOME: tempDir("home") }) });
+    extensionsDirs.set(key, dir);
   }
-  return extensionsDir;
+  return extensionsDirs.get(key);
+}
+
+/** PATH without the directories whose `python3` has Offload: only the Python extension can name one then. */
+export function pathWithoutOffload() {
+  return (process.env.PATH ?? "").split(path.delimiter).filter((dir) => {
+    const python = path.join(dir, "python3");
+    if (!fs.existsSync(python)) return true;
+    try {
+      execFileSync(python, ["-c", "import offload.server.cli"], { stdio: "ignore", timeout: 30_000 });
+      return false;
+    } catch {
+      return true;
+    }
+  }).join(path.delimiter);
+}
+
+/** The Offload servers a code-server with this HOME started: their command line and environment. */
+export function offloadServers(home) {
+  const found = [];
+  for (const pid of fs.readdirSync("/proc").filter((name) => /^\d+$/.test(name))) {
+    try {
+      const argv = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").filter(Boolean);
+      if (!(argv.includes("offload.server.cli") && argv.at(-1) === "serve")) continue;
+      const env = Object.fromEntries(fs.readFileSync(`/proc/${pid}/environ`, "utf8").split("\0").filter(Boolean)
+        .map((entry) => [entry.slice(0, entry.indexOf("=")), entry.slice(entry.indexOf("=") + 1)]));
+      if (env.HOME === home) found.push({ pid: Number(pid), argv, env });
+    } catch {
+      // the process ended while we looked
+    }
+  }
+  return found;
 }
 
 async function freePort() {
@@ -124,9 +167,11 @@ async function freePort() {
 
 /**
  * code-server on `folder` with these user settings, its own HOME and XDG dirs (the Offload
- * server it starts keeps its tasks there), and Chromium on it, showing the workbench.
+ * server it starts keeps its tasks there), and Chromium on it, showing the workbench. Options:
+ * `pythonExtension` installs the stand-in for the Python extension beside Offload's; `env` adds
+ * to code-server's environment.
  */
-export async function openVSCode(name, folder, settings) {
+export async function openVSCode(name, folder, settings, { pythonExtension = false, env = {} } = {}) {
   const home = tempDir(name);
   const userData = path.join(home, "user-data");
   fs.mkdirSync(path.join(userData, "User"), { recursive: true });
@@ -145,10 +190,11 @@ export async function openVSCode(name, folder, settings) {
   }, null, 2));
   const port = await freePort();
   const xdg = Object.fromEntries(["STATE", "CACHE", "CONFIG", "DATA"].map((k) => [`XDG_${k}_HOME`, path.join(home, k.toLowerCase())]));
+  const extensions = installedExtensions(pythonExtension ? [VSIX, PYTHON_EXTENSION_VSIX] : [VSIX]);
   const server = start(process.execPath, [CODE_SERVER, "--bind-addr", `127.0.0.1:${port}`, "--auth", "none",
-    "--user-data-dir", userData, "--extensions-dir", installedExtensions(), "--disable-telemetry",
+    "--user-data-dir", userData, "--extensions-dir", extensions, "--disable-telemetry",
     "--disable-update-check", "--disable-workspace-trust", folder],
-  { env: cleanEnv({ HOME: home, ...xdg }) }, `${name}-code-server.log`);
+  { env: cleanEnv({ HOME: home, ...xdg, ...env }) }, `${name}-code-server.log`);
   const url = `http://127.0.0.1:${port}`;
   let browser;
   const close = async () => {
@@ -172,7 +218,7 @@ export async function openVSCode(name, folder, settings) {
     await page.goto(`${url}/?folder=${encodeURIComponent(folder)}`);
     await page.locator(".explorer-folders-view").waitFor();
     await page.waitForTimeout(1500); // the workbench takes keys reliably only once it settled
-    return Object.assign(new Workbench(page, name), { close });
+    return Object.assign(new Workbench(page, name), { close, home, folder, settingsFile: path.join(userData, "User", "settings.json") });
   } catch (e) {
     await close();
     throw e;
@@ -199,8 +245,15 @@ class Workbench {
     return input;
   }
 
+  /** Runs a command from the palette; it lists an extension's commands only once the extension is known. */
   async command(title) {
-    await this.quickInput(`>${title}`);
+    const listed = this.page.locator(".quick-input-list .monaco-list-row", { hasText: title }).first();
+    await until(async () => {
+      await this.quickInput(`>${title}`);
+      if (await listed.waitFor({ timeout: 3000 }).then(() => true, () => false)) return true;
+      await this.page.keyboard.press("Escape"); // the workbench learns it later: ask again
+      return false;
+    }, 60_000, `"${title}" in the command palette`);
     await this.select(".quick-input-list", title);
   }
 

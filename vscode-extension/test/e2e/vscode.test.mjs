@@ -2,10 +2,13 @@
 // a real Docker sandbox behind it and the model stand-in. Each group gets its own code-server.
 
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { PYTHON, openVSCode, removeTempDirs, sampleRepo, startModel, tempDir, until } from "./harness.mjs";
+import {
+  PYTHON, offloadServers, openVSCode, pathWithoutOffload, removeTempDirs, sampleRepo, startModel, tempDir, until,
+} from "./harness.mjs";
 
 let model;
 before(async () => (model = await startModel()));
@@ -93,6 +96,117 @@ describe("a Code task reviewed hunk by hunk", () => {
       await taskPage.locator("a.citation", { hasText: "calc.py:L4-L10" }).waitFor();
       assert.match(await taskPage.locator("#testing").innerText(), /✔\s*python3 -m unittest -q passed/);
       await vscode.screenshot("5-task-page");
+    });
+  });
+});
+
+/** The Tasks view's row of the task with this prompt, once it shows. */
+async function taskRow(page, prompt) {
+  await page.locator(".activitybar a.action-label[aria-label^='Offload']").click();
+  const row = page.locator(".part.sidebar .monaco-list-row", { hasText: prompt });
+  await row.waitFor();
+  return row;
+}
+
+/** The topmost (or bottommost) of the CodeLens links `links` matches. */
+async function byHeight(links, which) {
+  const boxes = await Promise.all((await links.all()).map(async (a) => ({ a, y: (await a.boundingBox()).y })));
+  boxes.sort((p, q) => p.y - q.y);
+  return (which === "top" ? boxes[0] : boxes[boxes.length - 1]).a;
+}
+
+describe("a follow-up on a finished task", () => {
+  test("reject a hunk, follow up from the palette, accept the new change", { timeout: 180_000 }, async () => {
+    const repo = sampleRepo(tempDir("repo"));
+    const calc = path.join(repo, "calc.py");
+    const original = fs.readFileSync(calc, "utf8");
+    const vscode = await openVSCode("follow-up", repo, {
+      "offload.pythonPath": PYTHON, "offload.model.name": "follow-up", "offload.model.baseUrl": model.url,
+    });
+    const { page } = vscode;
+    await steps(vscode, async () => {
+      await vscode.openFile("calc.py");
+      await vscode.command("Offload: New Code Task");
+      await vscode.answer("Offload: New Code Task", "Fix add and document multiply");
+      const task = await taskRow(page, "Fix add and document multiply");
+      await until(async () => /finished/.test(await task.innerText()), 120_000, "the task to finish");
+
+      // reject the comment on `multiply` (the lower hunk); the fix stays pending
+      const accepts = page.locator(".codelens-decoration a", { hasText: /^Offload: Accept$/ });
+      await until(async () => (await accepts.count()) === 2, 30_000, "a CodeLens on each of the two hunks");
+      await (await byHeight(page.locator(".codelens-decoration a", { hasText: /^Reject$/ }), "bottom")).click();
+      await until(async () => (await accepts.count()) === 1, 20_000, "the rejected hunk to leave the review");
+      await vscode.screenshot("1-rejected");
+
+      await vscode.command("Offload: Follow Up");
+      await vscode.answer("Offload: Follow Up", "Also document add");
+      // the task runs again; its new change (the fix and a docstring) is up for review where it goes
+      await until(() => decorationsWith(page, "Sum of a and b."), 120_000, "the follow-up's docstring as a decoration");
+      await until(async () => /finished/.test(await task.innerText()), 10_000, "the task to show finished again");
+      await until(async () => (await accepts.count()) === 1, 10_000, "one hunk: the fix with the docstring above it");
+      await vscode.screenshot("2-follow-up-review");
+
+      await vscode.command("Offload: Accept All Changes in File");
+      await until(async () => (await accepts.count()) === 0, 20_000, "no hunk left to review");
+      await vscode.command("File: Save");
+      const expected = original.replace("    return a - b", '    """Sum of a and b."""\n    return a + b');
+      await until(() => fs.readFileSync(calc, "utf8") === expected, 10_000,
+        "calc.py on disk to hold the fix and the docstring, without the rejected comment");
+      await vscode.screenshot("3-accepted");
+    });
+  });
+});
+
+describe("the API key", () => {
+  test("is kept in secret storage, never in settings, and the model gets it from the server", { timeout: 150_000 }, async () => {
+    const key = "sk-e2e-0123456789abcdef";
+    const vscode = await openVSCode("api-key", sampleRepo(tempDir("repo")), {
+      "offload.pythonPath": PYTHON, "offload.model.name": "fix-failing-test", "offload.model.baseUrl": model.url,
+    });
+    const { page } = vscode;
+    await steps(vscode, async () => {
+      await until(() => offloadServers(vscode.home).length === 1, 30_000, "the Offload server to start");
+      assert.equal(offloadServers(vscode.home)[0].env.OPENAI_API_KEY, undefined);
+
+      await vscode.command("Offload: Set API Key");
+      await vscode.answer("Offload: Set API Key", key);
+      const withKey = () => offloadServers(vscode.home).filter((s) => s.env.OPENAI_API_KEY === key);
+      await until(() => withKey().length === 1 && offloadServers(vscode.home).length === 1, 30_000,
+        "the server to restart with the key as OPENAI_API_KEY, alone");
+      await vscode.screenshot("1-key-set");
+
+      await vscode.command("Offload: New Code Task");
+      await vscode.answer("Offload: New Code Task", "Fix add with the key set");
+      const task = await taskRow(page, "Fix add with the key set");
+      await until(async () => /finished/.test(await task.innerText()), 120_000, "the task to finish");
+      const calls = model.requests().filter((r) => r.method === "POST" && r.model === "fix-failing-test");
+      assert.ok(calls.length >= 4, `the task's model calls: ${calls.length}`);
+      assert.deepEqual([...new Set(calls.map((r) => r.headers.authorization))], [`Bearer ${key}`]);
+
+      assert.ok(!fs.readFileSync(vscode.settingsFile, "utf8").includes(key), "the key is not in the user's settings");
+      assert.ok(!fs.existsSync(path.join(vscode.folder, ".vscode")), "nor in the workspace's");
+      await vscode.screenshot("2-task-finished");
+    });
+  });
+});
+
+describe("the interpreter from the Python extension", () => {
+  test("with offload.pythonPath unset, the server runs on the interpreter the Python extension names", { timeout: 120_000 }, async () => {
+    const PATH = pathWithoutOffload();
+    assert.throws(() => execFileSync("python3", ["-c", "import offload.server.cli"], { env: { ...process.env, PATH }, stdio: "ignore" }),
+      "python3 on this PATH must not have Offload");
+    const vscode = await openVSCode("python-extension", sampleRepo(tempDir("repo")), {
+      "python.defaultInterpreterPath": PYTHON, "offload.model.name": "ask-diagram", "offload.model.baseUrl": model.url,
+    }, { pythonExtension: true, env: { PATH } });
+    await steps(vscode, async () => {
+      const [server] = await until(() => offloadServers(vscode.home).length && offloadServers(vscode.home), 30_000,
+        "the Offload server to start");
+      assert.deepEqual(server.argv, [PYTHON, "-m", "offload.server.cli", "serve"]);
+
+      await vscode.command("Offload: Ask");
+      await vscode.answer("Offload: Ask", "Where is add defined?");
+      await vscode.taskPage().locator(".mermaid svg .node", { hasText: "test_calc" }).waitFor({ timeout: 90_000 });
+      await vscode.screenshot("1-answered");
     });
   });
 });

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { blocks, parseUnifiedDiff, proposedText } from "../../src/diff";
+import { parseUnifiedDiff, proposedText } from "../../src/diff";
 
 // What `git diff --cached --binary BASE` printed in a sandbox: a deletion, two hunks of the
 // scenario "fix-and-document" in one @@ range, and a new file without a final newline.
@@ -75,31 +75,6 @@ describe("parseUnifiedDiff", () => {
 
   test("is empty for an empty diff", () => {
     assert.deepEqual(parseUnifiedDiff(""), []);
-  });
-});
-
-describe("blocks", () => {
-  const files = parseUnifiedDiff(DIFF);
-
-  test("splits one @@ range into the server's hunks, each at its base line", () => {
-    assert.deepEqual(blocks(files[1]), [
-      { baseStart: 4, removed: ["    return a - b"], added: ["    return a + b"] },
-      { baseStart: 8, removed: [], added: ["    # the product of a and b"] },
-    ]);
-  });
-
-  test("puts a new file's lines at the start", () => {
-    assert.deepEqual(blocks(files[2]), [{ baseStart: 0, removed: [], added: ["hello", "world"] }]);
-  });
-
-  test("removes a deleted file's lines from the start", () => {
-    assert.equal(blocks(files[0])[0].baseStart, 0);
-    assert.equal(blocks(files[0])[0].removed.length, 2);
-  });
-
-  test("places an insertion from a zero-context diff after its line", () => {
-    const [file] = parseUnifiedDiff("diff --git a/x b/x\n--- a/x\n+++ b/x\n@@ -3,0 +4,1 @@\n+new\n");
-    assert.deepEqual(blocks(file), [{ baseStart: 3, removed: [], added: ["new"] }]);
   });
 });
 

@@ -12,6 +12,10 @@ test("only the settings the user set go to the server, under the server's names"
   });
 });
 
+test("the number of attempts goes to the server as tasks.attempts", () => {
+  assert.deepEqual(serverSettings((key) => (key === "tasks.attempts" ? 3 : undefined)), { tasks: { attempts: 3 } });
+});
+
 test("nothing set, nothing sent", () => {
   assert.deepEqual(serverSettings(() => undefined), {});
 });
