@@ -4,7 +4,7 @@ engine that answers, and an engine that stops answering fails only the sandboxes
 `sandbox.docker_hosts` lists engines by URL:
 - `unix:///path/docker.sock`: an engine on this machine;
 - `ssh://user@host`: through the `ssh` command, so keys, agents and ~/.ssh/config work as in a shell
-  (the docker SDK still wants `paramiko` installed for it: `pip install 'docker[ssh]'`);
+  (the docker SDK imports `paramiko` all the same: Offload depends on `docker[ssh]`);
 - `tcp://host:2376`: always over TLS with client certificates in Docker's DOCKER_CERT_PATH layout
   (ca.pem, cert.pem, key.pem; default ~/.docker); a directory named after the host under it, such as
   ~/.docker/build1.example.com/, is used for that host instead. Plain TCP is refused: anyone who

@@ -160,6 +160,11 @@ def _parent(pid: int) -> int:
     return int(_stat(pid)[1])
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -184,3 +189,44 @@ def _make_certificates(directory: Path) -> None:
                 "-days", "1", "-extfile", f"{name}.ext", "-out", f"{name}-cert.pem")
     os.rename(directory / "client-cert.pem", directory / "cert.pem")
     os.rename(directory / "client-key.pem", directory / "key.pem")
+
+
+class SshEngine:
+    """This machine's engine reached as `ssh://root@127.0.0.1:PORT`: a real sshd of its own (keys,
+    config and port in a temporary directory) and an `ssh` first on PATH that uses its client
+    config, since ssh reads ~/.ssh/config from the password database, not from $HOME."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="offload-sshd-"))
+        for name in ("host", "client"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.root / name)], check=True)
+        (self.root / "authorized_keys").write_text((self.root / "client.pub").read_text())
+        self.port = _free_port()
+        (self.root / "sshd_config").write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.root / 'host'}\n"
+            f"AuthorizedKeysFile {self.root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+            f"PidFile {self.root / 'sshd.pid'}\n")
+        (self.root / "ssh_config").write_text(
+            f"Host 127.0.0.1\n  IdentityFile {self.root / 'client'}\n  IdentitiesOnly yes\n"
+            "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n")
+        self.bin = self.root / "bin"
+        self.bin.mkdir()
+        wrapper = self.bin / "ssh"
+        wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("ssh")} -F {self.root / "ssh_config"} "$@"\n')
+        wrapper.chmod(0o755)
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        self.process = subprocess.Popen([sshd, "-D", "-e", "-f", str(self.root / "sshd_config")],
+                                        stdout=subprocess.DEVNULL, stderr=open(self.root / "sshd.log", "wb"))
+        self.url = f"ssh://root@127.0.0.1:{self.port}"
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _listening(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("sshd did not start: " + (self.root / "sshd.log").read_text(errors="replace"))
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+        shutil.rmtree(self.root)

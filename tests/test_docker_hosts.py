@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 import time
 import uuid
 
@@ -16,7 +18,7 @@ from offload.sandbox.image import DEFAULT_IMAGE
 from offload.sandbox.manager import SandboxConfig, SandboxManager
 from offload.server import config as cfg
 from tests.conftest import offload_cli
-from tests.engines import Dockerd
+from tests.engines import Dockerd, SshEngine
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +224,28 @@ def test_a_task_runs_end_to_end_on_the_listed_engines(engines, tls_env, fake_mod
     assert not containers(a) and not containers(b)
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def ssh_engine(docker_engine, monkeypatch):
+    """This machine's engine behind a real sshd, reached through the ssh command."""
+    if not shutil.which("sshd", path="/usr/sbin:/usr/bin"):
+        if os.environ.get("CI"):
+            pytest.fail("no sshd: scripts/install.sh installs openssh-server under CI=true")
+        pytest.skip("no sshd here (apt-get install openssh-server)")
+    engine = SshEngine()
+    monkeypatch.setenv("PATH", f"{engine.bin}:{os.environ['PATH']}")
+    yield engine
+    engine.stop()
+
+
+@pytest.mark.docker
+def test_an_engine_reached_over_ssh(ssh_engine, make_manager, sample_repo):
+    manager = make_manager([ssh_engine.url])
+    sandbox = manager.create(manager.snapshot(sample_repo))
+    assert sandbox.backend.host == ssh_engine.url
+    result = sandbox.run(["python3", "-m", "unittest", "-q"])
+    assert result.exit_code == 1 and "FAILED" in result.output  # the sample's real failing test, over ssh
+    sandbox.write_file("calc.py", sandbox.read_file("calc.py").replace(b"a - b", b"a + b"))
+    assert sandbox.run(["python3", "-m", "unittest", "-q"]).exit_code == 0
+    assert [c.path for c in sandbox.export()] == ["calc.py"]
