@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 from offload.sandbox import owner
 from offload.sandbox.manager import SandboxConfig, SandboxManager
 from tests.conftest import offload_cli
+from tests.test_e2e_lsp import client, start  # noqa: F401  (client is a fixture)
 from tests.test_sandbox_backends import (  # noqa: F401  (fixtures)
     backend,
     bubblewrap,
@@ -23,6 +25,7 @@ import json, sys, time
 from pathlib import Path
 from offload.sandbox.manager import SandboxConfig, SandboxManager
 from tests.conftest import offload_cli
+from tests.test_e2e_lsp import client, start  # noqa: F401  (client is a fixture)
 manager = SandboxManager(SandboxConfig(backend=sys.argv[3]), Path(sys.argv[1]), owner="offload-doomed")
 snapshot = manager.snapshot(sys.argv[2])
 made = []
@@ -113,3 +116,21 @@ def test_a_task_sweeps_first(backend, fake_model, sample_repo, isolated_dirs):
     assert proc.returncode == 0, proc.stderr
     assert not any(Path(m["directory"]).exists() for m in made)
     assert not mounts_under(cache)
+
+
+async def test_the_language_server_sweeps_when_it_starts(client, docker_engine, fake_model, sample_repo,  # noqa: F811
+                                                        isolated_dirs):
+    cache = Path(isolated_dirs["XDG_CACHE_HOME"]) / "offload"
+    host = subprocess.Popen([sys.executable, "-c", HOST_THAT_DIES, str(cache), str(sample_repo), "docker"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        made = json.loads(host.stdout.readline())
+    finally:
+        host.send_signal(signal.SIGKILL)
+        host.wait()
+    assert all(Path(m["directory"]).exists() for m in made)
+    await start(client, sample_repo, fake_model, "visual-studio-code")
+    async with asyncio.timeout(60):
+        while any(Path(m["directory"]).exists() for m in made) or mounts_under(cache):
+            await asyncio.sleep(0.1)
+    assert not docker_engine.containers.list(all=True, filters={"label": "offload.owner=offload-doomed"})
