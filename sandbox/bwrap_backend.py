@@ -50,13 +50,19 @@ _PROC_HIDDEN = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats", "
 
 # The outer shell runs on the host; the inner one as root of a fresh user namespace (that is,
 # as the caller), where it may mount a tmpfs and the overlay. $1 is the sandbox directory, $2
-# the snapshot (and the cached setup layer below it), $3 the tmpfs size, $4 the cached setup home
-# or "". bwrap's stderr is dropped: the sandbox could write to it.
+# the snapshot (and the cached setup layer below it), or "" for a warm sandbox, whose workspace is
+# mounted on ws when it is claimed (`claim`) and reaches bwrap's namespace by propagation; $3 the
+# tmpfs size, $4 the cached setup home or "". bwrap's stderr is dropped: the sandbox could write to it.
 _SETUP = """set -e
 layer=$1/layer
 mount -t tmpfs -o "size=$3,mode=0755" offload "$layer"
 mkdir "$layer/upper" "$layer/work" "$layer/ws" "$layer/home" "$layer/tmp" "$layer/shm"
-mount -t overlay overlay -o "lowerdir=$2,upperdir=$layer/upper,workdir=$layer/work" "$layer/ws"
+if [ -n "$2" ]; then
+  mount -t overlay overlay -o "lowerdir=$2,upperdir=$layer/upper,workdir=$layer/work" "$layer/ws"
+else
+  mkdir "$layer/empty"
+  mount --make-shared "$layer"
+fi
 if [ -n "$4" ]; then
   mkdir "$layer/home-upper" "$layer/home-work"
   mount -t overlay overlay -o "lowerdir=$4,upperdir=$layer/home-upper,workdir=$layer/home-work" "$layer/home"
@@ -237,7 +243,8 @@ def available() -> None:
     """Raise a SandboxError naming the fix unless this host can run bubblewrap sandboxes."""
     if not sys.platform.startswith("linux"):
         raise SandboxError("the bubblewrap backend needs Linux; use sandbox.backend = \"docker\"")
-    for tool, package in (("bwrap", "bubblewrap"), ("unshare", "util-linux"), ("prlimit", "util-linux")):
+    for tool, package in (("bwrap", "bubblewrap"), ("unshare", "util-linux"), ("prlimit", "util-linux"),
+                          ("nsenter", "util-linux")):
         if shutil.which(tool) is None:
             raise SandboxError(f"{tool} is missing: apt-get install -y {package}")
     host_python()
@@ -287,7 +294,7 @@ def _write_identity(directory: Path) -> None:
 
 def create(
     cache_dir: Path,
-    snapshot_path: Path,
+    snapshot_path: Path | None,
     sandbox_id: str,
     labels: dict,
     memory: str,
@@ -302,9 +309,10 @@ def create(
 ) -> BwrapSandbox:
     """Start a sandbox over `snapshot_path` with its runner connected: `lowers` (a cached setup's
     workspace) lie under the snapshot, `home_lower` under the home, `binds` are host directories
-    it may write (a setup's export)."""
+    it may write (a setup's export). Without a snapshot the sandbox is warm: its workspace comes when
+    it is claimed (`claim`)."""
     available()
-    lower = ":".join(layer.overlay_path(p) for p in (snapshot_path, *lowers))
+    lower = ":".join(layer.overlay_path(p) for p in (snapshot_path, *lowers)) if snapshot_path else ""
     memory_bytes, disk_bytes = layer.parse_size(memory), layer.parse_size(disk)
     all_labels = {**labels, "offload.sandbox": sandbox_id, "offload.created": str(int(time.time())),
                   "offload.backend": "bubblewrap", owner.LABEL: owner.label()}
@@ -330,6 +338,23 @@ def create(
         sandbox.destroy()
         raise SandboxError(f"the bubblewrap sandbox did not start: {why or e}; `offload doctor` shows why") from e
     return sandbox
+
+
+def claim(sandbox: BwrapSandbox, snapshot_path: Path, labels: dict, read_only: bool = False,
+          lowers: tuple[Path, ...] = ()) -> None:
+    """Give a warm sandbox its workspace: the overlay over the snapshot, mounted in the sandbox's own
+    user and mount namespace (entered through its outermost process), where bwrap's sees it."""
+    pid = sandbox.pid
+    if pid is None:
+        raise SandboxError("the warm bubblewrap sandbox has stopped")
+    where = sandbox.directory / "layer"
+    options = layer.workspace_options(where, [snapshot_path, *lowers], read_only)
+    proc = subprocess.run(["nsenter", "-t", str(pid), "-U", "-m", "--preserve-credentials",
+                           "mount", "-t", "overlay", "overlay", "-o", options, str(where / "ws")],
+                          capture_output=True, text=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    if proc.returncode != 0:
+        raise SandboxError(f"could not mount the workspace of the warm sandbox: {proc.stderr.strip()}")
+    layer.relabel(sandbox.directory, labels)
 
 
 def sweep(cache_dir: Path) -> list[str]:

@@ -184,7 +184,7 @@ def connect(base_url: str | None = None, **options) -> docker.DockerClient:
 def create(
     client: docker.DockerClient,
     image: str,
-    snapshot: Snapshot,
+    snapshot: Snapshot | None,
     sandbox_id: str,
     labels: dict,
     memory: str,
@@ -204,7 +204,8 @@ def create(
     On an engine that shares this host's filesystem (`local`, by default when it answers on a
     unix socket) and with root, the workspace is an overlay volume over the cached snapshot and
     everything writable lives on one tmpfs of `disk` bytes under `cache_dir` (see layer.py);
-    otherwise the snapshot is copied in as a tarball and the disk is not capped."""
+    otherwise the snapshot is copied in as a tarball and the disk is not capped. Without a
+    snapshot the sandbox is warm: its workspace comes when it is claimed (`claim`)."""
     all_labels = {**labels, "offload.sandbox": sandbox_id, "offload.created": str(int(time.time())),
                   "offload.backend": "docker", owner.LABEL: owner.label()}
     memory_bytes, disk_bytes = layer.parse_size(memory), layer.parse_size(disk)
@@ -234,7 +235,9 @@ def create(
             all_labels["offload.directory"] = str(directory)
             written = layer.mount(directory, disk_bytes, SANDBOX_UID)
             below = [layer.overlay_path(p) for p in lowers]  # cached setup layers: the snapshot wins over them
-            if read_only and not below:  # the cached snapshot itself, which no one may change
+            if snapshot is None:  # warm: the workspace mounted there when claimed reaches it by propagation
+                workspace = Mount(WORKSPACE, str(layer.share(written)), type="bind", propagation="rslave")
+            elif read_only and not below:  # the cached snapshot itself, which no one may change
                 workspace = Mount(WORKSPACE, str(snapshot.path), type="bind", read_only=True)
             else:
                 top = snapshot.path if read_only else owned_copy(snapshot, SANDBOX_UID, cache_dir, snapshot_cache)
@@ -253,6 +256,8 @@ def create(
                 # the layer's pages are charged to the container: files alone hit ENOSPC, not the OOM killer
                 mem_limit=memory_bytes + disk_bytes, memswap_limit=memory_bytes + disk_bytes,
             )
+        if snapshot is None and directory is None:
+            raise SandboxError(f"a warm sandbox needs an overlay workspace: {overlay_problem(client, local) or 'no cache'}")
         container = client.containers.create(image, labels=all_labels, **settings)
         if directory is None:
             container.put_archive("/", _workspace_tar(snapshot.path, read_only))
@@ -283,6 +288,15 @@ def _start_runner(client: docker.DockerClient, container, user: str = f"{SANDBOX
         detail = getattr(transport, "stderr", b"").decode(errors="replace")
         raise SandboxError(f"the sandbox runner did not start: {e} {detail}".strip()) from e
     return runner
+
+
+def claim(sandbox: DockerSandbox, snapshot: Snapshot, labels: dict, read_only: bool = False,
+          lowers: tuple[Path, ...] = (), cache_dir: Path | None = None, snapshot_cache: int | None = None) -> None:
+    """Give a warm sandbox its workspace: the overlay over the snapshot (the sandbox user's copy of it,
+    or the snapshot itself read-only), mounted on this host, where the container sees it."""
+    top = snapshot.path if read_only else owned_copy(snapshot, SANDBOX_UID, cache_dir, snapshot_cache)
+    layer.mount_workspace(sandbox.directory / "layer", [top, *lowers], read_only)
+    sandbox.labels = layer.relabel(sandbox.directory, labels)
 
 
 def list_sandboxes(client: docker.DockerClient, owner_name: str | None = None) -> list[dict]:

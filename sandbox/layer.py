@@ -21,6 +21,7 @@ from .errors import SandboxError
 
 WRITABLE = ("upper", "work", "tmp", "home", "shm")  # the layer's directories
 _MNT_DETACH = 2
+_MS_SHARED = 1 << 20
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -96,9 +97,47 @@ def mount_home(layer: Path, lower: Path, uid: int) -> None:
         raise SandboxError(f"could not mount the sandbox's home over {lower}: {os.strerror(ctypes.get_errno())}")
 
 
+def share(layer: Path) -> Path:
+    """Make the layer a shared mount with an empty `ws` directory on it (and `empty`, see
+    `workspace_options`), and return `ws`: bound into a warm sandbox with slave propagation, it
+    shows the workspace mounted on it later."""
+    for name in ("ws", "empty"):
+        (layer / name).mkdir()
+    if _libc.mount(None, bytes(layer), None, _MS_SHARED, None) != 0:
+        raise SandboxError(f"could not share the sandbox's layer at {layer}: {os.strerror(ctypes.get_errno())}")
+    return layer / "ws"
+
+
+def workspace_options(layer: Path, lowers: list[Path], read_only: bool) -> str:
+    """Overlay options for a claimed warm sandbox's workspace: `lowers` top first, its upper layer on
+    `layer`; read-only without one (an overlay without an upper layer needs two lowers: an empty
+    directory goes last). Read-only is the overlay's own: a bind's read-only flag does not propagate."""
+    if read_only:
+        return f"lowerdir={':'.join(overlay_path(p) for p in [*lowers, layer / 'empty'])}"
+    return (f"lowerdir={':'.join(overlay_path(p) for p in lowers)},"
+            f"upperdir={overlay_path(layer / 'upper')},workdir={overlay_path(layer / 'work')}")
+
+
+def mount_workspace(layer: Path, lowers: list[Path], read_only: bool) -> None:
+    """Mount a claimed warm sandbox's workspace on the layer's `ws` (see `share`), on this host."""
+    options = workspace_options(layer, lowers, read_only)
+    if _libc.mount(b"overlay", bytes(layer / "ws"), b"overlay", 0, options.encode()) != 0:
+        raise SandboxError(f"could not mount the workspace at {layer / 'ws'}: {os.strerror(ctypes.get_errno())}")
+
+
+def relabel(directory: Path, labels: dict) -> dict:
+    """Add `labels` to a sandbox directory's labels (a claimed warm sandbox's tree and task); returns them all."""
+    merged = {**json.loads((directory / "labels.json").read_text()), **labels}
+    staged = directory / "labels.json.new"
+    staged.write_text(json.dumps(merged))
+    os.replace(staged, directory / "labels.json")
+    return merged
+
+
 def remove(directory: Path) -> None:
     """Unmount the layer (if mounted) and delete the directory; idempotent."""
     _libc.umount2(bytes(directory / "layer" / "home"), 0)  # a setup's home overlay, if any
+    _libc.umount2(bytes(directory / "layer" / "ws"), 0)  # a claimed warm sandbox's workspace, if any
     layer = bytes(directory / "layer")
     if _libc.umount2(layer, 0) != 0 and ctypes.get_errno() == errno.EBUSY:
         _libc.umount2(layer, _MNT_DETACH)  # a process still inside: gone from the tree now, freed when it ends

@@ -6,6 +6,7 @@ everything done inside (commands, files, git) is the same for all of them and li
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import shlex
 import threading
@@ -13,14 +14,18 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-from . import bwrap_backend, docker_backend, hosts
+from . import bwrap_backend, docker_backend, hosts, layer
+from .pool import WarmPool
 from .setup import Environment, Setup
 from .channel import ExecResult
 from .errors import SandboxError
 from .image import DEFAULT_IMAGE
 from .layer import parse_size
 from .snapshot import Snapshot, take_snapshot
+
+logger = logging.getLogger(__name__)
 
 # The whole environment of every command: nothing of the host's, no keys.
 COMMAND_ENV = {
@@ -55,6 +60,16 @@ class SandboxConfig:
     setup: str = ""  # shell text, or a script file of the repository, run once per environment (setup.py)
     setup_secrets: list[str] = field(default_factory=list)  # host variables only the setup script gets
     setup_timeout: float = 30.0  # minutes
+    warm: int = 0  # started, unclaimed sandboxes kept per engine and image (pool.py); 0: none
+
+
+class WarmKey(NamedTuple):
+    """What a warm sandbox is started with, beyond the manager's limits; a claim must match it."""
+
+    backend: str
+    engine: str  # the Docker engine's URL as configured ("" the default one; "" on bubblewrap)
+    image: str | None  # None on bubblewrap
+    home: Path | None  # a cached setup's home, below the sandbox's
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,7 @@ class Sandbox:
     snapshot: Snapshot
     backend: object
     workdir: str
+    warm: bool = False  # claimed from the warm pool rather than started for its task
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -166,6 +182,7 @@ class SandboxManager:
         self._docker = None
         self._backend: str | None = None
         self._sandboxes: dict[str, Sandbox] = {}
+        self._pool = WarmPool(config.warm, self._start_warm, self._stop_warm) if config.warm > 0 else None
 
     def engines(self) -> hosts.DockerHosts:
         """The Docker engines sandboxes are placed on: sandbox.docker_hosts, else the one engine."""
@@ -212,20 +229,26 @@ class SandboxManager:
         read-only sandbox (Ask) cannot change a byte of its workspace. `local` says whether the
         Docker engine shares this host's filesystem (by default: when it answers on a unix socket).
         With `sandbox.setup`, the sandbox starts from the setup's cached result, made first when
-        missing; `on_setup` sees its progress and output, `cancel` stops it."""
+        missing; `on_setup` sees its progress and output, `cancel` stops it. With `sandbox.warm`,
+        a warm sandbox of the same engine and image is claimed when one is ready."""
         sandbox_id = uuid.uuid4().hex[:12]
         limits = dict(memory=self.config.memory, cpus=self.config.cpus, pids=self.config.pids,
                       network=self.config.network == "on", read_only=read_only)
         all_labels = {"offload.owner": self.owner, "offload.tree": snapshot.tree, **(labels or {})}
         setup = self._setup(snapshot, on_setup, cancel)
-        environment = Environment(image=self.config.image)
+        environment, warm = Environment(image=self.config.image), None
         if self.backend_name() == "docker":
             def make(client, on_local: bool):
-                nonlocal environment
+                nonlocal environment, warm
                 is_local = on_local if local is None else local
                 if setup is not None:
                     environment = setup.docker(client, self.config.image, snapshot,
                                                layers=docker_backend.overlay_problem(client, is_local) is None)
+                engine = next((e for e in self.engines().engines if e.client is client), None)
+                if engine is not None and docker_backend.overlay_problem(client, is_local) is None:
+                    key = WarmKey("docker", engine.url, environment.image, environment.home)
+                    if (warm := self._claim(key, snapshot, environment, read_only, all_labels)) is not None:
+                        return warm
                 return docker_backend.create(
                     client, image=environment.image, snapshot=snapshot, sandbox_id=sandbox_id, labels=all_labels,
                     disk=self.config.disk, cache_dir=self.cache_dir, local=is_local,
@@ -236,9 +259,11 @@ class SandboxManager:
         else:
             if setup is not None:
                 environment = setup.bubblewrap(snapshot)
-            backend = bwrap_backend.create(self.cache_dir, snapshot_path=snapshot.path, sandbox_id=sandbox_id,
-                                           labels=all_labels, disk=self.config.disk, lowers=environment.lowers,
-                                           home_lower=environment.home, **limits)
+            warm = self._claim(WarmKey("bubblewrap", "", None, environment.home), snapshot, environment,
+                               read_only, all_labels)
+            backend = warm or bwrap_backend.create(
+                self.cache_dir, snapshot_path=snapshot.path, sandbox_id=sandbox_id, labels=all_labels,
+                disk=self.config.disk, lowers=environment.lowers, home_lower=environment.home, **limits)
         if not read_only:
             try:
                 environment.exclude_from_git(backend.runner)
@@ -246,9 +271,72 @@ class SandboxManager:
                 backend.destroy()
                 raise
         workdir = posixpath.join(backend.workspace, snapshot.subdir) if snapshot.subdir else backend.workspace
-        sandbox = Sandbox(sandbox_id, snapshot, backend, workdir)
-        self._sandboxes[sandbox_id] = sandbox
+        sandbox = Sandbox(backend.id, snapshot, backend, workdir, warm=warm is not None)
+        self._sandboxes[sandbox.id] = sandbox
         return sandbox
+
+    def prewarm(self) -> None:
+        """Start filling the warm pool now, for sandboxes without `sandbox.setup` (with it, each
+        environment's sandboxes are kept warm from its first task on)."""
+        if self._pool is None or self.config.setup.strip():
+            return
+        if self.backend_name() == "bubblewrap":
+            return self._pool.want(WarmKey("bubblewrap", "", None, None))
+        for engine in self.engines().answering():
+            if docker_backend.overlay_problem(engine.client, engine.local) is None:
+                self._pool.want(WarmKey("docker", engine.url, self.config.image, None))
+
+    def warm_ready(self) -> int:
+        """Warm sandboxes started and not claimed yet."""
+        return self._pool.ready() if self._pool is not None else 0
+
+    def _claim(self, key: WarmKey, snapshot: Snapshot, environment: Environment, read_only: bool,
+               labels: dict):
+        """A warm sandbox of `key` holding the snapshot's workspace, or None: then one starts cold.
+        A claim that fails costs that sandbox only; one whose workspace does not show inside (this
+        host's mounts do not propagate to the engine) ends warm sandboxes for the key."""
+        if self._pool is None:
+            return None
+        while (warm := self._pool.take(key)) is not None:
+            try:
+                warm.runner.ping()
+            except SandboxError:  # it died since it started (its engine restarted, say): the next one
+                self._stop_warm(key, warm)
+                continue
+            try:
+                if key.backend == "docker":
+                    docker_backend.claim(warm, snapshot, labels, read_only, environment.lowers, self.cache_dir,
+                                         parse_size(self.config.snapshot_cache))
+                else:
+                    bwrap_backend.claim(warm, snapshot.path, labels, read_only, environment.lowers)
+                if warm.runner.read_file(".git/HEAD") is None:
+                    self._pool.drop(key, "the workspace mounted on this host does not show inside the sandbox")
+                    raise SandboxError("the claimed workspace does not show inside the sandbox")
+                return warm
+            except Exception as e:
+                self._stop_warm(key, warm)
+                logger.warning("a warm sandbox could not be claimed, one starts cold: %s", e)
+                return None
+        return None
+
+    def _start_warm(self, key: WarmKey):
+        """A sandbox started without its workspace, for the pool."""
+        sandbox_id = uuid.uuid4().hex[:12]
+        settings = dict(sandbox_id=sandbox_id, labels={"offload.owner": self.owner}, memory=self.config.memory,
+                        cpus=self.config.cpus, pids=self.config.pids, network=self.config.network == "on",
+                        disk=self.config.disk, home_lower=key.home)
+        if key.backend == "bubblewrap":
+            return bwrap_backend.create(self.cache_dir, snapshot_path=None, **settings)
+        engine = hosts.engine_for(key.engine)
+        if not engine.answering():
+            raise engine.problem or SandboxError(f"the Docker engine at {engine.name} does not answer")
+        return docker_backend.create(engine.client, image=key.image, snapshot=None, cache_dir=self.cache_dir,
+                                     local=True, **settings)
+
+    def _stop_warm(self, key: WarmKey, sandbox) -> None:
+        if key.backend == "docker":
+            sandbox = hosts.EngineSandbox(sandbox, hosts.engine_for(key.engine))  # a gone engine is no error
+        sandbox.destroy()
 
     def _setup(self, snapshot: Snapshot, log: Callable[[dict], None] | None,
                cancel: threading.Event | None) -> Setup | None:
@@ -267,7 +355,9 @@ class SandboxManager:
 
     def list(self) -> list[dict]:
         if self.backend_name() == "docker":
-            return self.engines().list_sandboxes(self.owner)
+            # a claimed warm sandbox's tree and task are in its directory's labels, not its container's
+            claimed = {labels["offload.sandbox"]: labels for _, labels in layer.directories(self.cache_dir)}
+            return [{**claimed.get(s["offload.sandbox"], {}), **s} for s in self.engines().list_sandboxes(self.owner)]
         return bwrap_backend.list_sandboxes(self.cache_dir, self.owner)
 
     def destroy(self, sandbox_id: str) -> None:
@@ -276,6 +366,9 @@ class SandboxManager:
             sandbox.destroy()
 
     def close(self) -> None:
+        """Destroy every sandbox of this manager, the warm ones included."""
+        if self._pool is not None:
+            self._pool.close()
         for sandbox_id in list(self._sandboxes):
             self.destroy(sandbox_id)
 

@@ -40,6 +40,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "docker_host": "",
         "snapshot_cache": "20g",
         "docker_hosts": [],  # several engines: unix:///…, ssh://user@host, tcp://host:2376 (TLS)
+        "warm": 0,  # started sandboxes kept ready per engine and image by the language server; 0: none
     },
     "tasks": {"concurrency": 4, "attempts": 1},
     "budget": {"max_steps": 60, "max_tokens": 2_000_000, "max_cost_usd": 5.0, "max_minutes": 60.0},
@@ -65,6 +66,8 @@ def _check(key: str, value: Any) -> None:
         for name in value:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 raise ConfigError(f"{key}: {name!r} is not an environment variable name")
+    if key == "sandbox.warm" and (type(value) is not int or value < 0):
+        raise ConfigError(f"{key} must be a number of sandboxes, 0 or more, got {value!r}")
     if key == "sandbox.setup_timeout" and not value > 0:
         raise ConfigError(f"{key} must be a number of minutes above 0, got {value!r}")
 

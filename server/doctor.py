@@ -120,8 +120,11 @@ def _checks() -> list[dict]:
     auto = ("docker" if docker_works else None) if ok["docker"] else ("bubblewrap" if ok["bubblewrap"] else None)
     chosen = {"docker": "docker" if docker_works else None, "bubblewrap": "bubblewrap" if ok["bubblewrap"] else None,
               "auto": auto}.get(backend)
+    warm = config.get("sandbox.warm")
     check("sandbox", chosen is not None, f"sandbox.backend = {backend!r}" + (f": tasks run on {chosen}" if chosen else
-          ": no backend it allows works here"), "fix a backend above, or set sandbox.backend to one that works")
+          ": no backend it allows works here") + (f"; the language server keeps {warm} started for its next tasks "
+                                                  "(sandbox.warm)" if chosen and warm else ""),
+          "fix a backend above, or set sandbox.backend to one that works")
     try:
         model = cfg.resolve_model(config)
         check("model", True, f"{model['name']} at {model['base_url'] or 'api.openai.com'} ({config.get('model.api')} API)")

@@ -10,18 +10,18 @@ import secrets
 import socket
 import subprocess
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
 
 from offload.sandbox.errors import SandboxError
+from offload.sandbox.manager import SandboxConfig, SandboxManager
 from tests.conftest import git, make_repo
 from tests.test_sandbox_backends import (  # noqa: F401  (fixtures)
     backend,
     bubblewrap,
     host_processes_mentioning,
-    make_manager,
-    sandbox,
     wait_until,
 )
 
@@ -30,13 +30,45 @@ def python(sandbox, source: str, *args: str, timeout: float = 60, **kw):
     return sandbox.run(["python3", "-c", source, *args], timeout=timeout, **kw)
 
 
+@pytest.fixture(params=["cold", "warm"])
+def start(request) -> str:
+    """How every sandbox of a test starts: for it (cold), or claimed from the warm pool (`sandbox.warm`)."""
+    return request.param
+
+
 @pytest.fixture
-def sandbox_factory(make_manager, sample_repo):
+def make_manager(backend, start, tmp_path):
+    """SandboxManager factory on the backend under test; with `warm`, one sandbox is ready before the
+    manager is handed out, so its first sandbox is a claimed warm one. Everything goes at the end."""
+    managers = []
+
+    def make(**settings) -> SandboxManager:
+        manager = SandboxManager(SandboxConfig(backend=backend, warm=int(start == "warm"), **settings),
+                                 tmp_path / "cache", owner=f"offload-test-{uuid.uuid4().hex[:8]}")
+        managers.append(manager)
+        manager.prewarm()
+        assert wait_until(lambda: manager.warm_ready() == int(start == "warm"), timeout=60)
+        return manager
+
+    yield make
+    for manager in managers:
+        manager.close()
+
+
+@pytest.fixture
+def sandbox_factory(make_manager, sample_repo, start):
     """Sandboxes over the sample repository with the given sandbox settings."""
     def make(**settings):
         manager = make_manager(**settings)
-        return manager.create(manager.snapshot(sample_repo))
+        sandbox = manager.create(manager.snapshot(sample_repo))
+        assert sandbox.warm == (start == "warm")
+        return sandbox
     return make
+
+
+@pytest.fixture
+def sandbox(sandbox_factory):
+    return sandbox_factory()
 
 
 @pytest.fixture

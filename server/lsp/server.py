@@ -61,11 +61,13 @@ class OffloadServer(LanguageServer):
         except BrokenPipeError:
             log.error("the client closed the connection")
         finally:
+            if self.manager is not None:
+                self.manager.close()  # the warm sandboxes kept for later tasks
             self.shutdown()
 
     def tasks(self) -> TaskManager:
         if self.manager is None:
-            self.manager = TaskManager()
+            self.manager = TaskManager(long_lived=True)
             self.manager.listeners.append(self.task_listener())
         return self.manager
 
@@ -403,7 +405,7 @@ def initialize(ls: OffloadServer, params: types.InitializeParams) -> None:
     options = params.initialization_options
     if isinstance(options, dict) and isinstance(options.get("settings"), dict):
         options = options["settings"]
-    ls.manager = TaskManager(overrides=options if isinstance(options, dict) else None)
+    ls.manager = TaskManager(overrides=options if isinstance(options, dict) else None, long_lived=True)
     ls.manager.listeners.append(ls.task_listener())
 
 

@@ -49,10 +49,15 @@ class _Running:
 
 class TaskManager:
     def __init__(self, state_dir: Path | None = None, cache_dir: Path | None = None,
-                 overrides: dict | None = None) -> None:
+                 overrides: dict | None = None, long_lived: bool = False) -> None:
+        """`long_lived`: this process runs task after task (the language server), so the sandbox
+        managers, with their warm sandboxes (`sandbox.warm`), are kept from one task to the next."""
         self.store = TaskStore(state_dir or cfg.state_dir())
         self.cache_dir = Path(cache_dir or cfg.cache_dir())
         self.overrides = overrides or {}
+        self.long_lived = long_lived
+        self._sandbox_managers: dict[str, SandboxManager] = {}  # by configuration, when long-lived
+        self._sandbox_managers_lock = threading.Lock()
         self.listeners: list[Listener] = []
         self._running: dict[str, _Running] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -67,6 +72,30 @@ class TaskManager:
         if sandboxes is None:
             sandboxes = SandboxManager(_sandbox_config(cfg.load_config(Path.cwd(), self.overrides)), self.cache_dir)
         return sandboxes.sweep()
+
+    def sandboxes(self, config: cfg.Config) -> SandboxManager:
+        """The sandbox manager for a task with this configuration: when long-lived, the one kept for
+        it (made, and its warm pool started, on first use); else a new one, without warm sandboxes."""
+        settings = _sandbox_config(config)
+        if not self.long_lived:
+            settings.warm = 0  # one task per process: a sandbox started ahead would wait for nothing
+            return SandboxManager(settings, self.cache_dir, owner=f"offload-{os.getpid()}")
+        with self._sandbox_managers_lock:
+            manager = self._sandbox_managers.get(repr(settings))
+            made = manager is None
+            if made:
+                manager = self._sandbox_managers[repr(settings)] = SandboxManager(
+                    settings, self.cache_dir, owner=f"offload-{os.getpid()}")
+        if made:
+            manager.prewarm()
+        return manager
+
+    def close(self) -> None:
+        """Destroy the sandboxes kept for later tasks (at the language server's exit)."""
+        with self._sandbox_managers_lock:
+            managers, self._sandbox_managers = list(self._sandbox_managers.values()), {}
+        for manager in managers:
+            manager.close()
 
     # ---- queries -------------------------------------------------------------------------
     def recover(self) -> list[dict]:
@@ -267,7 +296,7 @@ class TaskManager:
                     return self._set_state(record, "cancelled", "cancelled before it started")
                 self._set_state(record, "preparing", "snapshotting the workspace and starting a sandbox")
                 model_settings = cfg.resolve_model(config)
-                sandboxes = SandboxManager(_sandbox_config(config), self.cache_dir, owner=f"offload-{os.getpid()}")
+                sandboxes = await asyncio.to_thread(self.sandboxes, config)
                 if not self._swept:  # start-up: what dead processes left goes first
                     await asyncio.to_thread(self.sweep, sandboxes)
                 if followup is None:
@@ -315,7 +344,7 @@ class TaskManager:
             if followup is not None:
                 await asyncio.to_thread(self._restore, record, sandbox)
             emit("sandbox", {"sandbox": sandbox.id, "backend": sandbox.backend.backend,
-                             "base": snapshot.base, "workdir": sandbox.workdir})
+                             "base": snapshot.base, "workdir": sandbox.workdir, "warm": sandbox.warm})
             if cancel.is_set():
                 return AgentResult("cancelled", "cancelled while preparing"), None, ""
             if record["state"] == "preparing":
@@ -340,7 +369,7 @@ class TaskManager:
                 return result, await asyncio.to_thread(sandbox.export), await asyncio.to_thread(sandbox.diff)
             return result, None, ""
         finally:
-            await asyncio.to_thread(sandbox.destroy)
+            await asyncio.to_thread(sandboxes.destroy, sandbox.id)
 
     def _finish(self, record: dict, result: AgentResult, changes: list[ChangedFile] | None, diff: str) -> None:
         """A lone run's ending: its message, its change for review, its state."""
@@ -568,5 +597,5 @@ def _sandbox_config(config: cfg.Config) -> SandboxConfig:
         snapshot_cache=config.get("sandbox.snapshot_cache"),
         docker_host=config.get("sandbox.docker_host") or None, docker_hosts=list(config.get("sandbox.docker_hosts")),
         setup=config.get("sandbox.setup"), setup_secrets=list(config.get("sandbox.setup_secrets")),
-        setup_timeout=config.get("sandbox.setup_timeout"),
+        setup_timeout=config.get("sandbox.setup_timeout"), warm=config.get("sandbox.warm"),
     )
