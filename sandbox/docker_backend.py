@@ -309,13 +309,15 @@ def list_sandboxes(client: docker.DockerClient, owner_name: str | None = None) -
 
 def sweep(client: docker.DockerClient | None, cache_dir: Path) -> list[str]:
     """Remove what Docker sandboxes of processes of this machine that died left: containers,
-    volumes and layers (the layers of this cache even when no engine answers)."""
+    volumes, setup networks and layers (the layers of this cache even when no engine answers)."""
     removed, left = [], {}
     if client is not None:
         for c in client.api.containers(all=True, filters={"label": ["offload.sandbox", owner.LABEL]}):
             left.setdefault(c["Labels"]["offload.sandbox"], {}).update(c["Labels"], container=c["Id"])
         for v in client.api.volumes(filters={"label": ["offload.sandbox", owner.LABEL]}).get("Volumes") or []:
             left.setdefault(v["Labels"]["offload.sandbox"], {}).update(v["Labels"], volume=v["Name"])
+        for n in client.api.networks(filters={"label": ["offload.sandbox", owner.LABEL]}):  # a setup's bridge
+            left.setdefault(n["Labels"]["offload.sandbox"], {}).update(n["Labels"], network=n["Id"])
     for directory, labels in layer.directories(cache_dir):
         if labels.get("offload.backend") == "docker":
             left.setdefault(labels["offload.sandbox"], {}).update(labels, directory=str(directory))
@@ -328,6 +330,8 @@ def sweep(client: docker.DockerClient | None, cache_dir: Path) -> list[str]:
             directory = None  # a label naming some other place: not ours to delete
         try:
             _remove(client, found.get("container"), found.get("volume"), directory)
+            if found.get("network"):
+                client.api.remove_network(found["network"])
         except docker.errors.DockerException:
             continue  # left for the next sweep
         removed.append(sandbox_id)

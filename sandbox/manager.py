@@ -19,6 +19,7 @@ from typing import NamedTuple
 from . import bwrap_backend, docker_backend, hosts, layer
 from .pool import WarmPool
 from .setup import Environment, Setup
+from .setup import sweep as sweep_setups
 from .channel import ExecResult
 from .errors import SandboxError
 from .image import DEFAULT_IMAGE
@@ -374,10 +375,11 @@ class SandboxManager:
 
     def sweep(self) -> list[str]:
         """Remove what sandboxes of processes of this machine that died left behind, on both
-        backends: containers, volumes, layers, directories, cgroups, processes. Returns their ids."""
+        backends: containers, volumes, layers, directories, cgroups, processes, unfinished setups.
+        Returns their ids."""
         try:
             clients = [engine.client for engine in self.engines().answering()]
         except SandboxError:  # a malformed sandbox.docker_hosts
             clients = []
         removed = [i for client in clients or [None] for i in docker_backend.sweep(client, self.cache_dir)]
-        return removed + bwrap_backend.sweep(self.cache_dir)
+        return removed + bwrap_backend.sweep(self.cache_dir) + sweep_setups(self.cache_dir)

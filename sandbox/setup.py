@@ -46,6 +46,7 @@ from .errors import SandboxError
 from .image import SANDBOX_UID
 
 IMAGE = "offload-setup"  # the repository of setup images: offload-setup:<key16>
+OWNER = ".owner"  # in an unfinished result's directory: the process making it
 EXPORT = "/offload-export"  # where a setup sandbox copies what later sandboxes keep
 LOCKFILES = frozenset({
     "pyproject.toml", "setup.py", "setup.cfg", "poetry.lock", "uv.lock", "Pipfile", "Pipfile.lock",
@@ -263,6 +264,7 @@ class Setup:
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f".new-{uuid.uuid4().hex[:12]}"
         staging.mkdir()
+        (staging / OWNER).write_text(owner.label())  # so a sweep can tell a dead process's leftovers
         return staging
 
     def _environment(self, key: str, image: str | None, layers: bool) -> Environment:
@@ -374,6 +376,20 @@ class Setup:
 
 def _root(cache_dir: Path) -> Path:
     return Path(cache_dir) / "setup"
+
+
+def sweep(cache_dir: Path) -> list[str]:
+    """Remove the unfinished setup results of processes of this machine that died."""
+    removed = []
+    for staging in _root(cache_dir).glob(".new-*"):
+        try:
+            label = (staging / OWNER).read_text()
+        except OSError:
+            continue
+        if owner.dead({owner.LABEL: label}):
+            shutil.rmtree(staging, ignore_errors=True)
+            removed.append(staging.name)
+    return removed
 
 
 def cached_results(cache_dir: Path) -> list[str]:

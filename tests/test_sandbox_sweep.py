@@ -7,7 +7,10 @@ import json
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+
+import docker.errors
 
 from offload.sandbox import owner
 from offload.sandbox.manager import SandboxConfig, SandboxManager
@@ -134,3 +137,33 @@ async def test_the_language_server_sweeps_when_it_starts(client, docker_engine, 
         while any(Path(m["directory"]).exists() for m in made) or mounts_under(cache):
             await asyncio.sleep(0.1)
     assert not docker_engine.containers.list(all=True, filters={"label": "offload.owner=offload-doomed"})
+
+
+def test_a_dead_process_s_unfinished_setup_is_swept(docker_engine, tmp_path):
+    """A setup killed mid-way leaves its bridge network and its unfinished result; the sweep takes
+    both, and leaves a live process's alone."""
+    cache = tmp_path / "cache"
+    dead_child = subprocess.Popen(["true"])
+    dead_child.wait()
+    host, boot, _, _ = owner.label().split("/")
+    dead = f"{host}/{boot}/{dead_child.pid}/1"
+    made = {}
+    for who, label in (("dead", dead), ("live", owner.label())):
+        staging = cache / "setup" / f".new-{who}"
+        staging.mkdir(parents=True)
+        (staging / ".owner").write_text(label)
+        made[who] = docker_engine.networks.create(
+            f"offload-setup-test-{who}-{uuid.uuid4().hex[:6]}", driver="bridge",
+            labels={"offload.sandbox": f"setup-{who}", owner.LABEL: label, "offload.backend": "docker"})
+    try:
+        removed = SandboxManager(SandboxConfig(backend="docker"), cache).sweep()
+        assert "setup-dead" in removed and ".new-dead" in removed and "setup-live" not in removed
+        assert [p.name for p in (cache / "setup").glob(".new-*")] == [".new-live"]
+        names = {n.name for n in docker_engine.networks.list(names=[made["dead"].name, made["live"].name])}
+        assert names == {made["live"].name}
+    finally:
+        for network in made.values():
+            try:
+                network.remove()
+            except docker.errors.NotFound:
+                pass
