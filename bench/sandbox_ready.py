@@ -52,8 +52,9 @@ def make_repo(path: Path, files: int) -> Path:
     return path
 
 
-def ready_ms(manager: SandboxManager, snapshot, runs: int, **create) -> list[float]:
-    """Time to a first answer for `runs` sandboxes, one at a time, after one not counted."""
+def ready_ms(manager: SandboxManager, snapshot, runs: int, check: tuple[str, ...] = ("true",),
+             **create) -> list[float]:
+    """Time to a first answer (of `check`) for `runs` sandboxes, one at a time, after one not counted."""
     times = []
     for i in range(runs + 1):
         while manager.config.warm and manager.warm_ready() < manager.config.warm:
@@ -61,7 +62,7 @@ def ready_ms(manager: SandboxManager, snapshot, runs: int, **create) -> list[flo
         os.sync()  # the repositories and copies just written must not be flushed during a measurement
         start = time.perf_counter()
         sandbox = manager.create(snapshot, **create)
-        result = sandbox.run(["true"])
+        result = sandbox.run(list(check))
         elapsed = (time.perf_counter() - start) * 1000
         manager.destroy(sandbox.id)
         assert result.exit_code == 0, result.output

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.sandbox_ready import ready_ms  # noqa: E402
 from offload.sandbox.manager import SandboxConfig, SandboxManager  # noqa: E402
 from offload.sandbox.setup import IMAGE  # noqa: E402
 
@@ -38,21 +39,6 @@ def make_repo(path: Path) -> Path:
     return path
 
 
-def ready_ms(manager: SandboxManager, snapshot, runs: int, check: list[str]) -> list[float]:
-    """Time to a first answer for `runs` sandboxes, one at a time, after one not counted."""
-    times = []
-    for i in range(runs + 1):
-        start = time.perf_counter()
-        sandbox = manager.create(snapshot)
-        result = sandbox.run(check)
-        elapsed = (time.perf_counter() - start) * 1000
-        manager.destroy(sandbox.id)
-        assert result.exit_code == 0, result.output
-        if i:
-            times.append(elapsed)
-    return times
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--runs", type=int, default=15)
@@ -67,12 +53,12 @@ def main() -> int:
             repo = make_repo(Path(tmp) / "repo")
             plain = SandboxManager(SandboxConfig(backend=backend), Path(tmp) / "cache", owner="offload-bench")
             snapshot = plain.snapshot(repo)
-            without = ready_ms(plain, snapshot, args.runs, ["cat", "index.js"])
+            without = ready_ms(plain, snapshot, args.runs, ("cat", "index.js"))
             setup = SandboxManager(SandboxConfig(backend=backend, setup=script), Path(tmp) / "cache", owner="offload-bench")
             start = time.perf_counter()
             setup.destroy(setup.create(snapshot).id)
             first = time.perf_counter() - start
-            cached = ready_ms(setup, snapshot, args.runs, ["sh", "-c", "cat node_modules/m1.js ~/.setup-done"])
+            cached = ready_ms(setup, snapshot, args.runs, ("sh", "-c", "cat node_modules/m1.js ~/.setup-done"))
             extra = statistics.median(cached) - statistics.median(without)
             missed |= extra > GOAL_EXTRA_MS
             print(f"{backend:<12} {statistics.median(without):>10.0f} ms {statistics.median(cached):>8.0f} ms "

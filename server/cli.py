@@ -132,7 +132,7 @@ async def _run_task(args: argparse.Namespace, kind: str) -> int:
 
 
 def _print_attempts(record: dict, stream) -> None:
-    """A best-of-N task's attempts, best first as ranked, the chosen one marked."""
+    """A best-of-N task's attempts in their order, the chosen one marked."""
     for a in record.get("attempt_results") or []:
         mark = "*" if a["attempt"] == record.get("attempt") else " "
         print(f"{mark} attempt {a['attempt']}: {a['state']:<9} {a['passed']} passed, {a['failed']} failed, "

@@ -171,7 +171,8 @@ async def test_quick_fix_on_a_diagnostic_offers_offload(client, fake_model, tmp_
     assert "add() subtracts" in command.arguments[0]["prompt"]
 
 
-async def test_review_hunk_by_hunk_in_the_editor(client, fake_model, tmp_path):
+async def two_hunks_under_review(client: LanguageClient, fake_model, tmp_path):
+    """calc.py open in a VS Code-like editor, and a finished task proposing two hunks in it."""
     repo = make_repo(tmp_path / "calc")
     editor = await start(client, repo, fake_model, "visual-studio-code", "fix-and-document")
     uri = from_fs_path(str(repo / "calc.py"))
@@ -181,6 +182,11 @@ async def test_review_hunk_by_hunk_in_the_editor(client, fake_model, tmp_path):
     task_id = (await execute(client, "offload.code", {"prompt": "Fix add and document multiply"}))["taskId"]
     await editor.until(lambda: editor.state(task_id) == "finished")
     await editor.until(lambda: len(client.diagnostics.get(uri, [])) == 2, timeout=10)
+    return repo, editor, uri, before, task_id
+
+
+async def test_review_hunk_by_hunk_in_the_editor(client, fake_model, tmp_path):
+    repo, editor, uri, before, task_id = await two_hunks_under_review(client, fake_model, tmp_path)
 
     fix, comment = sorted(client.diagnostics[uri], key=lambda d: d.range.start.line)
     assert fix.source == "offload" and fix.severity == types.DiagnosticSeverity.Information

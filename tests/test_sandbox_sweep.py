@@ -46,6 +46,17 @@ time.sleep(300)
 """
 
 
+def killed_after_making_sandboxes(cache: Path, repo: Path, backend: str) -> list[dict]:
+    """What a process made (two sandboxes over `repo`, busy) before it was killed with SIGKILL."""
+    host = subprocess.Popen([sys.executable, "-c", HOST_THAT_DIES, str(cache), str(repo), backend],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        return json.loads(host.stdout.readline())
+    finally:
+        host.send_signal(signal.SIGKILL)
+        host.wait()
+
+
 def mounts_under(path: Path) -> list[str]:
     return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
             if line.split()[4].startswith(str(path))]
@@ -55,13 +66,7 @@ def test_a_killed_owner_leaves_nothing_after_the_sweep(backend, sample_repo, tmp
     cache = tmp_path / "cache"
     live = SandboxManager(SandboxConfig(backend=backend), cache, owner="offload-alive")
     survivor = live.create(live.snapshot(sample_repo))  # a live owner's sandbox in the same cache
-    host = subprocess.Popen([sys.executable, "-c", HOST_THAT_DIES, str(cache), str(sample_repo), backend],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        made = json.loads(host.stdout.readline())
-    finally:
-        host.send_signal(signal.SIGKILL)
-        host.wait()
+    made = killed_after_making_sandboxes(cache, sample_repo, backend)
     try:
         ids = {m["id"] for m in made}
         assert wait_until(lambda: not any(host_processes_mentioning(i) for i in ids), 30), "a sandbox outlived its owner"
@@ -105,13 +110,7 @@ def test_only_what_a_dead_process_of_this_machine_left_is_judged_dead():
 
 def test_a_task_sweeps_first(backend, fake_model, sample_repo, isolated_dirs):
     cache = Path(isolated_dirs["XDG_CACHE_HOME"]) / "offload"
-    host = subprocess.Popen([sys.executable, "-c", HOST_THAT_DIES, str(cache), str(sample_repo), backend],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        made = json.loads(host.stdout.readline())
-    finally:
-        host.send_signal(signal.SIGKILL)
-        host.wait()
+    made = killed_after_making_sandboxes(cache, sample_repo, backend)
     assert all(Path(m["directory"]).exists() for m in made)
     env = {"OPENAI_BASE_URL": fake_model.base_url, "OPENAI_API_KEY": "test-key",
            "OFFLOAD_MODEL_NAME": "fix-failing-test", "OFFLOAD_SANDBOX_BACKEND": backend}
@@ -124,13 +123,7 @@ def test_a_task_sweeps_first(backend, fake_model, sample_repo, isolated_dirs):
 async def test_the_language_server_sweeps_when_it_starts(client, docker_engine, fake_model, sample_repo,  # noqa: F811
                                                         isolated_dirs):
     cache = Path(isolated_dirs["XDG_CACHE_HOME"]) / "offload"
-    host = subprocess.Popen([sys.executable, "-c", HOST_THAT_DIES, str(cache), str(sample_repo), "docker"],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        made = json.loads(host.stdout.readline())
-    finally:
-        host.send_signal(signal.SIGKILL)
-        host.wait()
+    made = killed_after_making_sandboxes(cache, sample_repo, "docker")
     assert all(Path(m["directory"]).exists() for m in made)
     await start(client, sample_repo, fake_model, "visual-studio-code")
     async with asyncio.timeout(60):

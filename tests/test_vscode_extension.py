@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import part_missing
+
 EXTENSION = Path(__file__).resolve().parent.parent / "vscode-extension"
 
 
@@ -20,10 +22,7 @@ def missing(*tools: str) -> None:
     """Skip (locally) or fail (CI) when a tool the extension's tests need is not installed."""
     absent = [tool for tool in tools if shutil.which(tool) is None]
     if absent:
-        problem = f"{', '.join(absent)} not found: run vscode-extension/scripts/setup-e2e.sh"
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
+        part_missing(f"{', '.join(absent)} not found: run vscode-extension/scripts/setup-e2e.sh")
 
 
 def run(*command: str, timeout: float, env: dict | None = None) -> None:
