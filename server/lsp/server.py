@@ -67,7 +67,7 @@ class OffloadServer(LanguageServer):
 
     def tasks(self) -> TaskManager:
         if self.manager is None:
-            self.manager = TaskManager(long_lived=True)
+            self.manager = TaskManager(worker=True)
             self.manager.listeners.append(self.task_listener())
         return self.manager
 
@@ -250,21 +250,23 @@ class OffloadServer(LanguageServer):
         file = root / path
         return file.read_bytes() if file.is_file() else None
 
-    def publish_review(self, task_id: str | None = None) -> None:
-        """An Information diagnostic over each pending hunk, per file (and clear reviewed files)."""
+    def publish_review(self, task_id: str | None = None, uri: str | None = None) -> None:
+        """An Information diagnostic over each pending hunk, per file (and clear reviewed files).
+        With `uri`, that file's only: the user typed in it, and nothing else moved."""
         by_uri: dict[str, list[types.Diagnostic]] = {}
         records = self.records()
-        touched = {from_fs_path(str(Path(r["repo"]) / c["path"]))
-                   for r in records if task_id in (None, r["id"]) for c in r.get("changes", [])}
+        touched = set() if uri else {from_fs_path(str(Path(r["repo"]) / c["path"]))
+                                     for r in records if task_id in (None, r["id"]) for c in r.get("changes", [])}
         for record, hunk, change in self.pending_hunks(records):
             root = Path(record["repo"])
-            uri = from_fs_path(str(root / hunk.path))
-            current = self.current_bytes(root, hunk.path)
-            span = locate(hunk, change.base, current)
+            hunk_uri = from_fs_path(str(root / hunk.path))
+            if uri not in (None, hunk_uri):
+                continue
+            span = locate(hunk, change.base, self.current_bytes(root, hunk.path))
             start, end = span if span else (0, 0)
             message = (f"Offload ({record['prompt'][:40]}): proposed change, +{hunk.added} −{hunk.removed} lines"
                        + ("" if span else " — your edits overlap it"))
-            by_uri.setdefault(uri, []).append(types.Diagnostic(
+            by_uri.setdefault(hunk_uri, []).append(types.Diagnostic(
                 range=types.Range(types.Position(start, 0), types.Position(max(end, start + 1), 0)),
                 message=message, severity=types.DiagnosticSeverity.Information, source="offload",
                 code="proposal", data={"taskId": record["id"], "hunkId": hunk.id, "located": span is not None}))
@@ -272,18 +274,24 @@ class OffloadServer(LanguageServer):
             if record["kind"] != "code" or record.get("discarded") or record["state"] not in ("finished", "failed"):
                 continue
             for failure in record.get("failures", []):
+                failure_uri = from_fs_path(str(Path(record["repo"]) / failure["path"]))
+                if uri not in (None, failure_uri):
+                    continue
                 line = max(failure["line"] - 1, 0)
-                by_uri.setdefault(from_fs_path(str(Path(record["repo"]) / failure["path"])), []).append(
-                    types.Diagnostic(
-                        range=types.Range(types.Position(line, 0), types.Position(line + 1, 0)),
-                        message=f"Offload ({record['prompt'][:40]}): a check still fails here: {failure['message']}",
-                        severity=types.DiagnosticSeverity.Warning, source="offload", code="check-failed",
-                        data={"taskId": record["id"]}))
-        for uri in touched | set(self.published) | set(by_uri):
+                by_uri.setdefault(failure_uri, []).append(types.Diagnostic(
+                    range=types.Range(types.Position(line, 0), types.Position(line + 1, 0)),
+                    message=f"Offload ({record['prompt'][:40]}): a check still fails here: {failure['message']}",
+                    severity=types.DiagnosticSeverity.Warning, source="offload", code="check-failed",
+                    data={"taskId": record["id"]}))
+        for target in {uri} if uri else touched | self.published | set(by_uri):
             self.text_document_publish_diagnostics(
-                types.PublishDiagnosticsParams(uri=uri, diagnostics=by_uri.get(uri, [])))
-        self.published = set(by_uri)
-        self.published_tasks = {d.data["taskId"] for ds in by_uri.values() for d in ds}
+                types.PublishDiagnosticsParams(uri=target, diagnostics=by_uri.get(target, [])))
+        tasks = {d.data["taskId"] for ds in by_uri.values() for d in ds}
+        if uri:
+            self.published = (self.published - {uri}) | set(by_uri)
+            self.published_tasks |= tasks  # at worst a task too many, whose review is published again
+            return  # the lenses of the file the user is typing in follow from its next request
+        self.published, self.published_tasks = set(by_uri), tasks
         if _supports(self, "workspace", "code_lens", "refresh_support"):
             self.spawn(self._refresh_code_lens())
 
@@ -405,7 +413,7 @@ def initialize(ls: OffloadServer, params: types.InitializeParams) -> None:
     options = params.initialization_options
     if isinstance(options, dict) and isinstance(options.get("settings"), dict):
         options = options["settings"]
-    ls.manager = TaskManager(overrides=options if isinstance(options, dict) else None, long_lived=True)
+    ls.manager = TaskManager(overrides=options if isinstance(options, dict) else None, worker=True)
     ls.manager.listeners.append(ls.task_listener())
 
 
@@ -602,7 +610,7 @@ def code_lens(ls: OffloadServer, params: types.CodeLensParams) -> list[types.Cod
 def document_changed(ls: OffloadServer, params) -> None:
     """Hunk diagnostics follow the user's edits (only files that carry them are worth the work)."""
     if params.text_document.uri in ls.published:
-        ls.publish_review()
+        ls.publish_review(uri=params.text_document.uri)
 
 
 def serve(tcp: str | None = None) -> None:

@@ -32,6 +32,7 @@ from .failures import failure_locations
 from .merge import Merged
 from .review import Hunk, accept, hunks, with_hunks
 from .store import TaskStore
+from .worker import Worker
 
 FINAL_STATES = ("finished", "failed", "cancelled")
 Listener = Callable[[dict, dict], None]  # (task record, event)
@@ -49,9 +50,11 @@ class _Running:
 
 class TaskManager:
     def __init__(self, state_dir: Path | None = None, cache_dir: Path | None = None,
-                 overrides: dict | None = None, long_lived: bool = False) -> None:
-        """`long_lived`: this process runs task after task (the language server), so the sandbox
-        managers, with their warm sandboxes (`sandbox.warm`), are kept from one task to the next."""
+                 overrides: dict | None = None, long_lived: bool = False, worker: bool = False) -> None:
+        """`long_lived`: this process runs task after task, so the sandbox managers, with their warm
+        sandboxes (`sandbox.warm`), are kept from one task to the next. `worker`: the tasks run in a
+        child process (see `worker`), which is long-lived: the language server's way, whose own
+        thread must stay free for the editor."""
         self.store = TaskStore(state_dir or cfg.state_dir())
         self.cache_dir = Path(cache_dir or cfg.cache_dir())
         self.overrides = overrides or {}
@@ -64,6 +67,8 @@ class TaskManager:
         self._loop_lock = threading.Lock()
         self._slots: asyncio.Semaphore | None = None
         self._swept = False
+        self._worker = Worker({"state_dir": str(self.store.root.parent), "cache_dir": str(self.cache_dir),
+                               "overrides": self.overrides}, self._notify, self._lost) if worker else None
 
     def sweep(self, sandboxes: SandboxManager | None = None) -> list[str]:
         """Remove what sandboxes of processes that died left (containers, volumes, directories);
@@ -91,7 +96,9 @@ class TaskManager:
         return manager
 
     def close(self) -> None:
-        """Destroy the sandboxes kept for later tasks (at the language server's exit)."""
+        """Destroy the sandboxes kept for later tasks, and end the worker (at the language server's exit)."""
+        if self._worker is not None:
+            self._worker.close()
         with self._sandbox_managers_lock:
             managers, self._sandbox_managers = list(self._sandbox_managers.values()), {}
         for manager in managers:
@@ -157,9 +164,7 @@ class TaskManager:
         }
         self.store.create(record)
         self._emit(record, "state", {"state": "queued"})
-        running = _Running(threading.Event())
-        self._running[record["id"]] = running
-        running.job = self._start(self._run(record, running.cancel))
+        self._launch(record)
         return record
 
     def follow_up(self, task_id: str, prompt: str) -> dict:
@@ -169,7 +174,6 @@ class TaskManager:
             raise TaskError("a follow-up needs a prompt")
         if record["state"] not in FINAL_STATES:
             raise TaskError(f"task {record['id']} is {record['state']}; follow up when it has ended")
-        ending = self._running.get(record["id"])  # the last run may still be cleaning up its sandbox
         if not record.get("tree"):
             raise TaskError(f"task {record['id']} never got a sandbox; start a new task instead")
         rejected = [h for h, status, _ in self.hunks(record["id"]) if status == "rejected"]
@@ -182,15 +186,7 @@ class TaskManager:
         self._emit(record, "followup", {"prompt": prompt, "text": text, "rejected": [h.id for h in rejected]})
         record.update(discarded=False, interrupted=False, owner=owner.current())
         self._set_state(record, "queued", "follow-up")
-        running = _Running(threading.Event())
-        self._running[record["id"]] = running
-
-        async def after_last_run() -> None:
-            if ending and ending.job:
-                await asyncio.shield(asyncio.wrap_future(ending.job))
-            await self._run(record, running.cancel, followup=text, prior=prior)
-
-        running.job = self._start(after_last_run())
+        self._launch(record, text, prior)
         return record
 
     def conversation(self, task_id: str) -> list[dict]:
@@ -240,6 +236,31 @@ class TaskManager:
                 sandbox.runner.write_file(path, content)
         sandbox.commit("Work so far")
 
+    def _launch(self, record: dict, followup: str | None = None,
+                prior: list[dict] | None = None) -> concurrent.futures.Future:
+        """Run the task (a follow-up when `followup` is given) in the worker, or on this process's
+        task loop; the future is done when the run has ended."""
+        ending = self._running.get(record["id"])  # the last run may still be cleaning up its sandbox
+        running = self._running[record["id"]] = _Running(threading.Event())
+        if self._worker is not None:  # which waits for the last run itself
+            running.job = self._worker.run(record["id"], followup, prior)
+            running.job.add_done_callback(lambda _: self._running.pop(record["id"], None)
+                                          if self._running.get(record["id"]) is running else None)
+            return running.job
+
+        async def work() -> None:
+            if ending and ending.job:
+                await asyncio.shield(asyncio.wrap_future(ending.job))
+            await self._run(record, running.cancel, followup=followup, prior=prior)
+
+        running.job = self._start(work())
+        return running.job
+
+    def run_here(self, task_id: str, followup: str | None = None,
+                 prior: list[dict] | None = None) -> concurrent.futures.Future:
+        """The worker's way in: run a task its parent recorded, here."""
+        return self._launch(self.get(task_id), followup, prior)
+
     def _start(self, work) -> concurrent.futures.Future:
         """Run a task's work on the manager's own event loop, in a thread of its own, so that many
         running agents never hold up the caller's loop: the language server answers at once."""
@@ -262,6 +283,8 @@ class TaskManager:
             raise TaskError(f"task {record['id']} is {record['state']}; only a queued or running task can be cancelled")
         if running is not None:
             running.cancel.set()
+            if self._worker is not None:
+                self._worker.cancel(record["id"])
         else:  # running in another process: it watches for this marker
             (self.store.dir(record["id"]) / "cancel-requested").touch()
         return record
@@ -275,9 +298,20 @@ class TaskManager:
 
     def _emit(self, record: dict, kind: str, data: dict) -> dict:
         event = self.store.append(record["id"], kind, data)
+        self._notify(record, event)
+        return event
+
+    def _notify(self, record: dict, event: dict) -> None:
+        """An event stored here or by the worker, to every listener."""
         for listener in list(self.listeners):
             listener(record, event)
-        return event
+
+    def _lost(self, task_id: str) -> None:
+        """The worker died while running the task: it ends as interrupted, like a task of a killed process."""
+        record = self.store.load(task_id)
+        if record is not None and record["state"] not in FINAL_STATES:
+            self._set_state(record, "failed", "interrupted: the task worker stopped; its history is kept and "
+                            "a follow-up can continue it", interrupted=True)
 
     def _set_state(self, record: dict, state: str, reason: str = "", **fields) -> None:
         record.update(state=state, reason=reason, updated=time.time(), **fields)

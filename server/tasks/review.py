@@ -8,6 +8,7 @@ any order, around the user's own edits; rejecting one records it for the next fo
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass
 
 from offload.sandbox.manager import ChangedFile
@@ -40,18 +41,28 @@ def _lines(data: bytes | None) -> list[str]:
     return [] if data is None else data.decode("utf-8", errors="replace").splitlines(keepends=True)
 
 
+@functools.lru_cache(maxsize=128)
+def _opcodes(a: bytes | None, b: bytes | None) -> tuple[tuple[str, int, int, int, int], ...]:
+    """How the lines of `a` became those of `b`. Cached: the editor asks again at every keystroke,
+    and tasks started from the same snapshot share their files' base."""
+    return tuple(difflib.SequenceMatcher(a=_lines(a), b=_lines(b), autojunk=False).get_opcodes())
+
+
 def hunks(change: ChangedFile) -> list[Hunk]:
     """The hunks of one changed file; an added or deleted file is one hunk."""
-    base, result = _lines(change.base), _lines(change.result)
-    matcher = difflib.SequenceMatcher(a=base, b=result, autojunk=False)
+    return list(_hunks(change.path, change.base, change.result))
+
+
+@functools.lru_cache(maxsize=128)
+def _hunks(path: str, base_data: bytes | None, result_data: bytes | None) -> tuple[Hunk, ...]:
+    base, result = _lines(base_data), _lines(result_data)
     found = []
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+    for tag, i1, i2, j1, j2 in _opcodes(base_data, result_data):
         if tag != "equal":
-            found.append(Hunk(f"{change.path}#{len(found) + 1}", change.path, i1, tuple(base[i1:i2]),
-                              tuple(result[j1:j2])))
-    if not found and change.base != change.result:  # a change git sees but lines don't (mode, bytes)
-        found.append(Hunk(f"{change.path}#1", change.path, 0, tuple(base), tuple(result)))
-    return found
+            found.append(Hunk(f"{path}#{len(found) + 1}", path, i1, tuple(base[i1:i2]), tuple(result[j1:j2])))
+    if not found and base_data != result_data:  # a change git sees but lines don't (mode, bytes)
+        found.append(Hunk(f"{path}#1", path, 0, tuple(base), tuple(result)))
+    return tuple(found)
 
 
 def with_hunks(change: ChangedFile, chosen: list[Hunk]) -> bytes | None:
@@ -75,15 +86,15 @@ def accept(change: ChangedFile, chosen: list[Hunk], current: bytes | None) -> Me
 def locate(hunk: Hunk, base: bytes | None, current: bytes | None) -> tuple[int, int] | None:
     """Where the hunk's base lines are in the current file now (0-based start, end-exclusive), or None
     when the user's edits overlap them."""
-    base_lines, current_lines = _lines(base), _lines(current)
-    matcher = difflib.SequenceMatcher(a=base_lines, b=current_lines, autojunk=False)
+    opcodes = _opcodes(base, current)
     start, end = hunk.base_start, hunk.base_start + len(hunk.base_lines)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+    for tag, i1, i2, j1, j2 in opcodes:
         if tag == "equal":
             if i1 <= start <= i2 and (end <= i2 or start == end):
                 return j1 + (start - i1), j1 + (start - i1) + (end - start)
         elif i1 < end and start < i2 or (start == end and i1 <= start < i2):
             return None  # the user changed these lines too
-    if start == len(base_lines):
-        return len(current_lines), len(current_lines)
+    base_length, current_length = (opcodes[-1][2], opcodes[-1][4]) if opcodes else (0, 0)
+    if start == base_length:
+        return current_length, current_length
     return None
