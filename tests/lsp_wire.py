@@ -1,4 +1,4 @@
-"""`offload serve` in a subprocess, spoken to in raw framed JSON-RPC over its stdio.
+"""`offload serve` in a subprocess, spoken to in raw framed JSON-RPC over its stdio (or over TCP).
 
 The protocol tests write malformed bytes no LSP client library would send, and the benchmarks
 time each message as it arrives; both need the wire itself rather than a client library.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import threading
@@ -25,18 +27,32 @@ class StdioServer:
     (arrival time on `time.monotonic()`, message); its requests to the client are answered by
     `answers[method](message)` (null when no answer is registered)."""
 
-    def __init__(self, env: dict | None = None, cwd: Path | None = None) -> None:
+    def __init__(self, env: dict | None = None, cwd: Path | None = None, tcp: bool = False) -> None:
+        """`tcp`: the server listens (`serve --tcp`, on a port of the OS's choosing) and this connects."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "offload.server.cli", "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env={**os.environ, **(env or {})}, cwd=cwd)
+            [sys.executable, "-m", "offload.server.cli", "serve", *(["--tcp", "127.0.0.1:0"] if tcp else [])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
+            cwd=cwd)
+        self.to_server, self.from_server = self.proc.stdin, self.proc.stdout
         self.messages: list[tuple[float, dict]] = []
         self.stderr: list[str] = []
         self.answers: dict[str, Callable[[dict], Any]] = {}
         self._ids = itertools.count(1)
         self._changed = threading.Condition()
         self._write_lock = threading.Lock()
-        threading.Thread(target=self._read, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
+        if tcp:
+            self.to_server = self.from_server = self._connect()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _connect(self, timeout: float = 30):
+        deadline = time.monotonic() + timeout
+        while not (said := [m for line in self.stderr if (m := re.search(r"serving LSP on \('([\d.]+)', (\d+)\)", line))]):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise TimeoutError("the server never said where it listens:\n" + "".join(self.stderr))
+            time.sleep(0.05)
+        self.socket = socket.create_connection((said[0][1], int(said[0][2])))
+        return self.socket.makefile("rwb")
 
     # ---- the wire --------------------------------------------------------------------------
     @staticmethod
@@ -46,11 +62,11 @@ class StdioServer:
 
     def write(self, data: bytes) -> None:
         with self._write_lock:
-            self.proc.stdin.write(data)
-            self.proc.stdin.flush()
+            self.to_server.write(data)
+            self.to_server.flush()
 
     def _read(self) -> None:
-        out = self.proc.stdout
+        out = self.from_server
         while True:
             length = None
             while True:

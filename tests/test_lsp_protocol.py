@@ -76,6 +76,17 @@ def test_json_that_is_not_a_message_is_an_invalid_request(server, body):
     still_serving(server)
 
 
+def test_over_tcp_the_same_reader_answers_malformed_messages():
+    with StdioServer(tcp=True) as server:
+        since = len(server.messages)
+        server.write(server.frame(b'{"jsonrpc": "2.0", "id": 5, "method": '))
+        assert null_id_error(server, since)["code"] == PARSE_ERROR
+        server.write(b"Content-Length: lots\r\n\r\n")
+        assert "invalid header" in null_id_error(server, since + 1)["message"]
+        assert "capabilities" in server.call("initialize", {"processId": None, "rootUri": None,
+                                                            "capabilities": {}})["result"]
+
+
 def test_an_unknown_method_is_not_found(server):
     reply = server.call("offload/noSuchThing", {})
     assert reply["error"]["code"] == METHOD_NOT_FOUND and "offload/noSuchThing" in reply["error"]["message"]

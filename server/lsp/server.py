@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlparse
 import watchfiles
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
-from pygls.io_ import StdinAsyncReader, StdoutWriter
+from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 from pygls.uris import from_fs_path
 
@@ -53,16 +53,41 @@ class OffloadServer(LanguageServer):
 
     def start_io(self, stdin=None, stdout=None) -> None:
         """Serve over stdio with our reader, which answers malformed messages (see `wire`)."""
-        self._stop_event = threading.Event()
         self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
-        reader = StdinAsyncReader(stdin or sys.stdin.buffer, self.thread_pool)
+
+        async def serve() -> None:
+            await wire.serve(self._stop_event, await wire.reader_for(stdin or sys.stdin.buffer, self.thread_pool),
+                             self.protocol)
+
+        self._serve(serve())
+
+    def start_tcp(self, host: str, port: int) -> None:
+        """Serve the first client to connect to host:port (for debugging), with the same reader."""
+
+        async def serve() -> None:
+            connected: asyncio.Future = asyncio.get_running_loop().create_future()
+            listening = await asyncio.start_server(
+                lambda reader, writer: connected.done() or connected.set_result((reader, writer)), host, port)
+            log.warning("serving LSP on %s", ", ".join(str(s.getsockname()) for s in listening.sockets))
+            async with listening:
+                reader, writer = await connected
+            self.protocol.set_writer(writer)
+            try:
+                await wire.serve(self._stop_event, reader, self.protocol)
+            finally:
+                writer.close()
+
+        self._serve(serve())
+
+    def _serve(self, connection) -> None:
+        self._stop_event = threading.Event()
         try:
-            asyncio.run(wire.serve(self._stop_event, reader, self.protocol))
-        except BrokenPipeError:
+            asyncio.run(connection)
+        except (BrokenPipeError, ConnectionResetError):
             log.error("the client closed the connection")
         finally:
             if self.manager is not None:
-                self.manager.close()  # the warm sandboxes kept for later tasks
+                self.manager.close()  # the worker and its warm sandboxes
             self.shutdown()
 
     def tasks(self) -> TaskManager:

@@ -6,31 +6,36 @@ nothing more is read. This reader finds the next header again, answers a request
 params do not fit its method with `InvalidParams` under the request's id, answers a body
 that is not JSON-RPC with `ParseError` or `InvalidRequest`, and logs a malformed
 notification without acting on it. A client's bad message never stops the server.
+
+Where the OS can poll the input (a pipe, a socket), it is read on the event loop itself:
+pygls's stdin reader hands every line to a thread and back, and under load each hop waits
+for the interpreter lock, which is what an editor's request should never wait for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import threading
-from typing import TYPE_CHECKING
+from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO
 from urllib.parse import unquote
 
 import cattrs
 from lsprotocol import types
 from lsprotocol.types import ErrorCodes
+from pygls.io_ import StdinAsyncReader
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.json_rpc import ResponseErrorMessage
 from pygls.protocol.language_server import lsp_method
-
-if TYPE_CHECKING:
-    from pygls.io_ import AsyncReader
 
 log = logging.getLogger(__name__)
 
 _LENGTH = re.compile(rb"Content-Length:[ \t]*(\d+)[ \t]*\r?\n$", re.IGNORECASE)
 _HEADER = re.compile(rb"[A-Za-z][\w-]*:.*\r?\n$")
+_LINE_LIMIT = 1 << 20  # a longer "header" line is noise, skipped
 
 
 class Protocol(LanguageServerProtocol):
@@ -46,12 +51,29 @@ class Protocol(LanguageServerProtocol):
         return (yield from super().lsp_text_document__did_change(params))
 
 
-async def serve(stop: threading.Event, reader: AsyncReader, protocol: LanguageServerProtocol) -> None:
+async def reader_for(stream: BinaryIO, thread_pool: ThreadPoolExecutor) -> asyncio.StreamReader | StdinAsyncReader:
+    """A reader of `stream` on the running loop, or, for a stream the OS cannot poll (a regular
+    file), pygls's reader through `thread_pool`."""
+    reader = asyncio.StreamReader(limit=_LINE_LIMIT)
+    try:
+        await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stream)
+    except (OSError, ValueError):
+        return StdinAsyncReader(stream, thread_pool)
+    return reader
+
+
+async def serve(stop: threading.Event, reader: asyncio.StreamReader | StdinAsyncReader,
+                protocol: LanguageServerProtocol) -> None:
     """Read framed messages until the stream ends, handing each well-formed one to `protocol`."""
     length: int | None = None
     reported = False  # the bytes being skipped were already answered with an error
     while not stop.is_set():
-        line = await reader.readline()
+        try:
+            line = await reader.readline()
+        except ValueError:  # over the line limit: the reader dropped it
+            _skip(protocol, b"(a line over %d bytes)" % _LINE_LIMIT, reported)
+            length, reported = None, True
+            continue
         if not line:
             break
         if match := _LENGTH.search(line):
@@ -72,8 +94,11 @@ async def serve(stop: threading.Event, reader: AsyncReader, protocol: LanguageSe
                        "Parse error: a message came without a Content-Length header; it was skipped")
                 reported = True
         else:
-            body = await reader.readexactly(length)
-            if len(body) < length:  # the stream ended mid-message
+            try:
+                body = await reader.readexactly(length)
+            except asyncio.IncompleteReadError:  # the stream ended mid-message
+                break
+            if len(body) < length:  # the same, from pygls's reader
                 break
             length, reported = None, not _handle(protocol, body)
 
