@@ -43,13 +43,14 @@ class OffloadServer(LanguageServer):
         super().__init__("offload", "0.1.0", protocol_cls=wire.Protocol)
         self.manager: TaskManager | None = None
         self.progress_tokens: dict[str, str] = {}
-        self.published: set[str] = set()
-        self.published_tasks: set[str] = set()
+        self.published: dict[str, set[str]] = {}  # uri → the tasks with review diagnostics there
         self.background: set[asyncio.Task] = set()
-        # what review diagnostics and lenses are computed from, read from the store only after a task
-        # event or a change on disk says it changed: typing in a file with hunks reads nothing
-        self._records: list[dict] | None = None
+        # what listings, review diagnostics and lenses are computed from: the records as the task
+        # events carry them (or as read again after a change on disk), the hunks worked out once
+        self._records: dict[str, dict] | None = None
         self._hunks: dict[str, list] = {}
+        self._lens_refresh: asyncio.Task | None = None
+        self._lens_refresh_again = False
 
     def start_io(self, stdin=None, stdout=None) -> None:
         """Serve over stdio with our reader, which answers malformed messages (see `wire`)."""
@@ -112,8 +113,7 @@ class OffloadServer(LanguageServer):
 
     # ---- tasks → editor ------------------------------------------------------------------
     def on_task_event(self, record: dict, event: dict) -> None:
-        if event["type"] not in _AGENT_EVENTS:
-            self.forget(record["id"])
+        self.forget(record["id"], record, hunks=event["type"] not in _AGENT_EVENTS)
         self.protocol.notify("offload/taskEvent", {"taskId": record["id"], "event": event})
         if event["type"] not in ("state", "tool.call", "attempt.chosen"):
             return
@@ -227,19 +227,19 @@ class OffloadServer(LanguageServer):
 
     async def watch_store(self) -> None:
         """Tasks run by other processes (the CLI, another editor window) show up here too."""
-        root = self.tasks().store.root
-        seen = {r["id"]: r["state"] for r in self.tasks().store.all()}
-        async for changes in watchfiles.awatch(root, debounce=200, recursive=True):
-            for _, path in changes:
-                name, task_id = Path(path).name, Path(path).parent.name
-                if name in ("task.json", "review.json", "changes.json"):
-                    self.forget(task_id)
-                if name == "review.json" and task_id in self.published_tasks:
-                    self.publish_review(task_id)  # hunks decided elsewhere (the CLI): withdraw them here
-                if name != "task.json":
+        manager = self.tasks()
+        seen = {r["id"]: r["state"] for r in manager.store.all()}
+        async for changes in watchfiles.awatch(manager.store.root, debounce=200, recursive=True):
+            for task_id, names in _by_task(changes).items():
+                record = manager.store.load(task_id)
+                if record is None:
                     continue
-                record = self.tasks().store.load(task_id)
-                if record is None or self.tasks().runs_here(record) or seen.get(task_id) == record["state"]:
+                if manager.runs_here(record) and names == {"task.json"}:
+                    continue  # its events said so already
+                self.forget(task_id, record)
+                if "review.json" in names and any(task_id in tasks for tasks in self.published.values()):
+                    self.publish_review(task_id)  # hunks decided elsewhere (the CLI): withdraw them here
+                if "task.json" not in names or manager.runs_here(record) or seen.get(task_id) == record["state"]:
                     continue
                 seen[task_id] = record["state"]
                 self.protocol.notify("offload/taskUpdated", _summary(record))
@@ -247,15 +247,20 @@ class OffloadServer(LanguageServer):
                     self.publish_review(task_id)
 
     # ---- review --------------------------------------------------------------------------
-    def forget(self, task_id: str) -> None:
-        """The task changed: its record and hunks are read again when next needed."""
-        self._records = None
-        self._hunks.pop(task_id, None)
+    def forget(self, task_id: str, record: dict | None = None, hunks: bool = True) -> None:
+        """The task changed: its record is now `record` (or read again), and its hunks are worked out
+        again when next needed (unless `hunks` is False: an agent's step changes none)."""
+        if hunks:
+            self._hunks.pop(task_id, None)
+        if self._records is not None:
+            record = record or self.tasks().store.load(task_id)
+            if record is not None:
+                self._records[task_id] = record
 
     def records(self) -> list[dict]:
         if self._records is None:
-            self._records = self.tasks().list()
-        return self._records
+            self._records = {r["id"]: r for r in self.tasks().list()}
+        return sorted(self._records.values(), key=lambda r: r["created"])
 
     def pending_hunks(self, records: list[dict] | None = None):
         """(task, hunk, change) for every hunk of `records` (default: every task) still waiting for a decision."""
@@ -276,16 +281,24 @@ class OffloadServer(LanguageServer):
         return file.read_bytes() if file.is_file() else None
 
     def publish_review(self, task_id: str | None = None, uri: str | None = None) -> None:
-        """An Information diagnostic over each pending hunk, per file (and clear reviewed files).
-        With `uri`, that file's only: the user typed in it, and nothing else moved."""
-        by_uri: dict[str, list[types.Diagnostic]] = {}
+        """An Information diagnostic over each pending hunk and a Warning on each check still failing,
+        per file. Only the files that may have changed are published again: with `uri`, that one
+        (the user typed in it); with `task_id`, that task's, now and before; else every one."""
         records = self.records()
-        touched = set() if uri else {from_fs_path(str(Path(r["repo"]) / c["path"]))
-                                     for r in records if task_id in (None, r["id"]) for c in r.get("changes", [])}
+        if uri is not None:
+            targets = {uri}
+        else:
+            targets = {u for u, tasks in self.published.items() if task_id is None or task_id in tasks}
+            for record in records:
+                if task_id in (None, record["id"]):
+                    paths = [c["path"] for c in record.get("changes", [])] + \
+                        [f["path"] for f in record.get("failures", [])]
+                    targets |= {from_fs_path(str(Path(record["repo"]) / p)) for p in paths}
+        by_uri: dict[str, list[types.Diagnostic]] = {}
         for record, hunk, change in self.pending_hunks(records):
             root = Path(record["repo"])
             hunk_uri = from_fs_path(str(root / hunk.path))
-            if uri not in (None, hunk_uri):
+            if hunk_uri not in targets:
                 continue
             span = locate(hunk, change.base, self.current_bytes(root, hunk.path))
             start, end = span if span else (0, 0)
@@ -300,7 +313,7 @@ class OffloadServer(LanguageServer):
                 continue
             for failure in record.get("failures", []):
                 failure_uri = from_fs_path(str(Path(record["repo"]) / failure["path"]))
-                if uri not in (None, failure_uri):
+                if failure_uri not in targets:
                     continue
                 line = max(failure["line"] - 1, 0)
                 by_uri.setdefault(failure_uri, []).append(types.Diagnostic(
@@ -308,28 +321,50 @@ class OffloadServer(LanguageServer):
                     message=f"Offload ({record['prompt'][:40]}): a check still fails here: {failure['message']}",
                     severity=types.DiagnosticSeverity.Warning, source="offload", code="check-failed",
                     data={"taskId": record["id"]}))
-        for target in {uri} if uri else touched | self.published | set(by_uri):
-            self.text_document_publish_diagnostics(
-                types.PublishDiagnosticsParams(uri=target, diagnostics=by_uri.get(target, [])))
-        tasks = {d.data["taskId"] for ds in by_uri.values() for d in ds}
-        if uri:
-            self.published = (self.published - {uri}) | set(by_uri)
-            self.published_tasks |= tasks  # at worst a task too many, whose review is published again
-            return  # the lenses of the file the user is typing in follow from its next request
-        self.published, self.published_tasks = set(by_uri), tasks
-        if _supports(self, "workspace", "code_lens", "refresh_support"):
-            self.spawn(self._refresh_code_lens())
+        for target in targets:
+            diagnostics = by_uri.get(target, [])
+            self.text_document_publish_diagnostics(types.PublishDiagnosticsParams(uri=target, diagnostics=diagnostics))
+            if diagnostics:
+                self.published[target] = {d.data["taskId"] for d in diagnostics}
+            else:
+                self.published.pop(target, None)
+        if uri is None and _supports(self, "workspace", "code_lens", "refresh_support"):
+            self.refresh_code_lens()  # the lenses of a file being typed in follow from the editor's next request
 
-    async def _refresh_code_lens(self) -> None:
-        try:
-            await self.workspace_code_lens_refresh_async(None)
-        except Exception as e:  # an old client without refresh: lenses update on its next request
-            log.info("codeLens refresh failed: %s", e)
+    def refresh_code_lens(self) -> None:
+        """Ask the editor for lenses again: once at a time, and once more if asked meanwhile."""
+        if self._lens_refresh is not None and not self._lens_refresh.done():
+            self._lens_refresh_again = True
+            return
+
+        async def refresh() -> None:
+            try:
+                await self.workspace_code_lens_refresh_async(None)
+            except Exception as e:  # an old client without refresh: lenses update on its next request
+                log.info("codeLens refresh failed: %s", e)
+            if self._lens_refresh_again:
+                self._lens_refresh_again = False
+                self._lens_refresh = None
+                self.refresh_code_lens()
+
+        self._lens_refresh = asyncio.get_running_loop().create_task(refresh())
+        self.background.add(self._lens_refresh)
+        self._lens_refresh.add_done_callback(self.background.discard)
 
 
 # Events of an agent at work: frequent, and nothing the review shows depends on them.
 _AGENT_EVENTS = frozenset({"tool.call", "tool.output", "tool.result", "model.reply", "model.call.failed",
                            "model.error", "note", "context", "plan", "loop", "commit", "citations", "agent.end"})
+
+
+def _by_task(changes: set[tuple[watchfiles.Change, str]]) -> dict[str, set[str]]:
+    """The store's changed files, by task: {task id: {"task.json", "review.json", ...}}."""
+    names: dict[str, set[str]] = {}
+    for _, path in changes:
+        name = Path(path).name
+        if name in ("task.json", "review.json", "changes.json"):
+            names.setdefault(Path(path).parent.name, set()).add(name)
+    return names
 
 
 def _supports(ls: LanguageServer, *path: str):
