@@ -61,13 +61,33 @@ def _git(args: list[str], cwd: Path, env: dict | None = None, stdin: bytes | Non
 
 
 def find_root(directory: Path) -> tuple[Path, bool]:
-    """The repository root containing `directory` and whether it is a git repository."""
+    """The repository root containing `directory` and whether it is a git repository.
+
+    Git is asked once per directory; its answer is reused while the nearest `.git` above the
+    directory is still the one at that root (a `git init` in between, or the repository gone,
+    asks again). Every task an editor starts asks this first, and a git process takes 5 to
+    25 ms on a busy machine: the editor's command waits for none of it the second time."""
+    directory = Path(directory)
+    known = _roots.get(directory)
+    if known is not None and _nearest_git(directory) == (known[0] if known[1] else None):
+        return known
     proc = subprocess.run(
         ["git", "-C", str(directory), "rev-parse", "--show-toplevel"], capture_output=True, text=True
     )
-    if proc.returncode == 0:
-        return Path(proc.stdout.strip()).resolve(), True
-    return directory.resolve(), False
+    found = (Path(proc.stdout.strip()).resolve(), True) if proc.returncode == 0 else (directory.resolve(), False)
+    _roots[directory] = found
+    return found
+
+
+_roots: dict[Path, tuple[Path, bool]] = {}
+
+
+def _nearest_git(directory: Path) -> Path | None:
+    """The nearest directory at or above `directory` holding a `.git` (a repository or a worktree's file)."""
+    for candidate in (directory.resolve(), *directory.resolve().parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return None
 
 
 def take_snapshot(directory: str | os.PathLike, cache_dir: str | os.PathLike, limit: int | None = None) -> Snapshot:

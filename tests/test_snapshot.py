@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import pytest
 from offload.sandbox import cache
 from offload.sandbox.errors import SandboxError
 from offload.sandbox.manager import SandboxConfig, SandboxManager
-from offload.sandbox.snapshot import load_snapshot, take_snapshot
+from offload.sandbox.snapshot import find_root, load_snapshot, take_snapshot
 from tests.conftest import git
 from tests.test_sandbox_backends import (  # noqa: F401  (fixtures)
     backend,
@@ -64,6 +65,21 @@ def test_same_tree_reuses_the_cache_and_a_subdirectory_is_remembered(sample_repo
     second = take_snapshot(sample_repo / "pkg", tmp_path / "cache")
     assert second.path == first.path and second.base == first.base
     assert second.subdir == "pkg" and first.subdir == ""
+
+
+def test_the_repository_root_is_found_again_when_a_repository_appears_or_goes(tmp_path):
+    outer = tmp_path / "outer"
+    inner = outer / "libs" / "inner"
+    inner.mkdir(parents=True)
+    assert find_root(inner) == (inner.resolve(), False)
+    git(outer, "init", "-q")
+    assert find_root(inner) == (outer.resolve(), True)  # the answer kept for `inner` is no longer true
+    assert find_root(inner) == (outer.resolve(), True)
+    git(inner, "init", "-q")
+    assert find_root(inner) == (inner.resolve(), True)
+    shutil.rmtree(inner / ".git")
+    shutil.rmtree(outer / ".git")
+    assert find_root(inner) == (inner.resolve(), False)
 
 
 def test_a_plain_directory_without_git_can_be_snapshotted(tmp_path):

@@ -40,7 +40,24 @@ _LINE_LIMIT = 1 << 20  # a longer "header" line is noise, skipped
 
 class Protocol(LanguageServerProtocol):
     """pygls's protocol, with document notifications about documents never opened ignored (and
-    logged) instead of failing with a KeyError shown to the user."""
+    logged) instead of failing with a KeyError shown to the user, and plain JSON sent as it is."""
+
+    def _serialize_message(self, data):
+        """pygls has cattrs turn every outgoing message into JSON, walking each value of a plain
+        payload in Python. Ours mostly are plain (task events, command results): they go to
+        `json.dumps` as they are, which calls back here for any lsprotocol object inside them."""
+        method = getattr(data, "method", None)
+        payload = getattr(data, "params" if method else "result", None)
+        if isinstance(payload, (dict, list)) and hasattr(data, "jsonrpc") and not hasattr(data, "error"):
+            message = {"jsonrpc": data.jsonrpc}
+            if getattr(data, "id", None) is not None:
+                message["id"] = data.id
+            if method:
+                message.update(method=method, params=payload)
+            else:
+                message["result"] = payload
+            return message
+        return super()._serialize_message(data)
 
     @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
     def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams):
