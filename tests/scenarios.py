@@ -93,6 +93,13 @@ def slow_command(req):
     yield say(report(["Waited."], [("sleep 60", "passed" if out.startswith("Exit code: 0") else "failed")]))
 
 
+@scenario("slow-then-fix")
+def slow_then_fix(req):
+    """`slow-command` when the prompt asks to wait, else `fix-failing-test`: one model for a task to
+    kill a process during and a later one that must finish."""
+    return (yield from (slow_command if "wait" in req.prompt else fix_failing_test)(req))
+
+
 def chunk_of(out: str) -> str:
     """The chunk id a tool output starts with (``Chunk: c3``), which a final message cites."""
     match = re.match(r"Chunk: (c\d+)\n", out)

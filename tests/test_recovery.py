@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import offload_cli
+from tests.lsp_wire import StdioServer
 
 pytestmark = pytest.mark.docker
 
@@ -74,3 +76,76 @@ def test_a_sandbox_whose_owner_is_killed_stops_by_itself(docker_engine, fake_mod
     while docker_engine.containers.list(all=True, filters={"label": f"offload.task={task_id}"}):
         assert time.monotonic() < deadline, "the orphaned sandbox is still there"
         time.sleep(0.2)
+
+
+# -- the language server and its task worker --------------------------------------------------------
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+
+
+def gone(pid: int, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+                return True  # ended; its parent (killed) never reaped it
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def serve_slow_task(state: Path, fake_model, repo: Path) -> tuple[StdioServer, str]:
+    """A language server whose task is at its minute-long command (in the task worker)."""
+    server = StdioServer(env={"XDG_STATE_HOME": str(state), "OPENAI_API_KEY": "test-key"})
+    server.initialize(repo, {"model": {"base_url": fake_model.base_url, "name": "slow-then-fix"}})
+    task_id = server.command("offload.code", {"prompt": "wait a minute"})["result"]["taskId"]
+    server.wait_for(lambda m: m.get("method") == "offload/taskEvent" and m["params"]["taskId"] == task_id
+                    and m["params"]["event"]["type"] == "tool.call", timeout=120)
+    return server, task_id
+
+
+def final_state(server: StdioServer, task_id: str, timeout: float = 120) -> dict:
+    update = server.wait_for(lambda m: m.get("method") == "offload/taskUpdated" and m["params"]["taskId"] == task_id
+                             and m["params"]["state"] in ("finished", "failed", "cancelled"), timeout=timeout)
+    return update["params"]
+
+
+def test_a_killed_task_worker_interrupts_its_task_and_the_next_task_runs(docker_engine, fake_model, sample_repo,
+                                                                          tmp_path):
+    server, task_id = serve_slow_task(tmp_path / "state", fake_model, sample_repo)
+    with server:
+        (worker,) = children(server.proc.pid)
+        os.kill(worker, signal.SIGKILL)
+        ended = final_state(server, task_id)
+        assert ended["state"] == "failed" and "interrupted" in ended["reason"] and "worker" in ended["reason"]
+        shown = server.command("offload.showTask", {"taskId": task_id})["result"]
+        assert "tool.call" in [e["type"] for e in shown["events"]]  # its history is whole
+
+        again = server.command("offload.code", {"prompt": "Make the failing test pass"})["result"]["taskId"]
+        assert final_state(server, again)["state"] == "finished"  # in a new worker
+        assert "return a + b" in server.command("offload.showTask", {"taskId": again})["result"]["diff"]
+        assert len(children(server.proc.pid)) == 1
+
+
+def test_a_language_server_killed_mid_task_takes_its_worker_along_and_a_new_one_lists_the_task(
+        docker_engine, fake_model, sample_repo, tmp_path):
+    server, task_id = serve_slow_task(tmp_path / "state", fake_model, sample_repo)
+    with server:
+        (worker,) = children(server.proc.pid)
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait()
+        assert gone(worker), "the task worker outlived its language server"
+    deadline = time.monotonic() + 30
+    while docker_engine.containers.list(all=True, filters={"label": f"offload.task={task_id}"}):
+        assert time.monotonic() < deadline, "the killed worker's sandbox is still there"
+        time.sleep(0.2)
+
+    with StdioServer(env={"XDG_STATE_HOME": str(tmp_path / "state")}) as restarted:
+        restarted.initialize(sample_repo)
+        (task,) = restarted.command("offload.listTasks", {})["result"]["tasks"]
+        assert task["taskId"] == task_id and task["state"] == "failed" and "interrupted" in task["reason"]
+        events = restarted.command("offload.showTask", {"taskId": task_id})["result"]["events"]
+        assert [e["type"] for e in events][:3] == ["state", "state", "sandbox"] and "tool.call" in [
+            e["type"] for e in events]
