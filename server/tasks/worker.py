@@ -165,7 +165,12 @@ def main() -> int:
     for line in sys.stdin:
         message = json.loads(line)
         if "run" in message:
-            job = manager.run_here(message["run"], message.get("followup"), decode_prior(message.get("prior")))
+            try:
+                job = manager.run_here(message["run"], message.get("followup"), decode_prior(message.get("prior")))
+            except Exception as e:  # the task is gone from the store: nothing ran, say so
+                log.error("cannot run task %s: %s", message["run"], e)
+                send({"done": message["key"]})
+                continue
             job.add_done_callback(lambda _, key=message["key"]: send({"done": key}))
         elif "cancel" in message:
             try:
