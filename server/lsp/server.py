@@ -166,7 +166,7 @@ class OffloadServer(LanguageServer):
         for m in merged:
             if m.unchanged:
                 continue
-            uri = from_fs_path(str(root / m.path))
+            uri = _uri(root, m.path)
             doc = self.workspace.get_text_document(uri)
             exists = uri in self.workspace.text_documents or (root / m.path).exists()
             if m.content is None:
@@ -275,7 +275,7 @@ class OffloadServer(LanguageServer):
                     yield record, hunk, change
 
     def current_bytes(self, root: Path, path: str) -> bytes | None:
-        uri = from_fs_path(str(root / path))
+        uri = _uri(root, path)
         if uri in self.workspace.text_documents:
             return self.workspace.get_text_document(uri).source.encode()
         file = root / path
@@ -294,11 +294,11 @@ class OffloadServer(LanguageServer):
                 if task_id in (None, record["id"]):
                     paths = [c["path"] for c in record.get("changes", [])] + \
                         [f["path"] for f in record.get("failures", [])]
-                    targets |= {from_fs_path(str(Path(record["repo"]) / p)) for p in paths}
+                    targets |= {_uri(record["repo"], p) for p in paths}
         by_uri: dict[str, list[types.Diagnostic]] = {}
         for record, hunk, change in self.pending_hunks(records):
             root = Path(record["repo"])
-            hunk_uri = from_fs_path(str(root / hunk.path))
+            hunk_uri = _uri(root, hunk.path)
             if hunk_uri not in targets:
                 continue
             span = locate(hunk, change.base, self.current_bytes(root, hunk.path))
@@ -313,7 +313,7 @@ class OffloadServer(LanguageServer):
             if record["kind"] != "code" or record.get("discarded") or record["state"] not in ("finished", "failed"):
                 continue
             for failure in record.get("failures", []):
-                failure_uri = from_fs_path(str(Path(record["repo"]) / failure["path"]))
+                failure_uri = _uri(record["repo"], failure["path"])
                 if failure_uri not in targets:
                     continue
                 line = max(failure["line"] - 1, 0)
@@ -356,6 +356,12 @@ class OffloadServer(LanguageServer):
 # Events of an agent at work: frequent, and nothing the review shows depends on them.
 _AGENT_EVENTS = frozenset({"tool.call", "tool.output", "tool.result", "model.reply", "model.call.failed",
                            "model.error", "note", "context", "plan", "loop", "commit", "citations", "agent.end"})
+
+
+@functools.lru_cache(maxsize=4096)
+def _uri(root: str | Path, path: str) -> str:
+    """The file: URI of `path` in the repository at `root`: asked for every hunk at every keystroke."""
+    return from_fs_path(str(Path(root) / path))
 
 
 def _by_task(changes: set[tuple[watchfiles.Change, str]]) -> dict[str, set[str]]:
@@ -656,7 +662,7 @@ def code_lens(ls: OffloadServer, params: types.CodeLensParams) -> list[types.Cod
     lenses = []
     for record, hunk, change in ls.pending_hunks():
         root = Path(record["repo"])
-        if from_fs_path(str(root / hunk.path)) != params.text_document.uri:
+        if _uri(root, hunk.path) != params.text_document.uri:
             continue
         span = locate(hunk, change.base, ls.current_bytes(root, hunk.path))
         if span is None:
