@@ -569,7 +569,7 @@ async def show_task(ls: OffloadServer, *args):
                 "events": [e for e in manager.events(record["id"]) if e.get("attempt") in (None, attempt["attempt"])]}
     hunks = [{**h.as_dict(), "status": status} for h, status, _ in manager.hunks(record["id"])]
     return {**_summary(record), "message": record["message"], "checks": record["checks"],
-            "diff": manager.diff(record["id"]), "hunks": hunks, "events": manager.events(record["id"])}
+            "diff": manager.store.diff(record["id"]), "hunks": hunks, "events": manager.store.events(record["id"])}
 
 
 @_command("offload.apply")
