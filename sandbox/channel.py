@@ -279,15 +279,17 @@ def local_transport(argv: Sequence[str], env: dict[str, str] | None = None):
             proc.stdout.close()
         return data
 
-    def close() -> None:
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            proc.wait(CLOSE_WAIT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return write, read, lambda: end_process(proc, CLOSE_WAIT)
 
-    return write, read, close
+
+def end_process(proc: subprocess.Popen, timeout: float) -> None:
+    """Close a child's input, which tells it to finish, and kill it if it has not within `timeout` s."""
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -27,6 +27,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from offload.sandbox.channel import end_process
+
 from ..agent.model import ToolCall
 
 log = logging.getLogger(__name__)
@@ -70,17 +72,8 @@ class Worker:
         """End the child: it destroys its warm sandboxes and exits."""
         with self._lock:
             proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            end_process(proc, timeout)
 
     def _send(self, message: dict) -> None:
         """Under `_lock`: to the child, started first when there is none."""
