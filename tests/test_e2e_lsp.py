@@ -58,12 +58,12 @@ class Editor:
         return states[-1] if states else None
 
 
-async def start(client: LanguageClient, repo, fake_model, capabilities: str,
+async def start(client: LanguageClient, repo, fake_model, capabilities: str | types.ClientCapabilities,
                 scenario: str = "fix-failing-test") -> Editor:
     """Initialize like an editor opening `repo`, with the stand-in playing `scenario` as the model."""
     editor = Editor(client)
     await client.initialize_session(types.InitializeParams(
-        capabilities=client_capabilities(capabilities),
+        capabilities=client_capabilities(capabilities) if isinstance(capabilities, str) else capabilities,
         root_uri=from_fs_path(str(repo)),
         workspace_folders=[types.WorkspaceFolder(uri=from_fs_path(str(repo)), name="calc")],
         initialization_options={"settings": {"model": {"base_url": fake_model.base_url, "name": scenario}}},
@@ -163,12 +163,52 @@ async def test_quick_fix_on_a_diagnostic_offers_offload(client, fake_model, tmp_
     actions = await client.text_document_code_action_async(types.CodeActionParams(
         text_document=types.TextDocumentIdentifier(uri=uri), range=diagnostic.range,
         context=types.CodeActionContext(diagnostics=[diagnostic])))
-    (action,) = actions
+    (action,) = [a for a in actions if a.kind == types.CodeActionKind.QuickFix]  # and tasks about the range
     assert action.title == "Offload: fix this"
     assert isinstance(action, types.CodeAction) and action.kind == types.CodeActionKind.QuickFix
     command = action.command
     assert command.command == "offload.code"
     assert "add() subtracts" in command.arguments[0]["prompt"]
+
+
+def selection_actions(client: LanguageClient, uri: str, only: list[str] | None = None):
+    """The code actions on lines 4–6 of calc.py, selected, with no diagnostic there."""
+    return client.text_document_code_action_async(types.CodeActionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), range=types.Range(types.Position(3, 0),
+                                                                               types.Position(5, 0)),
+        context=types.CodeActionContext(diagnostics=[], only=only)))
+
+
+async def test_a_selection_offers_tasks_about_it(client, fake_model, tmp_path):
+    repo = make_repo(tmp_path / "calc")
+    editor = await start(client, repo, fake_model, "neovim@v0.11.0", "ask-explain")
+    uri = from_fs_path(str(repo / "calc.py"))
+    actions = await selection_actions(client, uri)
+    assert [(a.title, a.kind) for a in actions] == [("Offload: write tests for this", "refactor"),
+                                                     ("Offload: explain this", "refactor")]
+    assert not await selection_actions(client, uri, only=[types.CodeActionKind.QuickFix])
+    explain = actions[1].command
+    assert explain.command == "offload.ask" and explain.arguments[0]["uri"] == uri
+    task_id = (await execute(client, explain.command, explain.arguments[0]))["taskId"]
+    await editor.until(lambda: editor.state(task_id) == "finished")
+    shown = await execute(client, "offload.showTask", {"taskId": task_id})
+    assert shown["kind"] == "ask" and shown["prompt"].endswith("Context: calc.py lines 4-6")
+    assert shown["message"]
+
+
+async def test_do_with_a_prompt_is_offered_to_an_editor_that_asks_for_one(client, fake_model, tmp_path):
+    repo = make_repo(tmp_path / "calc")
+    capabilities = client_capabilities("visual-studio-code")
+    capabilities.experimental = {"offloadPrompt": True}
+    await start(client, repo, fake_model, capabilities)
+    uri = from_fs_path(str(repo / "calc.py"))
+    do = (await selection_actions(client, uri))[-1]
+    assert do.title == "Offload: do…" and do.command.command == "offload.code"
+    assert "prompt" not in do.command.arguments[0]  # the editor asks the user, then runs it with the prompt
+    task_id = (await execute(client, "offload.code", {**do.command.arguments[0], "prompt": "Rename a to x"}))["taskId"]
+    with pytest.raises(Exception, match="prompt"):  # run as it is, it is refused by name
+        await execute(client, "offload.code", do.command.arguments[0])
+    assert task_id
 
 
 async def two_hunks_under_review(client: LanguageClient, fake_model, tmp_path):

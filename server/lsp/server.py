@@ -628,9 +628,40 @@ async def discard(ls: OffloadServer, *args):
     return {"taskId": record["id"], "discarded": True}
 
 
-@server.feature(types.TEXT_DOCUMENT_CODE_ACTION,
-                types.CodeActionOptions(code_action_kinds=[types.CodeActionKind.QuickFix]))
+@server.feature(types.TEXT_DOCUMENT_CODE_ACTION, types.CodeActionOptions(
+    code_action_kinds=[types.CodeActionKind.QuickFix, types.CodeActionKind.Refactor]))
 def code_actions(ls: OffloadServer, params: types.CodeActionParams) -> list[types.CodeAction]:
+    """Quick fixes on diagnostics (fix this; accept or reject a proposed hunk), and on a selection,
+    tasks about it: write tests, explain, and "do…" with a prompt the editor asks the user for."""
+    actions = [*_diagnostic_actions(ls, params), *_selection_actions(ls, params)]
+    only = params.context.only
+    return [a for a in actions if not only or any(a.kind == k or a.kind.startswith(f"{k}.") for k in only)]
+
+
+# The experimental client capability that says the editor asks the user for an `offload.code`
+# prompt when a command comes without one (the VS Code extension does): then "do…" is offered.
+PROMPT_CAPABILITY = "offloadPrompt"
+
+
+def _selection_actions(ls: OffloadServer, params: types.CodeActionParams) -> list[types.CodeAction]:
+    if params.range.start == params.range.end:
+        return []
+    where = {"uri": params.text_document.uri, "range": ls.protocol._converter.unstructure(params.range)}
+    tasks = [("Offload: write tests for this", "offload.code",
+              "Write tests for the selected code, beside the project's existing tests and in their style, "
+              "covering its edge cases; run them and make them pass without changing the code under test."),
+             ("Offload: explain this", "offload.ask",
+              "Explain what the selected code does, how, and why it is written this way, citing the lines.")]
+    actions = [types.CodeAction(title=title, kind=types.CodeActionKind.Refactor, command=types.Command(
+        title=title, command=command, arguments=[{"prompt": prompt, **where}])) for title, command, prompt in tasks]
+    experimental = ls.client_capabilities.experimental
+    if isinstance(experimental, dict) and experimental.get(PROMPT_CAPABILITY):
+        actions.append(types.CodeAction(title="Offload: do…", kind=types.CodeActionKind.Refactor, command=types.Command(
+            title="Offload: do…", command="offload.code", arguments=[where])))  # the editor adds the prompt
+    return actions
+
+
+def _diagnostic_actions(ls: OffloadServer, params: types.CodeActionParams) -> list[types.CodeAction]:
     actions = []
     for diagnostic in params.context.diagnostics:
         data = diagnostic.data if isinstance(diagnostic.data, dict) else {}
