@@ -8,6 +8,7 @@ import { execFile } from "node:child_process";
 import * as vscode from "vscode";
 import { ExecuteCommandRequest, LanguageClient } from "vscode-languageclient/node";
 import { type PythonExtensionApi, pythonCommand } from "./interpreter";
+import { PROMPT_CAPABILITY, withPrompt } from "./prompt";
 import { serverSettings } from "./settings";
 import type { Summary, TaskEvent } from "./tasks";
 
@@ -50,6 +51,16 @@ export class OffloadServer implements vscode.Disposable {
       { command: program, args: [...prefix, "-m", "offload.server.cli", "serve"], options: { env } },
       {
         documentSelector: [{ scheme: "file" }],
+        middleware: {
+          // "Offload: do…" on a selection: ask what to do, then run it
+          executeCommand: async (command, args, next) => {
+            const ready = await withPrompt(command, args, () => vscode.window.showInputBox({
+              title: "Offload: do…", prompt: "What should Offload do with the selection?",
+              placeHolder: "e.g. make this function iterative",
+            }));
+            return ready && next(command, ready);
+          },
+        },
         initializationOptions: {
           settings: serverSettings((setting) => {
             const set = config.inspect(setting);
@@ -58,6 +69,14 @@ export class OffloadServer implements vscode.Disposable {
         },
       },
     );
+    client.registerFeature({
+      fillClientCapabilities: (capabilities) => {
+        capabilities.experimental = { ...capabilities.experimental, [PROMPT_CAPABILITY]: true };
+      },
+      initialize: () => undefined,
+      getState: () => ({ kind: "static" }),
+      clear: () => undefined,
+    });
     client.onNotification("offload/taskUpdated", (summary: Summary) => this.updated.fire(summary));
     client.onNotification("offload/taskEvent", (params: { taskId: string; event: TaskEvent }) =>
       this.evented.fire(params));
