@@ -211,6 +211,31 @@ describe("the interpreter from the Python extension", () => {
   });
 });
 
+describe("a task about the selection", () => {
+  test("Offload: do… from the lightbulb asks what to do and runs it on the selected lines", { timeout: 120_000 }, async () => {
+    const vscode = await openVSCode("do", sampleRepo(tempDir("repo")), {
+      "offload.pythonPath": PYTHON, "offload.model.name": "fix-failing-test", "offload.model.baseUrl": model.url,
+    });
+    const { page } = vscode;
+    await steps(vscode, async () => {
+      await vscode.openFile("calc.py");
+      await vscode.goToLine(4);
+      await page.keyboard.press("Shift+ArrowDown");
+      await page.keyboard.press("Shift+ArrowDown");
+      await page.locator(".lightBulbWidget").click();
+      await page.locator(".action-widget .monaco-list-row", { hasText: "Offload: do…" }).waitFor({ timeout: 30_000 });
+      await vscode.screenshot("1-actions");
+      await vscode.select(".action-widget", "Offload: do…");
+      await vscode.answer("Offload: do…", "Make the failing test pass");
+      const task = await taskRow(page, "Make the failing test pass");
+      await until(async () => /finished/.test(await task.innerText()), 90_000, "the task to finish");
+      await task.click();
+      await vscode.taskPage().locator("h1", { hasText: "Make the failing test pass" }).waitFor();
+      await vscode.screenshot("2-finished");
+    });
+  });
+});
+
 describe("a running task cancelled from the Tasks view", () => {
   test("the inline Cancel action stops it", { timeout: 90_000 }, async () => {
     const vscode = await openVSCode("cancel", sampleRepo(tempDir("repo")), {
