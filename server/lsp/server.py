@@ -99,7 +99,7 @@ class OffloadServer(LanguageServer):
         return self.manager
 
     def task_listener(self):
-        """Task events arrive on the task manager's thread; the editor is served from this loop."""
+        """Task events arrive on the thread reading the task worker's; the editor is served from this loop."""
         loop = asyncio.get_running_loop()
 
         def listener(record: dict, event: dict) -> None:

@@ -2,7 +2,8 @@
 
 A task goes queued → preparing → running → finished | failed | cancelled. Every step is an
 event in its log; listeners (progress displays, editors) get each event as it is stored, on the
-thread that stored it: a task's own events come from the manager's thread (see `_start`).
+thread that stored it: a task's own events come from the manager's thread (see `_start`), or,
+when the tasks run in a worker process, from the thread reading its events (see `worker`).
 """
 
 from __future__ import annotations
