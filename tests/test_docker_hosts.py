@@ -8,17 +8,17 @@ import json
 import os
 import shutil
 import time
-import uuid
 
 import pytest
-
 from offload.sandbox import hosts
 from offload.sandbox.errors import SandboxError
 from offload.sandbox.image import DEFAULT_IMAGE
 from offload.sandbox.manager import SandboxConfig, SandboxManager
 from offload.server import config as cfg
+
 from tests.conftest import offload_cli, part_missing
 from tests.engines import Dockerd, SshEngine
+from tests.test_sandbox_backends import make_manager  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +44,9 @@ def tls_env(engines, monkeypatch):
 
 
 @pytest.fixture
-def make_manager(sample_repo, tmp_path):
-    """SandboxManager factory over given engines; every sandbox is destroyed at the end."""
-    managers = []
-
-    def make(docker_hosts: list[str]) -> SandboxManager:
-        manager = SandboxManager(SandboxConfig(backend="docker", docker_hosts=docker_hosts), tmp_path / "cache",
-                                 owner=f"offload-test-{uuid.uuid4().hex[:8]}")
-        managers.append(manager)
-        return manager
-
-    yield make
-    for manager in managers:
-        manager.close()
+def backend(docker_engine) -> str:
+    """`make_manager`'s backend here: Docker, over the engines each test names."""
+    return "docker"
 
 
 def containers(engine: Dockerd) -> set[str]:
@@ -73,7 +63,7 @@ def containers(engine: Dockerd) -> set[str]:
 def test_sandboxes_spread_across_engines_by_load(engines, tls_env, make_manager, sample_repo):
     a, b = engines
     urls = [a.url, b.tls_url]
-    first, second = make_manager(urls), make_manager(urls)
+    first, second = make_manager(docker_hosts=urls), make_manager(docker_hosts=urls)
     snapshot = first.snapshot(sample_repo)
     s1, s2, s3 = (first.create(snapshot) for _ in range(3))
     # equal loads go to the first engine listed; then the less loaded one
@@ -105,7 +95,7 @@ def test_a_dead_engine_fails_only_its_own_sandboxes(engines, make_manager, sampl
     doomed = Dockerd()
     try:
         doomed.load_image(DEFAULT_IMAGE)
-        manager = make_manager([a.url, doomed.url])
+        manager = make_manager(docker_hosts=[a.url, doomed.url])
         snapshot = manager.snapshot(sample_repo)
         on_a, lost, on_a_too = (manager.create(snapshot) for _ in range(3))
         assert [s.backend.host for s in (on_a, lost, on_a_too)] == [a.url, doomed.url, a.url]
@@ -136,7 +126,7 @@ def test_an_engine_that_never_answered_or_lacks_the_image_is_skipped_with_its_er
     nothing = f"unix://{tmp_path}/nothing-here.sock"
     bare = Dockerd()  # answers, but holds no image
     try:
-        manager = make_manager([nothing, bare.url, a.url])
+        manager = make_manager(docker_hosts=[nothing, bare.url, a.url])
         sandbox = manager.create(manager.snapshot(sample_repo))
         assert sandbox.backend.host == a.url and sandbox.run(["echo", "ok"]).output == "ok\n"
         assert "No such file or directory" in hosts.engine_for(nothing).error
@@ -239,7 +229,7 @@ def ssh_engine(docker_engine, monkeypatch):
 
 @pytest.mark.docker
 def test_an_engine_reached_over_ssh(ssh_engine, make_manager, sample_repo):
-    manager = make_manager([ssh_engine.url])
+    manager = make_manager(docker_hosts=[ssh_engine.url])
     sandbox = manager.create(manager.snapshot(sample_repo))
     assert sandbox.backend.host == ssh_engine.url
     result = sandbox.run(["python3", "-m", "unittest", "-q"])

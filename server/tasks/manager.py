@@ -112,8 +112,7 @@ class TaskManager:
         for record in self.store.all():
             if record["state"] in FINAL_STATES or record["id"] in self._running or owner.alive(record.get("owner")):
                 continue
-            self._set_state(record, "failed", "interrupted: the process running it stopped; "
-                            "its history is kept and a follow-up can continue it", interrupted=True)
+            self._interrupt(record, "the process running it")
             recovered.append(record)
         return recovered
 
@@ -244,9 +243,12 @@ class TaskManager:
         ending = self._running.get(record["id"])  # the last run may still be cleaning up its sandbox
         running = self._running[record["id"]] = _Running(threading.Event())
         if self._worker is not None:  # which waits for the last run itself
+            def ended(_) -> None:
+                if self._running.get(record["id"]) is running:  # not yet replaced by a follow-up
+                    del self._running[record["id"]]
+
             running.job = self._worker.run(record["id"], followup, prior)
-            running.job.add_done_callback(lambda _: self._running.pop(record["id"], None)
-                                          if self._running.get(record["id"]) is running else None)
+            running.job.add_done_callback(ended)
             return running.job
 
         async def work() -> None:
@@ -307,12 +309,16 @@ class TaskManager:
         for listener in list(self.listeners):
             listener(record, event)
 
+    def _interrupt(self, record: dict, who: str) -> None:
+        """End a task whose runner died mid-way; its log stays whole and a follow-up can continue it."""
+        self._set_state(record, "failed", f"interrupted: {who} stopped; its history is kept and "
+                        "a follow-up can continue it", interrupted=True)
+
     def _lost(self, task_id: str) -> None:
         """The worker died while running the task: it ends as interrupted, like a task of a killed process."""
         record = self.store.load(task_id)
         if record is not None and record["state"] not in FINAL_STATES:
-            self._set_state(record, "failed", "interrupted: the task worker stopped; its history is kept and "
-                            "a follow-up can continue it", interrupted=True)
+            self._interrupt(record, "the task worker")
 
     def _set_state(self, record: dict, state: str, reason: str = "", **fields) -> None:
         record.update(state=state, reason=reason, updated=time.time(), **fields)

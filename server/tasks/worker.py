@@ -49,10 +49,6 @@ class Worker:
         self._keys = itertools.count(1)
         self._lock = threading.Lock()
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
     def run(self, task_id: str, followup: str | None = None,
             prior: list[dict] | None = None) -> concurrent.futures.Future:
         """Start a run of the task in the child; the future is done when the run has ended."""
