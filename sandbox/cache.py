@@ -54,6 +54,15 @@ def _size(path: Path) -> int:
         return 0
 
 
+def _mtime(path: Path, default: float) -> float:
+    """The mtime of `path`, or `default` when it is gone: a half-made materialisation is removed by
+    its maker without the lock, so it may vanish between the listing and the look."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return default
+
+
 def in_use(cache_dir: Path) -> set[str]:
     """The trees live sandboxes of this cache were started over."""
     return {labels["offload.tree"] for _, labels in layer.directories(cache_dir)
@@ -68,7 +77,7 @@ def evict(cache_dir: Path, limit: int, keep: str | None = None) -> list[str]:
     with locked(snapshots):
         groups: dict[str, list[Path]] = {}
         for entry in snapshots.iterdir():
-            if entry.name.startswith(".new-") and now - entry.stat().st_mtime > _STALE or \
+            if entry.name.startswith(".new-") and now - _mtime(entry, now) > _STALE or \
                     entry.name.startswith(".evicted-"):
                 doomed.append(entry)
             elif entry.is_dir() and not entry.name.startswith("."):

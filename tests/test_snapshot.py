@@ -189,6 +189,24 @@ def test_concurrent_snapshots_of_one_tree_with_eviction_under_way_are_safe(sampl
     assert sorted(p.name for p in (cache_dir / "snapshots").iterdir()) == [".lock", tree]
 
 
+def test_a_half_made_snapshot_removed_while_eviction_lists_the_cache_is_passed_over(sample_repo, tmp_path,
+                                                                                   monkeypatch):
+    """Another task's unfinished materialisation is removed by its maker without the lock; one
+    listed a moment before must not fail the eviction (nor the task that triggered it)."""
+    cache_dir = tmp_path / "cache"
+    old = _new_tree(sample_repo, cache_dir, 0)
+    _age(cache_dir, old.tree, 600)
+    listing = Path.iterdir
+
+    def listed_then_gone(path):
+        yield from listing(path)
+        if path.name == "snapshots":
+            yield path / ".new-gone"  # listed, then removed before it is looked at
+    monkeypatch.setattr(Path, "iterdir", listed_then_gone)
+    newest = _new_tree(sample_repo, cache_dir, 1, limit=0)
+    assert newest.path.exists() and not old.path.exists()
+
+
 def test_a_malformed_cache_bound_is_refused_before_anything_is_made(sample_repo, tmp_path):
     manager = SandboxManager(SandboxConfig(snapshot_cache="lots"), tmp_path / "cache")
     with pytest.raises(SandboxError, match="not a size: 'lots'"):
