@@ -149,3 +149,33 @@ def test_a_language_server_killed_mid_task_takes_its_worker_along_and_a_new_one_
         events = restarted.command("offload.showTask", {"taskId": task_id})["result"]["events"]
         assert [e["type"] for e in events][:3] == ["state", "state", "sandbox"] and "tool.call" in [
             e["type"] for e in events]
+
+
+SAVER = """
+import sys
+from offload.server.tasks.store import TaskStore
+from offload.sandbox.manager import ChangedFile
+store = TaskStore(sys.argv[1])
+for n in range(300):
+    store.save({"id": "t1", "created": 1, "state": "running", "writer": sys.argv[2], "n": n, "pad": "x" * 50_000})
+    store.save_changes("t1", [ChangedFile("a.py", "modified", b"a" * 50_000, b"b" * n)], "d" * 50_000)
+"""
+
+
+def test_a_task_saved_by_two_processes_at_once_is_never_read_half_written(tmp_path):
+    """The task worker, an editor window and the CLI may save one task while another reads it."""
+    from offload.server.tasks.store import TaskStore
+    store = TaskStore(tmp_path)
+    store.create({"id": "t1", "created": 1, "state": "queued"})
+    writers = [subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path), name], stderr=subprocess.PIPE, text=True)
+               for name in ("worker", "editor")]
+    reads = 0
+    while any(w.poll() is None for w in writers) or reads == 0:
+        record = store.load("t1")
+        assert record is not None and record["id"] == "t1"
+        changes = store.changes("t1")
+        assert changes == [] or changes[0].base == b"a" * 50_000
+        reads += 1
+    assert [w.wait() for w in writers] == [0, 0], [w.stderr.read() for w in writers]
+    assert store.load("t1")["n"] == 299
+    assert sorted(p.name for p in store.dir("t1").iterdir()) == ["changes.json", "diff.patch", "task.json"]

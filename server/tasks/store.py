@@ -2,8 +2,10 @@
 
 `$XDG_STATE_HOME/offload/tasks/<id>/` holds `events.jsonl` (every event, appended and
 flushed one line at a time, so a killed process loses nothing already emitted), `task.json`
-(the summary, replaced atomically) and `changes.json` (both sides of every changed file,
-for applying later even when the sandbox is gone). A best-of-N task keeps each attempt's
+(the summary) and `changes.json` (both sides of every changed file, for applying later even
+when the sandbox is gone). Every file but the log is replaced whole, never written in place:
+another process (an editor window, the CLI, the task worker) reading it sees the old or the
+new, never half of one. A best-of-N task keeps each attempt's
 change under `attempts/<n>/`; the top-level change is the chosen attempt's.
 """
 
@@ -33,10 +35,7 @@ class TaskStore:
         self.save(record)
 
     def save(self, record: dict) -> None:
-        path = self.dir(record["id"]) / "task.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
+        _replace(self.dir(record["id"]) / "task.json", json.dumps(record, indent=1))
 
     def load(self, task_id: str) -> dict | None:
         try:
@@ -77,10 +76,10 @@ class TaskStore:
 
         where = self._results(task_id, attempt)
         where.mkdir(parents=True, exist_ok=True)
-        (where / "changes.json").write_text(json.dumps(
+        _replace(where / "changes.json", json.dumps(
             [{"path": c.path, "status": c.status, "base": enc(c.base), "result": enc(c.result)} for c in changes]
         ))
-        (where / "diff.patch").write_text(diff)
+        _replace(where / "diff.patch", diff)
 
     def changes(self, task_id: str, attempt: int | None = None) -> list[ChangedFile]:
         path = self._results(task_id, attempt) / "changes.json"
@@ -99,11 +98,16 @@ class TaskStore:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def save_review(self, task_id: str, review: dict[str, str]) -> None:
-        path = self.dir(task_id) / "review.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(review))
-        os.replace(tmp, path)
+        _replace(self.dir(task_id) / "review.json", json.dumps(review))
 
     def diff(self, task_id: str, attempt: int | None = None) -> str:
         path = self._results(task_id, attempt) / "diff.patch"
-        return path.read_text() if path.exists() else ""
+        return path.read_text(encoding="utf-8") if path.exists() else ""
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write `path` whole by renaming a sibling over it; the sibling's name is this writer's own,
+    so two processes or threads saving at once cannot take each other's half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
