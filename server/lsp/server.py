@@ -263,6 +263,12 @@ class OffloadServer(LanguageServer):
             self._records = {r["id"]: r for r in self.tasks().list()}
         return sorted(self._records.values(), key=lambda r: r["created"])
 
+    def record(self, task_id) -> dict:
+        """The task `task_id` names (a whole id, or a prefix of one), from the records kept here."""
+        self.records()
+        known = self._records.get(task_id) if isinstance(task_id, str) else None
+        return known if known is not None else self.tasks().get(task_id)
+
     def pending_hunks(self, records: list[dict] | None = None):
         """(task, hunk, change) for every hunk of `records` (default: every task) still waiting for a decision."""
         for record in self.records() if records is None else records:
@@ -561,7 +567,7 @@ async def list_tasks(ls: OffloadServer, *args):
 async def show_task(ls: OffloadServer, *args):
     manager = ls.tasks()
     arg = _args(args, "taskId")
-    record = manager.get(arg["taskId"])
+    record = ls.record(arg["taskId"])
     if arg.get("attempt") not in (None, record.get("attempt")):  # another attempt, to look at
         attempt = manager.attempt(record["id"], arg["attempt"])
         return {**_summary(record), "attempt": attempt["attempt"], "message": attempt["message"],
