@@ -96,19 +96,21 @@ def gone(pid: int, timeout: float = 30) -> bool:
     return False
 
 
-def serve_slow_task(state: Path, fake_model, repo: Path) -> tuple[StdioServer, str]:
+def serve_slow_task(state: Path, fake_model, repo: Path, concurrency: int = 4) -> tuple[StdioServer, str]:
     """A language server whose task is at its minute-long command (in the task worker)."""
     server = StdioServer(env={"XDG_STATE_HOME": str(state), "OPENAI_API_KEY": "test-key"})
-    server.initialize(repo, {"model": {"base_url": fake_model.base_url, "name": "slow-then-fix"}})
+    server.initialize(repo, {"model": {"base_url": fake_model.base_url, "name": "slow-then-fix"},
+                             "tasks": {"concurrency": concurrency}})
     task_id = server.command("offload.code", {"prompt": "wait a minute"})["result"]["taskId"]
     server.wait_for(lambda m: m.get("method") == "offload/taskEvent" and m["params"]["taskId"] == task_id
                     and m["params"]["event"]["type"] == "tool.call", timeout=120)
     return server, task_id
 
 
-def final_state(server: StdioServer, task_id: str, timeout: float = 120) -> dict:
+def final_state(server: StdioServer, task_id: str, timeout: float = 120, since: int = 0) -> dict:
     update = server.wait_for(lambda m: m.get("method") == "offload/taskUpdated" and m["params"]["taskId"] == task_id
-                             and m["params"]["state"] in ("finished", "failed", "cancelled"), timeout=timeout)
+                             and m["params"]["state"] in ("finished", "failed", "cancelled"), timeout=timeout,
+                             since=since)
     return update["params"]
 
 
@@ -149,6 +151,33 @@ def test_a_language_server_killed_mid_task_takes_its_worker_along_and_a_new_one_
         events = restarted.command("offload.showTask", {"taskId": task_id})["result"]["events"]
         assert [e["type"] for e in events][:3] == ["state", "state", "sandbox"] and "tool.call" in [
             e["type"] for e in events]
+
+
+def test_a_task_queued_when_its_server_was_killed_is_listed_and_a_follow_up_runs_it(
+        docker_engine, fake_model, sample_repo, tmp_path):
+    state = tmp_path / "state"
+    server, slow = serve_slow_task(state, fake_model, sample_repo, concurrency=1)
+    with server:
+        queued = server.command("offload.code", {"prompt": "Make the failing test pass"})["result"]["taskId"]
+        listed = {t["taskId"]: t["state"] for t in server.command("offload.listTasks", {})["result"]["tasks"]}
+        assert listed == {slow: "running", queued: "queued"}
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait()
+
+    with StdioServer(env={"XDG_STATE_HOME": str(state), "OPENAI_API_KEY": "test-key"}) as restarted:
+        restarted.initialize(sample_repo, {"model": {"base_url": fake_model.base_url, "name": "slow-then-fix"}})
+        tasks = {t["taskId"]: t for t in restarted.command("offload.listTasks", {})["result"]["tasks"]}
+        assert set(tasks) == {slow, queued}
+        assert all(t["state"] == "failed" and "interrupted" in t["reason"] for t in tasks.values()), tasks
+        # it never had a sandbox: the follow-up runs it from the workspace as it is now, its prompt first
+        since = len(restarted.messages)
+        reply = restarted.command("offload.followUp", {"taskId": queued, "prompt": "Go on."})
+        assert "result" in reply, reply
+        ended = final_state(restarted, queued, since=since)
+        assert ended["state"] == "finished", ended
+        shown = restarted.command("offload.showTask", {"taskId": queued})["result"]
+        assert "return a + b" in shown["diff"]
+        assert (sample_repo / "calc.py").read_text().count("return a - b") == 1  # nothing touched the checkout
 
 
 SAVER = """

@@ -168,14 +168,14 @@ class TaskManager:
         return record
 
     def follow_up(self, task_id: str, prompt: str) -> dict:
-        """Continue an ended task with a new instruction, the conversation so far and the rejected hunks."""
+        """Continue an ended task with a new instruction, the conversation so far and the rejected hunks.
+        A task that ended before its snapshot (interrupted while queued, say) starts from the
+        workspace as it is now, its own prompt first."""
         record = self.get(task_id)
         if not isinstance(prompt, str) or not prompt.strip():
             raise TaskError("a follow-up needs a prompt")
         if record["state"] not in FINAL_STATES:
             raise TaskError(f"task {record['id']} is {record['state']}; follow up when it has ended")
-        if not record.get("tree"):
-            raise TaskError(f"task {record['id']} never got a sandbox; start a new task instead")
         rejected = [h for h, status, _ in self.hunks(record["id"]) if status == "rejected"]
         text = prompt
         if rejected:
@@ -340,7 +340,7 @@ class TaskManager:
                 sandboxes = await asyncio.to_thread(self.sandboxes, config)
                 if not self._swept:  # start-up: what dead processes left goes first
                     await asyncio.to_thread(self.sweep, sandboxes)
-                if followup is None:
+                if followup is None or not record.get("tree"):  # new, or ended before its snapshot: from now
                     snapshot = await asyncio.to_thread(sandboxes.snapshot, record["directory"])
                     record.update(base=snapshot.base, tree=snapshot.tree)
                 else:  # continue from the same base, with the work so far minus what the user rejected
