@@ -12,16 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from offload.sandbox import owner
 from tests.conftest import offload_cli
 from tests.lsp_wire import StdioServer
 
 pytestmark = pytest.mark.docker
 
 
-def start_run(fake_model, repo, scenario: str) -> subprocess.Popen:
+def start_run(fake_model, repo, scenario: str, prompt: str = "wait a minute") -> subprocess.Popen:
     env = {**os.environ, "OPENAI_BASE_URL": fake_model.base_url, "OFFLOAD_MODEL_NAME": scenario,
            "OPENAI_API_KEY": "test-key"}
-    return subprocess.Popen([sys.executable, "-m", "offload.server.cli", "run", "wait a minute", "--repo", str(repo),
+    return subprocess.Popen([sys.executable, "-m", "offload.server.cli", "run", prompt, "--repo", str(repo),
                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -49,6 +50,39 @@ def test_cli_killed_mid_task_keeps_the_task_and_its_history(docker_engine, fake_
     kinds = [e["type"] for e in shown["events"]]
     assert kinds[:3] == ["state", "state", "sandbox"] and "tool.call" in kinds
     assert [e["state"] for e in shown["events"] if e["type"] == "state"][-1] == "failed"
+
+
+def test_cli_killed_while_its_task_prepares_keeps_the_task_and_a_follow_up_finishes_it(docker_engine, fake_model,
+                                                                                       sample_repo):
+    config = sample_repo / ".offload" / "config.toml"
+    config.parent.mkdir()
+    config.write_text('[sandbox]\nsetup = "echo started; sleep 600"\n')
+    proc = start_run(fake_model, sample_repo, "slow-then-fix", "Make the failing test pass")
+    events = read_until(proc, lambda e: e["type"] == "setup" and "started" in e.get("output", ""))
+    task_id = events[-1]["task"]
+    assert [e["state"] for e in events if e["type"] == "state"] == ["queued", "preparing"]
+    def setups():  # the killed process's setup containers
+        return [c for c in docker_engine.containers.list(all=True, filters={"label": "offload.setup"})
+                if c.labels[owner.LABEL].split("/")[-2] == str(proc.pid)]
+    assert setups()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    listed = [json.loads(line) for line in offload_cli("tasks", "--json", cwd=sample_repo).stdout.splitlines()]
+    assert [(t["id"], t["state"], t["interrupted"]) for t in listed] == [(task_id, "failed", True)]
+    shown = json.loads(offload_cli("show", task_id, "--json").stdout)
+    assert "started" in "".join(e.get("output", "") for e in shown["events"] if e["type"] == "setup")
+    deadline = time.monotonic() + 30
+    while setups():
+        assert time.monotonic() < deadline, "the killed task's setup container is still there"
+        time.sleep(0.2)
+
+    config.unlink()  # the setup was the trouble: the follow-up goes without it
+    env = {"OPENAI_BASE_URL": fake_model.base_url, "OFFLOAD_MODEL_NAME": "slow-then-fix", "OPENAI_API_KEY": "test-key"}
+    followed = offload_cli("followup", task_id, "Go on.", cwd=sample_repo, env=env)
+    assert followed.returncode == 0, followed.stderr
+    assert "return a + b" in offload_cli("diff", task_id, cwd=sample_repo).stdout
+    assert json.loads(offload_cli("show", task_id, "--json").stdout)["state"] == "finished"
 
 
 def test_cancel_from_another_process(docker_engine, fake_model, sample_repo):
