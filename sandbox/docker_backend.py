@@ -274,20 +274,37 @@ def create(
 
 
 def _start_runner(client: docker.DockerClient, container, user: str = f"{SANDBOX_UID}:{SANDBOX_UID}") -> RunnerClient:
-    exec_id = client.api.exec_create(
-        container.id,
-        ["python3", "-I", "-u", "-c", runner_source(), "--root", WORKSPACE, "--stop-init"],
-        stdin=True, stdout=True, stderr=True, tty=False, user=user,
-    )["Id"]
-    sock = client.api.exec_start(exec_id, socket=True)
-    transport = DockerTransport(sock)
-    runner = RunnerClient(transport.write, transport.read, transport.close)
+    """The runner, exec'd into the started container and answering. An exec that ends without a
+    word while its container still runs (a loaded dockerd can lose one started the moment its
+    container did) is tried once more; otherwise the error says how the exec ended."""
+    for retry in (True, False):
+        exec_id = client.api.exec_create(
+            container.id,
+            ["python3", "-I", "-u", "-c", runner_source(), "--root", WORKSPACE, "--stop-init"],
+            stdin=True, stdout=True, stderr=True, tty=False, user=user,
+        )["Id"]
+        transport = DockerTransport(client.api.exec_start(exec_id, socket=True))
+        runner = RunnerClient(transport.write, transport.read, transport.close)
+        try:
+            runner.ping()
+            return runner
+        except Exception as e:
+            runner.close()
+            detail = getattr(transport, "stderr", b"").decode(errors="replace").strip()
+            ended = _exec_ending(client, container, exec_id)
+            if retry and not detail and ended.endswith("the container is running"):
+                continue
+            raise SandboxError(f"the sandbox runner did not start: {e} ({ended}) {detail}".strip()) from e
+
+
+def _exec_ending(client: docker.DockerClient, container, exec_id: str) -> str:
+    """How an exec ended and whether its container still runs, in words for an error."""
     try:
-        runner.ping()
-    except Exception as e:
-        detail = getattr(transport, "stderr", b"").decode(errors="replace")
-        raise SandboxError(f"the sandbox runner did not start: {e} {detail}".strip()) from e
-    return runner
+        code = client.api.exec_inspect(exec_id).get("ExitCode")
+        container.reload()
+        return f"exit code {code}; the container is {container.status}"
+    except docker.errors.DockerException:
+        return "the container is gone"
 
 
 def claim(sandbox: DockerSandbox, snapshot: Snapshot, labels: dict, read_only: bool = False,

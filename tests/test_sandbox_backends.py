@@ -343,3 +343,18 @@ def test_a_cache_path_an_overlay_cannot_take_is_refused_and_leaves_nothing(backe
         manager.create(manager.snapshot(sample_repo))
     assert not list((cache / "sandboxes").glob("*")) and str(cache) not in Path("/proc/self/mountinfo").read_text()
     assert manager.list() == []
+
+
+def test_a_runner_that_cannot_start_is_named_with_how_its_exec_ended(docker_engine):
+    """No `python3` on the container's PATH: the exec ends at once and the error says how, after
+    one more try only when the exec said nothing."""
+    from offload.sandbox.image import DEFAULT_IMAGE
+    container = docker_engine.containers.run(DEFAULT_IMAGE, ["/bin/sleep", "60"], detach=True, init=True,
+                                             environment={"PATH": "/nowhere"},
+                                             labels={"offload.test": "runner-cannot-start"})
+    try:
+        with pytest.raises(SandboxError, match=r"the sandbox runner did not start: .*exit code 12[67]; "
+                                               r"the container is running"):
+            docker_backend._start_runner(docker_engine, container)
+    finally:
+        container.remove(force=True)
