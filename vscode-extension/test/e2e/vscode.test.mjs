@@ -219,10 +219,16 @@ describe("a task about the selection", () => {
     const { page } = vscode;
     await steps(vscode, async () => {
       await vscode.openFile("calc.py");
-      await vscode.goToLine(4);
-      await page.keyboard.press("Shift+ArrowDown");
-      await page.keyboard.press("Shift+ArrowDown");
-      await page.locator(".lightBulbWidget").click();
+      // the lightbulb shows once the server has answered for the selection: a selection made
+      // while the server still starts gets none, so select again until it shows
+      const bulb = page.locator(".lightBulbWidget");
+      await until(async () => {
+        await vscode.goToLine(4);
+        await page.keyboard.press("Shift+ArrowDown");
+        await page.keyboard.press("Shift+ArrowDown");
+        return bulb.waitFor({ state: "visible", timeout: 5000 }).then(() => true, () => false);
+      }, 90_000, "the lightbulb on lines 4-5");
+      await bulb.click();
       await page.locator(".action-widget .monaco-list-row", { hasText: "Offload: do…" }).waitFor({ timeout: 30_000 });
       await vscode.screenshot("1-actions");
       await vscode.select(".action-widget", "Offload: do…");
