@@ -291,20 +291,20 @@ def _start_runner(client: docker.DockerClient, container, user: str = f"{SANDBOX
         except Exception as e:
             runner.close()
             detail = getattr(transport, "stderr", b"").decode(errors="replace").strip()
-            ended = _exec_ending(client, container, exec_id)
-            if retry and not detail and ended.endswith("the container is running"):
+            ended, running = _exec_ending(client, container, exec_id)
+            if retry and not detail and running:
                 continue
             raise SandboxError(f"the sandbox runner did not start: {e} ({ended}) {detail}".strip()) from e
 
 
-def _exec_ending(client: docker.DockerClient, container, exec_id: str) -> str:
-    """How an exec ended and whether its container still runs, in words for an error."""
+def _exec_ending(client: docker.DockerClient, container, exec_id: str) -> tuple[str, bool]:
+    """How an exec ended, in words for an error, and whether its container still runs."""
     try:
         code = client.api.exec_inspect(exec_id).get("ExitCode")
         container.reload()
-        return f"exit code {code}; the container is {container.status}"
+        return f"exit code {code}; the container is {container.status}", container.status == "running"
     except docker.errors.DockerException:
-        return "the container is gone"
+        return "the container is gone", False
 
 
 def claim(sandbox: DockerSandbox, snapshot: Snapshot, labels: dict, read_only: bool = False,

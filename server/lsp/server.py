@@ -259,14 +259,17 @@ class OffloadServer(LanguageServer):
                 self._records[task_id] = record
 
     def records(self) -> list[dict]:
+        return sorted(self._kept().values(), key=lambda r: r["created"])
+
+    def _kept(self) -> dict[str, dict]:
+        """Every task's record by id, read from the store once and kept up to date by `forget`."""
         if self._records is None:
             self._records = {r["id"]: r for r in self.tasks().list()}
-        return sorted(self._records.values(), key=lambda r: r["created"])
+        return self._records
 
     def record(self, task_id) -> dict:
         """The task `task_id` names (a whole id, or a prefix of one), from the records kept here."""
-        self.records()
-        known = self._records.get(task_id) if isinstance(task_id, str) else None
+        known = self._kept().get(task_id) if isinstance(task_id, str) else None
         return known if known is not None else self.tasks().get(task_id)
 
     def pending_hunks(self, records: list[dict] | None = None):
