@@ -11,7 +11,6 @@ from pathlib import Path
 
 from . import config as cfg
 from .agent.evidence import checks_passed
-from .agent.loop import preview
 from .tasks.manager import TaskError, TaskManager
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -23,6 +22,8 @@ def _progress_line(record: dict, event: dict) -> str | None:
     if kind == "state":
         return f"[{record['id']}] {event['state']}" + (f": {event['reason']}" if event.get("reason") else "")
     if kind == "tool.call":
+        from .agent.loop import preview  # the agent loads the model's SDK: only a running task needs it
+
         attempt = f"#{event['attempt']} " if "attempt" in event else ""
         return f"[{record['id']}]   {attempt}{event['name']}: {preview(event['arguments'])}"
     if kind == "tool.result" and "exit_code" in event:

@@ -7,8 +7,12 @@ exited 0), with the fewest failures, that changed something, and changed the lea
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..agent.evidence import testing_checks
-from ..agent.loop import AgentResult
+
+if TYPE_CHECKING:
+    from ..agent.loop import AgentResult
 
 MAX_ATTEMPTS = 16
 

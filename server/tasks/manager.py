@@ -17,16 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from offload.sandbox import owner
 from offload.sandbox.errors import SandboxError
-from offload.sandbox.manager import ChangedFile, SandboxConfig, SandboxManager
 from offload.sandbox.snapshot import find_root, load_snapshot
 
 from .. import config as cfg
 from ..agent.evidence import testing_checks
-from ..agent.loop import AgentResult, Budget, run_agent
-from ..agent.model import ModelClient, ToolCall
 from . import attempts
 from .attempts import MAX_ATTEMPTS
 from .failures import failure_locations
@@ -34,6 +32,12 @@ from .merge import Merged
 from .review import Hunk, accept, hunks, with_hunks
 from .store import TaskStore
 from .worker import Worker
+
+if TYPE_CHECKING:  # the agent and the sandboxes (the model's and Docker's SDKs) load when a task runs,
+    # so that the CLI's queries start at once
+    from offload.sandbox.manager import ChangedFile, SandboxConfig, SandboxManager
+
+    from ..agent.loop import AgentResult
 
 FINAL_STATES = ("finished", "failed", "cancelled")
 Listener = Callable[[dict, dict], None]  # (task record, event)
@@ -74,6 +78,8 @@ class TaskManager:
     def sweep(self, sandboxes: SandboxManager | None = None) -> list[str]:
         """Remove what sandboxes of processes that died left (containers, volumes, directories);
         run at start-up and, in the language server, on a timer. Returns the sandboxes removed."""
+        from offload.sandbox.manager import SandboxManager
+
         self._swept = True
         if sandboxes is None:
             sandboxes = SandboxManager(_sandbox_config(cfg.load_config(Path.cwd(), self.overrides)), self.cache_dir)
@@ -82,6 +88,8 @@ class TaskManager:
     def sandboxes(self, config: cfg.Config) -> SandboxManager:
         """The sandbox manager for a task with this configuration: when long-lived, the one kept for
         it (made, and its warm pool started, on first use); else a new one, without warm sandboxes."""
+        from offload.sandbox.manager import SandboxManager
+
         settings = _sandbox_config(config)
         if not self.long_lived:
             settings.warm = 0  # one task per process: a sandbox started ahead would wait for nothing
@@ -191,6 +199,8 @@ class TaskManager:
 
     def conversation(self, task_id: str) -> list[dict]:
         """The model's conversation so far, rebuilt from the task's log."""
+        from ..agent.model import ToolCall
+
         history: list[dict] = []
         custom: set[str] = set()
         called: set[str] = set()
@@ -372,6 +382,9 @@ class TaskManager:
                        prior: list[dict] | None) -> tuple[AgentResult, list[ChangedFile] | None, str]:
         """One try at the task in a sandbox of its own: the agent's result and the change it made.
         Attempt `number` of a best-of-N task tags every event it emits; a lone run tags none."""
+        from ..agent.loop import AgentResult, Budget, run_agent
+        from ..agent.model import ModelClient
+
         tag = {} if number is None else {"attempt": number}
 
         def emit(kind: str, data: dict) -> dict:
@@ -631,6 +644,8 @@ class TaskManager:
 
 
 def _sandbox_config(config: cfg.Config) -> SandboxConfig:
+    from offload.sandbox.manager import SandboxConfig
+
     return SandboxConfig(
         backend=config.get("sandbox.backend"), image=config.get("sandbox.image"),
         network=config.get("sandbox.network"), memory=config.get("sandbox.memory"),

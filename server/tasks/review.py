@@ -10,10 +10,12 @@ from __future__ import annotations
 import difflib
 import functools
 from dataclasses import dataclass
-
-from offload.sandbox.manager import ChangedFile
+from typing import TYPE_CHECKING
 
 from .merge import Merged, merge_file
+
+if TYPE_CHECKING:
+    from offload.sandbox.manager import ChangedFile
 
 
 @dataclass(frozen=True)

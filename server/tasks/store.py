@@ -17,8 +17,10 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from offload.sandbox.manager import ChangedFile
+if TYPE_CHECKING:  # the sandbox manager loads Docker's SDK: only reading a change needs it
+    from offload.sandbox.manager import ChangedFile
 
 
 class TaskStore:
@@ -82,6 +84,8 @@ class TaskStore:
         _replace(where / "diff.patch", diff)
 
     def changes(self, task_id: str, attempt: int | None = None) -> list[ChangedFile]:
+        from offload.sandbox.manager import ChangedFile
+
         path = self._results(task_id, attempt) / "changes.json"
         if not path.exists():
             return []

@@ -29,8 +29,6 @@ from pathlib import Path
 
 from offload.sandbox.channel import end_process
 
-from ..agent.model import ToolCall
-
 log = logging.getLogger(__name__)
 NICENESS = 5  # the editor's process comes first when both want the CPU
 
@@ -124,6 +122,8 @@ def encode_prior(prior: list[dict] | None) -> list[dict] | None:
 
 
 def decode_prior(prior: list[dict] | None) -> list[dict] | None:
+    from ..agent.model import ToolCall
+
     if prior is None:
         return None
     return [{**item, "calls": [ToolCall(**c) for c in item["calls"]]} if "calls" in item else item for item in prior]
