@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from . import config as cfg
 from .agent.evidence import checks_passed
-from .tasks.manager import TaskError, TaskManager
+from .tasks.manager import FINAL_STATES, TaskError, TaskManager
+from .terminal import Out, escape
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
@@ -60,11 +62,11 @@ class LiveDisplay:
         self.tick()
 
     def _line(self, text: str) -> None:
-        self.stream.write("\r\033[K" + text + "\n")
+        self.stream.write("\r\033[K" + escape(text) + "\n")
 
     def tick(self) -> None:
         if self.status:
-            self.stream.write(f"\r\033[K{self.status[:100]}  [{time.monotonic() - self.started:.0f}s]")
+            self.stream.write(f"\r\033[K{escape(self.status[:100])}  [{time.monotonic() - self.started:.0f}s]")
         self.stream.flush()
 
 
@@ -81,10 +83,11 @@ async def _run_task(args: argparse.Namespace, kind: str) -> int:
     try:
         cfg.resolve_model(cfg.load_config(repo))  # fail at once, before any sandbox, when no model is set
     except cfg.ConfigError as e:
-        print(f"offload: {e}", file=sys.stderr)
+        _error(e)
         return EXIT_USAGE
 
     display = LiveDisplay(sys.stderr) if sys.stderr.isatty() and not args.json else None
+    out, err = Out(sys.stdout), Out(sys.stderr)
 
     def show(record: dict, event: dict) -> None:
         if args.json:
@@ -94,7 +97,8 @@ async def _run_task(args: argparse.Namespace, kind: str) -> int:
         else:
             line = _progress_line(record, event)
             if line:
-                print(line, file=sys.stderr, flush=True)
+                err.line(line)
+                err.flush()
 
     manager.listeners.append(show)
     try:
@@ -103,7 +107,7 @@ async def _run_task(args: argparse.Namespace, kind: str) -> int:
         else:
             record = manager.submit(args.prompt, repo, kind=kind, attempts=getattr(args, "attempts", None))
     except TaskError as e:
-        print(f"offload: {e}", file=sys.stderr)
+        _error(e)
         return EXIT_USAGE
     job = asyncio.ensure_future(manager.wait(record["id"]))
     while display and not job.done():
@@ -113,32 +117,35 @@ async def _run_task(args: argparse.Namespace, kind: str) -> int:
     if record["state"] == "finished" and kind == "code" and getattr(args, "apply", False):
         try:
             merged = manager.apply(record["id"])
-            print(f"applied {len(merged)} file(s) to {record['repo']}", file=sys.stderr)
+            err.line(f"applied {len(merged)} file(s) to {record['repo']}")
         except TaskError as e:
-            print(f"offload: {e}", file=sys.stderr)
+            _error(e)
             return EXIT_FAILED
     if args.json:
         print(json.dumps({"task": record["id"], "type": "result", "record": record}), flush=True)
     else:
         if record["message"]:
-            print(record["message"].rstrip() + "\n")
+            out.line(record["message"].rstrip() + "\n")
         if kind == "code":
-            print(manager.diff(record["id"]), end="")
-        _print_attempts(record, sys.stderr)
+            out.diff(manager.diff(record["id"]))
+        _print_attempts(record, err)
         if record["state"] != "finished":
-            print(f"offload: task {record['id']} {record['state']}: {record['reason']}", file=sys.stderr)
+            _error(f"task {record['id']} {record['state']}: {record['reason']}")
     if record["state"] != "finished":
         return EXIT_FAILED
     return 0 if kind == "ask" or checks_passed(record["checks"]) else EXIT_FAILED
 
 
-def _print_attempts(record: dict, stream) -> None:
+def _print_attempts(record: dict, out: Out) -> None:
     """A best-of-N task's attempts in their order, the chosen one marked."""
     for a in record.get("attempt_results") or []:
         mark = "*" if a["attempt"] == record.get("attempt") else " "
-        print(f"{mark} attempt {a['attempt']}: {a['state']:<9} {a['passed']} passed, {a['failed']} failed, "
-              f"{a['diff_lines']} line(s) changed" + (f" — {a['reason']}" if a["state"] != "finished" else ""),
-              file=stream)
+        out.line(f"{mark} attempt {a['attempt']}: {a['state']:<9} {a['passed']} passed, {a['failed']} failed, "
+                 f"{a['diff_lines']} line(s) changed" + (f" — {a['reason']}" if a["state"] != "finished" else ""))
+
+
+def _error(message) -> None:
+    Out(sys.stderr).line(f"offload: {message}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -157,16 +164,25 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     manager = TaskManager()
     manager.recover()
     tasks = manager.list(Path.cwd() if not args.all else None)
+    out = Out(sys.stdout)
+    width = shutil.get_terminal_size().columns if out.tty else 0
     for t in tasks:
         if args.json:
             print(json.dumps(t))
         else:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(t["created"]))
-            print(f"{t['id']}  {t['state']:<9}  {when}  {t['kind']:<4}  {t['prompt'][:60]}")
+            line = f"{t['id']}  {t['state']:<9}  {when}  {t['kind']:<4}  "
+            out.line(line + _one_line(t["prompt"], max(width - len(line), 40) if width else 60))
     if not tasks and not args.json:
         print("no tasks for this repository" + ("" if args.all else " (use --all for every repository)"),
               file=sys.stderr)
     return 0
+
+
+def _one_line(text: str, width: int) -> str:
+    """A prompt of any shape (several lines, a "Context: …" part) as one line of at most `width` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -175,26 +191,53 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**record, "events": manager.events(record["id"])}))
         return 0
-    print(f"task {record['id']} ({record['kind']}) — {record['state']}" + (f": {record['reason']}" if record["reason"] else ""))
-    print(f"repository: {record['directory']}\nprompt: {record['prompt']}")
-    print(f"steps: {record['steps']}, tokens: {record['input_tokens']} in / {record['output_tokens']} out")
+    out = Out(sys.stdout)
+    out.line(f"task {record['id']} ({record['kind']}) — {record['state']}" + (f": {record['reason']}" if record["reason"] else ""))
+    out.line(f"repository: {record['directory']}\nprompt: {record['prompt']}")
+    if args.log or args.follow:
+        return _show_log(manager, record, out, args)
+    out.line(f"steps: {record['steps']}, tokens: {record['input_tokens']} in / {record['output_tokens']} out")
     for change in record["changes"]:
-        print(f"  {change['status']:<8} {change['path']}")
-    _print_attempts(record, sys.stdout)
+        out.line(f"  {change['status']:<8} {change['path']}")
+    _print_attempts(record, out)
     if record["message"]:
-        print("\n" + record["message"].rstrip())
+        out.line("\n" + record["message"].rstrip())
+    return 0
+
+
+def _show_log(manager: TaskManager, record: dict, out: Out, args: argparse.Namespace) -> int:
+    """The task's history; with `--follow`, shown as it grows until the task ends."""
+    from .history import History, follow
+
+    history = History(out, full=args.full)
+    out.line()
+    if not args.follow or record["state"] in FINAL_STATES:
+        for event in manager.events(record["id"]):
+            history.show(event)
+        return 0
+
+    def show(event: dict) -> None:
+        history.show(event)
+        out.flush()
+
+    def ended(event: dict) -> bool:
+        return (event["type"] == "state" and event.get("state") in FINAL_STATES and "attempt" not in event
+                and manager.get(record["id"])["state"] in FINAL_STATES)
+
+    follow(manager.store.dir(record["id"]) / "events.jsonl", show, ended, idle=manager.recover)
     return 0
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    print(TaskManager().diff(args.id, args.attempt), end="")
+    Out(sys.stdout).diff(TaskManager().diff(args.id, args.attempt))
     return 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
     merged = TaskManager().apply(args.id, args.attempt)
+    out = Out(sys.stdout)
     for m in merged:
-        print(f"{'deleted' if m.content is None else 'unchanged' if m.unchanged else 'updated'}  {m.path}")
+        out.line(f"{'deleted' if m.content is None else 'unchanged' if m.unchanged else 'updated'}  {m.path}")
     return 0
 
 
@@ -256,8 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", default=".", help="the repository (or a directory in it); default: here")
     p = verb("tasks", "list the tasks of this repository", cmd_tasks, True)
     p.add_argument("--all", action="store_true", help="tasks of every repository")
-    p = verb("show", "show a task: state, changes, summary", cmd_show, True)
+    p = verb("show", "show a task: state, changes, summary; with --log, its whole history", cmd_show, True)
     p.add_argument("id")
+    p.add_argument("--log", action="store_true",
+                   help="the task's history: each step, command (exit code, time, output), patch, plan and check")
+    p.add_argument("-f", "--follow", action="store_true", help="follow a running task's history until it ends")
+    p.add_argument("--full", action="store_true", help="whole outputs, not their head and tail")
     p = verb("diff", "print a task's diff against its base", cmd_diff)
     p.add_argument("id")
     p.add_argument("--attempt", type=int, metavar="K", help="attempt K of a best-of-N task (default: the chosen one)")
@@ -286,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (TaskError, cfg.ConfigError) as e:
-        print(f"offload: {e}", file=sys.stderr)
+        _error(e)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
@@ -294,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         from offload.sandbox.errors import SandboxError
 
         if isinstance(e, SandboxError):
-            print(f"offload: {e}", file=sys.stderr)
+            _error(e)
             return EXIT_FAILED
         raise
 

@@ -1,0 +1,252 @@
+"""A task's history, readable: its event log (`tasks/store.py`) told step by step, and followed
+while it grows, like `tail -f`.
+
+Each model step with its text, tokens and cost; each command with its exit code, time and output
+(head and tail, whole with `full`); patches as diffs; plan updates; the checks the final message
+claims, each with the proof the harness found for it; the task's states. Every piece of text
+from the log goes through `Out`, so nothing a model or a command wrote can drive the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .terminal import BOLD, CYAN, DIM, GREEN, RED, YELLOW, Out, diff_styles
+
+HEAD = TAIL = 10  # lines kept at each end of a long output
+WIDTH = 400  # characters kept of one output line
+STATE_STYLE = {"finished": GREEN, "failed": RED, "cancelled": YELLOW}
+CHECK_STYLE = {"passed": GREEN, "failed": RED, "blocked": YELLOW}
+PLAN_MARK = {"completed": "[x]", "in_progress": "[>]", "pending": "[ ]"}
+
+
+class History:
+    """Prints events one at a time; it keeps what a later event refers back to (a result's call,
+    a check's chunks)."""
+
+    def __init__(self, out: Out, full: bool = False) -> None:
+        self.out, self.full = out, full
+        self.calls: dict[str, dict] = {}  # tool.call events by call id
+        self.streamed: dict[str, list[str]] = {}  # a command's output as it streamed, by call id
+        self.exits: dict[str, int | None] = {}  # each output chunk's exit code, by chunk id
+        self.shown: str | None = None  # the call whose lines came last
+        self.setup: list[str] = []  # the setup script's output since its last status
+        self.prefix = ""
+
+    def show(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "tool.output":
+            self.streamed.setdefault(event.get("id"), []).append(str(event.get("chunk", "")))
+            return
+        if kind == "setup" and "output" in event:
+            self.setup.append(str(event["output"]))
+            return
+        self._end_setup()
+        self.prefix = f"#{event['attempt']} " if "attempt" in event else ""
+        render = getattr(self, "_" + str(kind).replace(".", "_"), None)
+        if render is None:
+            rest = {k: v for k, v in event.items() if k not in ("t", "type", "attempt")}
+            self._line(f"  {kind}: {json.dumps(rest, ensure_ascii=False)}", DIM)
+        else:
+            render(event)
+        if kind != "tool.call":
+            self.shown = None
+
+    def _line(self, text: str, *styles: str) -> None:
+        for line in text.split("\n") or [""]:
+            self.out.line(self.prefix + line, *styles)
+
+    def _stamp(self, event: dict) -> str:
+        return time.strftime("%H:%M:%S", time.localtime(event.get("t", 0)))
+
+    def _output(self, text: str) -> None:
+        """A command's output, indented; its head and tail unless the whole was asked for."""
+        lines = text.rstrip("\n").split("\n") if text.strip() else []
+        if not self.full and len(lines) > HEAD + TAIL + 1:
+            lines = [*lines[:HEAD], f"… {len(lines) - HEAD - TAIL} lines omitted (--full shows them) …",
+                     *lines[-TAIL:]]
+        for line in lines:
+            if not self.full and len(line) > WIDTH:
+                line = f"{line[:WIDTH]}… ({len(line) - WIDTH} more characters)"
+            self._line(f"    {line}", DIM)
+
+    def _end_setup(self) -> None:
+        if self.setup:
+            self._output("".join(self.setup))
+            self.setup = []
+
+    # ---- events, by type -----------------------------------------------------------------------
+    def _state(self, e: dict) -> None:
+        reason = f": {e['reason']}" if e.get("reason") else ""
+        self._line(f"{self._stamp(e)} {e.get('state')}{reason}", BOLD, *filter(None, [STATE_STYLE.get(e.get("state"))]))
+
+    def _sandbox(self, e: dict) -> None:
+        warm = ", warm" if e.get("warm") else ""
+        self._line(f"  sandbox {e.get('sandbox')} ({e.get('backend')}{warm}), base {str(e.get('base'))[:12]}", DIM)
+
+    def _setup(self, e: dict) -> None:
+        self._line(f"  setup: {e.get('text') or e.get('status')}")
+
+    def _note(self, e: dict) -> None:
+        self._line(f"  note: {e.get('text')}", DIM)
+
+    def _error(self, e: dict) -> None:
+        self._line(f"  error: {e.get('error')}", RED)
+
+    def _model_reply(self, e: dict) -> None:
+        cost = f" · ${e['cost_usd']:.4f}" if isinstance(e.get("cost_usd"), (int, float)) else ""
+        self._line("")
+        self._line(f"{self._stamp(e)} step {e.get('step')} · {e.get('input_tokens', 0)} in / "
+                   f"{e.get('output_tokens', 0)} out tokens · {e.get('duration', 0):.2f} s{cost}", BOLD)
+        if str(e.get("text") or "").strip():
+            self._line("\n".join(f"  {line}" for line in str(e["text"]).strip("\n").split("\n")))
+
+    def _model_call_failed(self, e: dict) -> None:
+        self._line(f"  model call failed (step {e.get('step')}): {e.get('error')}", YELLOW)
+
+    def _model_error(self, e: dict) -> None:
+        self._line(f"  model error (step {e.get('step')}): {e.get('error')}", RED)
+
+    def _context(self, e: dict) -> None:
+        hidden = e.get("hidden") or []
+        self._line(f"  context: {len(hidden)} older output(s) hidden from the model ({', '.join(hidden)})", DIM)
+
+    def _loop(self, e: dict) -> None:
+        self._line(f"  stopped a loop: {e.get('name')} called {e.get('repeats')} times in a row", RED)
+
+    def _tool_call(self, e: dict) -> None:
+        self.calls[e.get("id")] = e
+        self._call(e, whole=True)
+        self.shown = e.get("id")
+
+    def _call(self, e: dict, whole: bool) -> None:
+        """A call's first lines: the command, or the patch (whole when first shown)."""
+        by = " (run by Offload)" if e.get("by") == "harness" else ""
+        name, args = e.get("name"), _arguments(e)
+        command = args.get("command") if isinstance(args, dict) else None
+        if name == "shell" and isinstance(command, list) and command[:1] == ["apply_patch"] and len(command) == 2:
+            name, args = "apply_patch", {"input": command[1]}
+        if name == "shell" and isinstance(command, list):
+            workdir = f"  (in {args['workdir']})" if args.get("workdir") else ""
+            self._line(f"  $ {_command_text(command)}{workdir}{by}", BOLD)
+        elif name == "apply_patch":
+            patch = args.get("input") if isinstance(args, dict) else None
+            patch = patch if isinstance(patch, str) else str(e.get("arguments", ""))
+            self._line("  apply_patch", BOLD)
+            lines = [line for line in patch.split("\n") if line not in ("*** Begin Patch", "*** End Patch")]
+            for line in lines if whole else lines[:1]:
+                self._line(f"    {line}", *diff_styles(line))
+        elif name != "update_plan":
+            self._line(f"  {name} {e.get('arguments', '')}", BOLD)
+
+    def _tool_result(self, e: dict) -> None:
+        call_id = e.get("id")
+        self.exits[e.get("chunk")] = e.get("exit_code")
+        if call_id != self.shown and call_id in self.calls:
+            self._call(self.calls[call_id], whole=False)  # other events came between: say which call this is
+        text = str(e.get("output", ""))
+        if text.startswith("Chunk: "):
+            text = text.split("\n", 1)[1] if "\n" in text else ""
+        if "exit_code" in e:
+            ended = " · timed out" if e.get("timed_out") else " · killed" if e.get("killed") else ""
+            self._line(f"  exit {e['exit_code']} · {e.get('duration', 0):.2f} s{ended} · {e.get('chunk')}",
+                       GREEN if e["exit_code"] == 0 else RED)
+            streamed = self.streamed.pop(call_id, None)
+            self._output("".join(streamed) if streamed is not None else text.split("Output:\n", 1)[-1])
+        elif not (e.get("name") == "update_plan" and "plan" in e):
+            self._line(f"  result · {e.get('chunk')}", DIM)
+            self._output(text)
+
+    def _plan(self, e: dict) -> None:
+        self._line("  plan" + (f": {e['explanation']}" if e.get("explanation") else ""), BOLD)
+        for item in e.get("plan") or []:
+            if isinstance(item, dict):
+                self._line(f"    {PLAN_MARK.get(item.get('status'), '[?]')} {item.get('step')}")
+
+    def _commit(self, e: dict) -> None:
+        self._line(f"  commit {str(e.get('commit'))[:12]}", DIM)
+
+    def _citations(self, e: dict) -> None:
+        citations = [c for c in e.get("citations") or [] if isinstance(c, dict)]
+        checks = [c for c in citations if c.get("kind") == "check"]
+        if checks:
+            self._line("  checks", BOLD)
+        for c in checks:
+            status = str(c.get("status"))
+            proof = ", ".join(f"{chunk} exited {self.exits.get(chunk, '?')}" for chunk in c.get("chunks") or [])
+            self._line(f"    {status:<7} {c.get('citation')}", *filter(None, [CHECK_STYLE.get(status)]))
+            if c.get("ok"):
+                self._line(f"            proof: {proof}", DIM)
+            else:
+                self._line(f"            not proven: {c.get('reason')}" + (f" ({proof})" if proof else ""), YELLOW)
+        for c in citations:
+            if c.get("kind") != "check" and not c.get("ok"):
+                self._line(f"  citation {c.get('citation')}: {c.get('reason')}", YELLOW)
+        self._line(f"  citations: {e.get('checked', len(citations))} checked, {e.get('flagged', 0)} flagged", DIM)
+
+    def _agent_end(self, e: dict) -> None:
+        cost = f" · ${e['cost_usd']:.4f}" if isinstance(e.get("cost_usd"), (int, float)) else " · cost not known"
+        self._line(f"  {e.get('outcome')}: {e.get('reason')} · {e.get('steps')} steps · {e.get('input_tokens', 0)} in / "
+                   f"{e.get('output_tokens', 0)} out tokens ({e.get('cached_tokens', 0)} cached){cost}", BOLD)
+
+    def _followup(self, e: dict) -> None:
+        rejected = f" ({len(e['rejected'])} rejected hunk(s) undone)" if e.get("rejected") else ""
+        self._line("")
+        self._line(f"{self._stamp(e)} follow-up{rejected}: {e.get('prompt')}", BOLD)
+
+    def _review(self, e: dict) -> None:
+        self._line(f"  review: {e.get('decision')} {len(e.get('hunks') or [])} hunk(s)")
+
+    def _applied(self, e: dict) -> None:
+        self._line(f"{self._stamp(e)} applied to the checkout: {', '.join(map(str, e.get('files') or []))}", BOLD)
+
+    def _discarded(self, e: dict) -> None:
+        self._line(f"{self._stamp(e)} discarded", BOLD)
+
+    def _attempt_chosen(self, e: dict) -> None:
+        self._line(f"{self._stamp(e)} attempt {e.get('chosen')} chosen", BOLD)
+
+
+def _arguments(event: dict):
+    try:
+        return json.loads(event.get("arguments") or "")
+    except (json.JSONDecodeError, TypeError):
+        return None
+
+
+def _command_text(command: list) -> str:
+    """A shell call as the model meant it: the script of `bash -lc SCRIPT`, else the argv quoted."""
+    if len(command) == 3 and command[0] in ("bash", "sh") and command[1] in ("-lc", "-c"):
+        return str(command[2])
+    return shlex.join(map(str, command))
+
+
+def follow(log: Path, show: Callable[[dict], None], ended: Callable[[dict], bool],
+           idle: Callable[[], None], poll: float = 0.25) -> None:
+    """Show each event of `log` as it is appended until one for which `ended(event)` holds; `idle()`
+    runs whenever nothing new came (to notice a runner that died). A line still being written waits
+    for its end."""
+    while not log.exists():
+        idle()
+        time.sleep(poll)
+    pending = b""
+    with open(log, "rb") as f:
+        while True:
+            data = f.read()
+            if not data:
+                idle()
+                time.sleep(poll)
+                continue
+            *lines, pending = (pending + data).split(b"\n")
+            for line in lines:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash mid-write
+                show(event)
+                if ended(event):
+                    return
