@@ -85,11 +85,14 @@ def test_parse_crlf_patch_equals_lf_patch() -> None:
         "```\n*** Begin Patch\n*** Add File: a\n+x\n*** End Patch\n```",
         "apply_patch <<'EOF'\n*** Begin Patch\n*** Add File: a\n+x\n*** End Patch\nEOF\n",
         "<<\"EOF\"\n*** Begin Patch\n*** Add File: a\n+x\n*** End Patch\nEOF",
-        "*** Begin Patch\n*** Add File: a\n+x",
+        "applypatch <<'PATCH'\n*** Begin Patch\n*** Add File: a\n+x\n*** End Patch\nPATCH",
+        "```\n*** Begin Patch\n*** Add File: a\n+x\n```",
+        "apply_patch <<'EOF'\n*** Begin Patch\n*** Add File: a\n+x\nEOF",
         "*** Add File: a\n+x\n*** End Patch",
         "  *** Begin Patch\n  *** Add File: a\n  +x\n  *** End Patch",
     ],
-    ids=["fence", "heredoc", "bare-heredoc", "no-end", "no-begin", "indented"],
+    ids=["fence", "heredoc", "bare-heredoc", "applypatch-heredoc", "no-end-in-closed-fence", "no-end-in-closed-heredoc",
+         "no-begin", "indented"],
 )
 def test_parse_lenient_wrappers(text: str) -> None:
     assert [(op.kind, op.path, op.content) for op in parse_patch(text)] == [("add", "a", "x\n")]
@@ -114,6 +117,9 @@ def test_parse_lenient_wrappers(text: str) -> None:
         (wrap("*** Update File: a\n@@\n-x\n+y\n*** Move to: b"), "must come right after"),
         ("*** Begin Patch\n*** Add File: a\n+x\n*** End Patch\nthanks!", "line 5: unexpected text after '*** End Patch'"),
         ("*** Begin Patch\n*** Add File: a\n+x\n*** Begin Patch", "second '*** Begin Patch'"),
+        ("*** Begin Patch\n*** Add File: a\n+x", "does not end with '*** End Patch', so it may have been cut off"),
+        ("```\n*** Begin Patch\n*** Update File: a\n@@\n-x", "may have been cut off"),  # a fence never closed
+        ("apply_patch <<'EOF'\n*** Begin Patch\n*** Update File: a\n@@\n x\n-y", "may have been cut off"),
         (wrap("*** Add File: a\n+1\n*** Add File: a\n+2"), "a is touched twice in this patch (also at line 2)"),
         (wrap("*** Update File: a\n*** Move to: b\n*** Delete File: b"), "b is touched twice"),
     ],

@@ -72,7 +72,7 @@ _MARKER_RE = re.compile(
     re.IGNORECASE,
 )
 _FILE_MARKERS = ("add file", "delete file", "update file")
-_HEREDOC_RE = re.compile(r"(?:apply_patch\s*)?<<-?\s*(['\"]?)(\w+)\1")
+_HEREDOC_RE = re.compile(r"(?:apply_?patch\s*)?<<-?\s*(['\"]?)(\w+)\1")
 _UNIFIED_HEADER_RE = re.compile(r"-\d+(?:,\d+)?\s+\+\d+(?:,\d+)?\s*@@(.*)")
 _FENCE_END_RE = re.compile(r"```+\s*")  # at column 0: " ```" is a context line
 
@@ -111,19 +111,22 @@ def _unwrap(text: str) -> list[_Line]:
     """The lines between `*** Begin Patch` and `*** End Patch`, wrappers models add removed.
 
     Accepted because their meaning is plain: CRLF, a ``` fence, a heredoc
-    (`apply_patch <<'EOF'` … `EOF`), a patch indented as a whole, a missing
-    `*** End Patch`, a missing `*** Begin Patch` when the text starts with a file section.
+    (`apply_patch <<'EOF'` … `EOF`, or `applypatch`), a patch indented as a whole, a missing
+    `*** Begin Patch` when the text starts with a file section, and a missing `*** End Patch`
+    when a closed fence or heredoc shows the patch arrived whole. Without either, the patch may
+    have been cut off (a truncated last chunk would delete lines), so it is refused.
     """
     lines = _trim_blank(list(enumerate(text.replace("\r\n", "\n").split("\n"), 1)))
+    closed = False  # a wrapper's end arrived: the patch is whole
     if lines and lines[0][1].lstrip().startswith("```"):
         lines = lines[1:]
         if lines and _FENCE_END_RE.fullmatch(lines[-1][1]):
-            lines = lines[:-1]
+            lines, closed = lines[:-1], True
         lines = _trim_blank(lines)
     if lines and (m := _HEREDOC_RE.fullmatch(lines[0][1].strip())):
         lines = lines[1:]
         if lines and lines[-1][1].strip() == m.group(2):
-            lines = lines[:-1]
+            lines, closed = lines[:-1], True
         lines = _trim_blank(lines)
     if not lines:
         _fail("Invalid patch: it is empty. Send '*** Begin Patch', file sections, then '*** End Patch'.")
@@ -151,6 +154,9 @@ def _unwrap(text: str) -> list[_Line]:
             if rest:
                 _fail(f"Invalid patch, line {rest[0][0]}: unexpected text after '*** End Patch': {rest[0][1]!r}.")
             return lines[:idx]
+    if not closed:
+        _fail("Invalid patch: it does not end with '*** End Patch', so it may have been cut off. "
+              "Send the whole patch again, ending with '*** End Patch'.")
     return lines
 
 
