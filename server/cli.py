@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from . import config as cfg
-from .agent.evidence import checks_passed
+from .agent.evidence import checks_passed, checks_problem
 from .tasks.manager import FINAL_STATES, TaskError, TaskManager
 from .terminal import Out, escape
 
@@ -133,7 +133,10 @@ async def _run_task(args: argparse.Namespace, kind: str) -> int:
             _error(f"task {record['id']} {record['state']}: {record['reason']}")
     if record["state"] != "finished":
         return EXIT_FAILED
-    return 0 if kind == "ask" or checks_passed(record["checks"]) else EXIT_FAILED
+    if kind == "code" and not checks_passed(record["checks"]):
+        _error(f"task {record['id']} finished, but its checks are not proven: {checks_problem(record['checks'])}")
+        return EXIT_FAILED
+    return 0
 
 
 def _print_attempts(record: dict, out: Out) -> None:
@@ -172,7 +175,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         else:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(t["created"]))
             line = f"{t['id']}  {t['state']:<9}  {when}  {t['kind']:<4}  "
-            out.line(line + _one_line(t["prompt"], max(width - len(line), 40) if width else 60))
+            out.line(line + _one_line(t["prompt"], max(width - len(line), 20) if width else 60))
     if not tasks and not args.json:
         print("no tasks for this repository" + ("" if args.all else " (use --all for every repository)"),
               file=sys.stderr)

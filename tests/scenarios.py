@@ -13,11 +13,13 @@ UNITTEST = ["python3", "-m", "unittest", "-q"]
 _MARKS = {"passed": "✅", "failed": "❌", "blocked": "⚠️"}
 
 
-def report(summary: list[str], testing: list[tuple[str, str]]) -> str:
+def report(summary: list[str], testing: list[tuple[str, ...]]) -> str:
     """Codex's final-message shape: a Summary whose claims cite ``path:Lstart-Lend`` ranges, and a
-    Testing section marking each check passed, failed or blocked (by the environment)."""
+    Testing section marking each check passed, failed or blocked (by the environment), citing the
+    chunk of its run when one is given: ``(command, status)`` or ``(command, status, output)``."""
     lines = ["## Summary", *(f"- {claim}" for claim in summary), "", "## Testing"]
-    lines += [f"- {_MARKS[status]} `{command}` {status}" for command, status in testing]
+    lines += [f"- {_MARKS[status]} `{command}` {status}" + (f" [{chunk_of(out[0])}]" if out else "")
+              for command, status, *out in testing]
     return "\n".join(lines)
 
 
@@ -44,7 +46,7 @@ def fix_failing_test(req):
     out = yield shell(UNITTEST)
     status = "passed" if re.search(r"^OK", output_text(out), re.M) and "FAILED" not in out else "failed"
     yield say(report([f"Fixed `add` to return `a + b` instead of `a - b` (calc.py:L{lines[0]}-L{lines[1]})."],
-                     [(" ".join(UNITTEST), status)]))
+                     [(" ".join(UNITTEST), status, out)]))
 
 
 @scenario("fix-after-rate-limit")
@@ -83,14 +85,14 @@ def fix_and_document(req):
     out = yield shell(UNITTEST)
     status = "passed" if re.search(r"^OK", output_text(out), re.M) else "failed"
     return (yield say(report(["Fixed `add` and documented `multiply` (calc.py:L4-L10)."],
-                             [(" ".join(UNITTEST), status)])))
+                             [(" ".join(UNITTEST), status, out)])))
 
 
 @scenario("slow-command")
 def slow_command(req):
     """Starts a command that takes a minute: something to cancel or kill a process during."""
     out = yield shell(["sleep", "60"])
-    yield say(report(["Waited."], [("sleep 60", "passed" if out.startswith("Exit code: 0") else "failed")]))
+    yield say(report(["Waited."], [("sleep 60", "passed" if "Exit code: 0" in out else "failed", out)]))
 
 
 @scenario("slow-then-fix")
@@ -134,7 +136,8 @@ def follow_up(req):
                             "     return a + b\n*** End Patch")
     assert "Success" in out, out
     out = yield shell(UNITTEST)
-    yield say(report(["Documented `add` (calc.py:L4-L6)."], [(" ".join(UNITTEST), "passed" if "OK" in out else "failed")]))
+    yield say(report(["Documented `add` (calc.py:L4-L6)."],
+                     [(" ".join(UNITTEST), "passed" if "OK" in out else "failed", out)]))
 
 
 @scenario("rewrite-add")
@@ -145,7 +148,7 @@ def rewrite_add(req):
     assert "Success" in out, out
     out = yield shell(UNITTEST)
     status = "passed" if re.search(r"^OK", output_text(out), re.M) else "failed"
-    yield say(report(["Rewrote `add` with `sum` (calc.py:L4-L5)."], [(" ".join(UNITTEST), status)]))
+    yield say(report(["Rewrote `add` with `sum` (calc.py:L4-L5)."], [(" ".join(UNITTEST), status, out)]))
 
 
 @scenario("give-up")
@@ -153,7 +156,7 @@ def give_up(req):
     """Runs the tests, sees them fail, changes nothing and says so honestly."""
     out = yield shell(UNITTEST)
     status = "failed" if "FAILED" in out else "passed"
-    yield say(report(["Found the failure but did not fix it."], [(" ".join(UNITTEST), status)]))
+    yield say(report(["Found the failure but did not fix it."], [(" ".join(UNITTEST), status, out)]))
 
 
 @scenario("ask-tries-to-write")
@@ -186,7 +189,7 @@ def checks_after_reminder(req):
     assert "Success" in out, out
     yield say("## Summary\nFixed add (calc.py:L4-L5).\n## Testing\n- none run")  # answered by a reminder
     out = yield shell(UNITTEST)
-    yield say(report(["Fixed add (calc.py:L4-L5)."], [(" ".join(UNITTEST), "passed" if "OK" in out else "failed")]))
+    yield say(report(["Fixed add (calc.py:L4-L5)."], [(" ".join(UNITTEST), "passed" if "OK" in out else "failed", out)]))
 
 
 @scenario("best-of-three", variants=True)

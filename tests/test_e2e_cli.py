@@ -128,11 +128,12 @@ def test_checks_agents_md_lists_run_after_the_last_edit(docker_engine, fake_mode
 def test_a_global_agents_md_is_read_first(docker_engine, fake_model, sample_repo, isolated_dirs):
     from pathlib import Path
 
-    from offload.server.agent.prompts import agents_instructions, listed_checks
+    from offload.server.agent.checks import CheckBook
+    from offload.server.agent.prompts import agents_instructions
 
     global_file = Path(isolated_dirs["XDG_CONFIG_HOME"]) / "offload" / "AGENTS.md"
     global_file.parent.mkdir(parents=True)
     global_file.write_text("Prefer small commits.\n\n## Checks\n- `make lint`\n")
     text, notes = agents_instructions(sample_repo)
     assert text.index("Prefer small commits") < text.index("A tiny calculator") and notes == []
-    assert listed_checks(sample_repo) == ["make lint", "python3 -m unittest -q"]
+    assert [c.command for c in CheckBook(sample_repo).required] == ["make lint", "python3 -m unittest -q"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import posixpath
 import re
 import threading
 import time
@@ -20,9 +21,10 @@ from dataclasses import dataclass, field
 from offload.sandbox.errors import SandboxError
 from offload.sandbox.manager import Sandbox
 
-from .evidence import Chunks, check_citations
+from .checks import Check, CheckBook
+from .evidence import Chunks, check_citations, checks_passed, task_checks
 from .model import Attempt, ModelClient, ModelError, Reply, ToolCall, Usage
-from .prompts import listed_checks, system_prompt
+from .prompts import system_prompt
 from .tools import Tools, tool_specs
 
 Emit = Callable[[str, dict], None]
@@ -35,8 +37,10 @@ HIDDEN = "[output hidden to save context; it is in the task log as chunk {chunk}
 REPEATED = ("\n\nNote: you have made exactly this call {n} times in a row and its result will not change. "
             "Do something different, or finish with your final message: the same call again stops the task.")
 CANCELLED = "cancelled by the user"
-CHECKS_REMINDER = ("AGENTS.md lists checks that must run after the last edit, and these have not run since yours. "
-                   "Run them now, then send your final message again with their results:\n")
+CHECKS_REMINDER = ("Checks must run after the last edit, and these have not run since yours. Run them now, then send "
+                   "your final message again with their results, citing each run:\n")
+UNDECIDED_REMINDER = ("AGENTS.md names commands you have neither declared nor dismissed: call declare_checks to "
+                      "declare the ones that apply (and run them) and dismiss the others with the reason. Candidates ")
 
 
 @dataclass
@@ -61,6 +65,7 @@ class AgentResult:
     cost_usd: float | None = 0.0  # None when the model has no known price
     model_calls: int = 0
     citations: list = field(default_factory=list)
+    checks: list = field(default_factory=list)  # see evidence.task_checks: "passed" only when proven
 
     def count(self, usage: Usage, cost: float | None) -> None:
         self.model_calls += 1
@@ -145,16 +150,19 @@ class _Agent:
         self.keep_outputs, self.context_bytes = keep_outputs, context_bytes
         self.stop = threading.Event()  # cancel or time budget: kills a running command
         self.deadline = time.monotonic() + budget.max_minutes * 60
+        self.book = None if read_only else CheckBook(sandbox.snapshot.path, sandbox.snapshot.subdir)
+        declare = bool(self.book and self.book.files)
         self.tools = Tools(sandbox, read_only, lambda call_id, chunk: emit("tool.output", {"id": call_id,
-                                                                                           "chunk": chunk}), self.stop)
-        self.specs = tool_specs(read_only, model.freeform_patch)
-        self.chunks = Chunks((item["chunk"], {"call": item["call_id"], "exit_code": item.get("exit_code")})
-                             for item in prior if item["role"] == "tool" and item.get("chunk"))
+                                                                                           "chunk": chunk}), self.stop,
+                           self.book if declare else None)
+        self.specs = tool_specs(read_only, model.freeform_patch, declare)
+        self.chunks = Chunks((item for item in prior if item.get("chunk")),  # tool outputs, and checks Offload ran
+                             root=sandbox.backend.workspace)
+        self.subdir = posixpath.normpath(sandbox.snapshot.subdir or ".")
         self.result = AgentResult("failed", "", cost_usd=model.cost(Usage()))
         self.history: list[dict] = []
         self.prior = prior
-        self.checks = [] if read_only else listed_checks(sandbox.snapshot.path, sandbox.snapshot.subdir)
-        self.edited, self.reminded, self.since_edit = False, False, set()
+        self.reminded = False
         self.last_call: tuple[tuple, int] = ((), 0)  # (name, arguments) and how many times in a row
 
     async def run(self) -> AgentResult:
@@ -176,9 +184,15 @@ class _Agent:
         self.stop.set()
 
     async def _work(self) -> tuple[str, str]:
-        system, notes = system_prompt(self.sandbox.snapshot.path, self.sandbox.snapshot.subdir, self.read_only)
+        system, notes = system_prompt(self.sandbox.snapshot.path, self.sandbox.snapshot.subdir, self.read_only,
+                                      self.book.offer() if self.book else "")
         for note in notes:
             self.emit("note", {"text": note})
+        if self.book and self.book.candidates:  # what the model was offered, for the record
+            self.emit("checks.offered", {"candidates": [
+                {"candidate": n, "command": c.command, "file": c.file, "line": c.line, "directory": c.directory,
+                 "placeholders": list(c.placeholders), "notes": list(c.notes), "required": c.required}
+                for n, c in enumerate(self.book.candidates, 1)]})
         if self.result.cost_usd is None:
             self.emit("note", {"text": f"no price is known for model {self.model.name!r}: its tokens are counted, "
                                        "its cost is not, and budget.max_cost_usd cannot apply"})
@@ -192,16 +206,15 @@ class _Agent:
                         await self._call(call)
                     continue
                 self.result.message = reply.text
-                missing = self._unrun_checks()
-                if not missing or self.reminded:
+                reminder = self._reminder()
+                if not reminder or self.reminded:
                     break
-                self.reminded = True  # once: the model runs them, or the harness does below
-                reminder = CHECKS_REMINDER + "\n".join(f"- `{c}`" for c in missing)
+                self.reminded = True  # once: the model runs them, or the harness runs the required ones below
                 # the log keeps what the model was told, so a follow-up's conversation has it too
-                self.emit("note", {"text": "reminded the model of unrun checks: " + ", ".join(missing),
-                                   "told": reminder})
+                self.emit("note", {"text": "reminded the model of unrun checks: " + ", ".join(
+                    c.label() for c in self._unrun()) or "undecided candidates", "told": reminder})
                 self.history.append({"role": "user", "content": reminder})
-            if missing := self._unrun_checks():
+            if missing := [c for c in self._unrun() if c.kind == "required"]:
                 await self._run_checks(missing)
             await self._finish()
         except _End as end:
@@ -273,7 +286,8 @@ class _Agent:
         self.emit("tool.call", {"id": call.id, "name": call.name, "arguments": call.arguments, "custom": call.custom})
         started = time.monotonic()
         outcome = await asyncio.to_thread(self.tools.call, call.id, call.name, call.arguments, call.custom)
-        chunk = self.chunks.add(call=call.id, name=call.name, exit_code=outcome.event.get("exit_code"))
+        chunk = self.chunks.add(call=call.id, name=call.name, **{k: outcome.event.get(k) for k in (
+            "exit_code", "command", "directory", "files")})
         output = f"Chunk: {chunk}\n{outcome.output}" + (REPEATED.format(n=repeats) if repeats == REPEAT_LIMIT else "")
         self.emit("tool.result", {"id": call.id, "name": call.name, "chunk": chunk, "output": output,
                                   "duration": round(time.monotonic() - started, 4), **outcome.event})
@@ -281,42 +295,43 @@ class _Agent:
             self.emit("plan", {"plan": outcome.event["plan"], "explanation": outcome.event.get("explanation")})
         self.history.append({"role": "tool", "call_id": call.id, "output": output, "custom": call.custom,
                              "chunk": chunk})
-        self._track_checks(call, outcome.event)
         if self.stop.is_set():
             raise self._stopped()
 
-    def _track_checks(self, call: ToolCall, event: dict) -> None:
-        """Which commands ran since the last edit: the checks must run after it."""
-        if event.get("files"):
-            self.edited, self.since_edit = True, set()
-        elif "exit_code" in event and call.name == "shell":
-            try:
-                command = json.loads(call.arguments).get("command")
-            except (json.JSONDecodeError, AttributeError):
-                return
-            self.since_edit.add(_command_text(command))
-
-    def _unrun_checks(self) -> list[str]:
-        if self.read_only or not self.edited:
+    def _unrun(self) -> list[Check]:
+        """The checks that must run and have not since the last edit (none before any edit)."""
+        if not self.book or not self.chunks.last_edit:
             return []
-        return [c for c in self.checks if c not in self.since_edit]
+        return [c for c in self.book.must_run() if self.chunks.latest_run(c.steps) is None]
 
-    async def _run_checks(self, checks: list[str]) -> None:
-        """The model would not run them: run them here and report them honestly in its message."""
+    def _reminder(self) -> str:
+        """What to tell a model that sends its final message with checks not run or candidates undecided."""
+        parts = []
+        if unrun := self._unrun():
+            parts.append(CHECKS_REMINDER + "\n".join(f"- {c.label()} (from {c.file}:{c.line})" for c in unrun))
+        if self.book and self.chunks.last_edit and (undecided := [n for n in self.book.undecided()
+                                                                  if not self.book.candidates[n - 1].required]):
+            parts.append(UNDECIDED_REMINDER + ", ".join(map(str, undecided)) + " of the list you were given.")
+        return "\n\n".join(parts)
+
+    async def _run_checks(self, checks: list[Check]) -> None:
+        """The model would not run the checks AGENTS.md requires (`## Checks`): run them here, as
+        written, and report them honestly in its message."""
         lines = []
         for check in checks:
-            call_id = f"harness-{len(self.since_edit) + 1}"
-            self.emit("tool.call", {"id": call_id, "name": "shell", "by": "harness",
-                                    "arguments": json.dumps({"command": ["bash", "-lc", check]})})
+            call_id = f"harness-{self.chunks.last + 1}"
+            args = {"command": ["bash", "-lc", check.command],
+                    "workdir": posixpath.relpath(check.directory, self.subdir)}
+            self.emit("tool.call", {"id": call_id, "name": "shell", "by": "harness", "arguments": json.dumps(args)})
             started = time.monotonic()
-            outcome = await asyncio.to_thread(self.tools.shell, call_id, {"command": ["bash", "-lc", check]})
-            chunk = self.chunks.add(call=call_id, name="shell", exit_code=outcome.event.get("exit_code"))
+            outcome = await asyncio.to_thread(self.tools.shell, call_id, args)
+            chunk = self.chunks.add(call=call_id, name="shell", **{k: outcome.event.get(k) for k in (
+                "exit_code", "command", "directory")})
             self.emit("tool.result", {"id": call_id, "name": "shell", "by": "harness", "chunk": chunk,
                                       "output": f"Chunk: {chunk}\n{outcome.output}",
                                       "duration": round(time.monotonic() - started, 4), **outcome.event})
-            self.since_edit.add(check)
             status = "passed" if outcome.event.get("exit_code") == 0 else "failed"
-            lines.append(f"- `{check}` — {status} [{chunk}]")
+            lines.append(f"- {check.label()} — {status} [{chunk}]")
         self.result.message = (self.result.message.rstrip() + "\n\n## Testing (run by Offload after the last edit, "
                                "as AGENTS.md asks)\n" + "\n".join(lines) + "\n")
 
@@ -330,16 +345,13 @@ class _Agent:
                 self.emit("error", {"error": f"commit failed: {e}"})
                 raise _End("failed", f"could not commit in the sandbox: {e}") from None
             self.emit("commit", {"commit": r.commit})
-        r.citations = await asyncio.to_thread(check_citations, r.message, self.sandbox.read_file, self.chunks)
+        r.citations = await asyncio.to_thread(check_citations, r.message, self.sandbox.read_file, self.chunks,
+                                              self.subdir)
         self.emit("citations", {"citations": r.citations, "checked": len(r.citations),
                                 "flagged": sum(not c["ok"] for c in r.citations)})
-
-
-def _command_text(command) -> str:
-    """A shell call's command as AGENTS.md would write it."""
-    if isinstance(command, list) and len(command) == 3 and command[0] in ("bash", "sh") and command[1] in ("-lc", "-c"):
-        return command[2].strip()
-    return " ".join(command) if isinstance(command, list) else str(command).strip()
+        r.checks = task_checks(r.citations, self.book.must_run() if self.book else [],
+                               self.book.dismissals() if self.book else [], self.chunks)
+        self.emit("checks", {"checks": r.checks, "passed": checks_passed(r.checks)})
 
 
 def _normal(arguments: str) -> str:

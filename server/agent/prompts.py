@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
+
+from .agents_md import instruction_files
 
 AGENTS_BUDGET = 32 * 1024
 
@@ -18,8 +18,8 @@ and type checkers to see where things stand.
 - Edit files with the apply_patch tool. Use the shell tool for everything else; give it the \
 command as a list of arguments and a timeout_ms when a command needs longer than ten minutes.
 - Keep the change small and focused on the task, in the style of the code around it.
-- After your last edit, run the checks again (every check that AGENTS.md lists, and the tests \
-that cover your change) until they pass or you know why they cannot.
+- After your last edit, run the checks again (every check you declared from AGENTS.md, \
+and the tests that cover your change) until they pass or you know why they cannot.
 - Do not commit; the harness commits your work when you finish.
 - Refuse to write malware or anything meant to harm people or systems.
 - Every tool output starts with its chunk id (`Chunk: c3`): the log keeps that output under \
@@ -31,10 +31,11 @@ When you are done, end with a final message in this shape:
 What you changed and why, citing the files as path:Lstart-Lend (line numbers of the files as \
 they are now, after your change).
 ## Testing
-One line per check you ran: the command, then passed, failed, or blocked by the environment, \
-then the chunk of its last run in brackets, e.g. "- python3 -m unittest -q: passed [c7]".
-Report honestly: never claim a check passed that you did not see pass; the harness verifies \
-every citation."""
+One line per check you ran: the command in backticks, then passed, failed, or blocked by the \
+environment, then the chunk of its last run in brackets, e.g. "- `python3 -m unittest -q`: passed [c7]".
+Report honestly: never claim a check passed that you did not see pass. The harness verifies \
+every citation: a pass counts only when its chunk is a run of that command, after your last \
+edit, that exited 0."""
 
 ASK = """This is a question, not a change: the workspace is read-only and you have no patch tool. \
 Read the code with the shell tool, then answer in Markdown, citing files as path:Lstart-Lend \
@@ -42,31 +43,12 @@ Read the code with the shell tool, then answer in Markdown, citing files as path
 Mermaid diagrams (```mermaid) are welcome where they help."""
 
 
-def global_agents_file() -> Path:
-    """The user's own AGENTS.md, read before any repository's (the least specific of all)."""
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
-    return Path(base) / "offload" / "AGENTS.md"
-
-
-def _agents_files(workspace: Path, subdir: str) -> list[tuple[str, str]]:
-    """(name, text) of every AGENTS.md that applies, least specific first."""
-    dirs = [workspace]
-    for part in Path(subdir).parts if subdir else ():
-        dirs.append(dirs[-1] / part)
-    texts = []
-    if global_agents_file().is_file():
-        texts.append(("global AGENTS.md", global_agents_file().read_text(errors="replace")))
-    texts += [(os.path.relpath(d / "AGENTS.md", workspace), (d / "AGENTS.md").read_text(errors="replace"))
-              for d in dirs if (d / "AGENTS.md").is_file()]
-    return texts
-
-
 def agents_instructions(workspace: Path, subdir: str = "") -> tuple[str, list[str]]:
     """AGENTS.md files joined least specific first; over budget, the least specific go first.
 
     Returns the joined text and a note for each file dropped or cut.
     """
-    texts = _agents_files(workspace, subdir)
+    texts = [(f.name, f.text) for f in instruction_files(workspace, subdir)]
     notes = []
     while texts and sum(len(t.encode()) for _, t in texts) > AGENTS_BUDGET:
         if len(texts) == 1:
@@ -80,26 +62,13 @@ def agents_instructions(workspace: Path, subdir: str = "") -> tuple[str, list[st
     return joined, notes
 
 
-_CHECK_LINE = re.compile(r"^\s*[-*]\s+`([^`]+)`")
-
-
-def listed_checks(workspace: Path, subdir: str = "") -> list[str]:
-    """The commands AGENTS.md lists under a heading that names checks (e.g. `## Checks`)."""
-    checks: list[str] = []
-    for _, text in _agents_files(workspace, subdir):
-        in_checks = False
-        for line in text.splitlines():
-            if line.lstrip().startswith("#"):
-                in_checks = "check" in line.lower()
-            elif in_checks and (m := _CHECK_LINE.match(line)) and m[1].strip() not in checks:
-                checks.append(m[1].strip())
-    return checks
-
-
-def system_prompt(workspace: Path, subdir: str, read_only: bool) -> tuple[str, list[str]]:
+def system_prompt(workspace: Path, subdir: str, read_only: bool, checks: str = "") -> tuple[str, list[str]]:
+    """Our instructions, the repository's AGENTS.md, and the `checks` AGENTS.md offers (a Code task's)."""
     agents, notes = agents_instructions(workspace, subdir)
     parts = [SYSTEM, ASK] if read_only else [SYSTEM]
     if agents:
         parts.append("The repository's instructions (deeper files win on conflict; the user's words win over all):\n\n"
                      + agents)
+    if checks:
+        parts.append(checks)
     return "\n\n".join(parts), notes

@@ -1,4 +1,5 @@
-"""The tools the model gets — Codex's `shell`, `apply_patch` and `update_plan` — and their execution.
+"""The tools the model gets — Codex's `shell`, `apply_patch` and `update_plan`, and `declare_checks`
+where an AGENTS.md applies — and their execution.
 
 Every reply is text the model can act on: a bad argument is an error message, never a crash.
 """
@@ -6,6 +7,9 @@ Every reply is text the model can act on: a bad argument is an error message, ne
 from __future__ import annotations
 
 import json
+import posixpath
+import re
+import shlex
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from offload.sandbox.errors import SandboxError
 from offload.sandbox.manager import Sandbox
 
+from .checks import DECLARE_CHECKS, CheckBook
 from .patch import PatchError, apply_patch
 
 DEFAULT_TIMEOUT_MS = 10 * 60 * 1000  # test suites take minutes, not seconds
@@ -107,11 +112,12 @@ APPLY_PATCH_FREEFORM = {
 }
 
 
-def tool_specs(read_only: bool = False, freeform: bool = False) -> list[dict]:
-    """The tools offered; `freeform` offers apply_patch as a Responses custom tool with its grammar."""
+def tool_specs(read_only: bool = False, freeform: bool = False, declare: bool = False) -> list[dict]:
+    """The tools offered; `freeform` offers apply_patch as a Responses custom tool with its grammar;
+    `declare` adds declare_checks (a Code task under an AGENTS.md)."""
     if read_only:
         return [SHELL, UPDATE_PLAN]
-    return [SHELL, APPLY_PATCH_FREEFORM if freeform else APPLY_PATCH, UPDATE_PLAN]
+    return [SHELL, APPLY_PATCH_FREEFORM if freeform else APPLY_PATCH, UPDATE_PLAN] + ([DECLARE_CHECKS] if declare else [])
 
 
 def schema_problem(value, schema: dict, where: str = "") -> str | None:
@@ -163,16 +169,17 @@ class Tools:
     """Runs the model's tool calls in one sandbox."""
 
     def __init__(self, sandbox: Sandbox, read_only: bool, on_output: Callable[[str, str], None],
-                 cancel: threading.Event) -> None:
+                 cancel: threading.Event, checks: CheckBook | None = None) -> None:
         self.sandbox = sandbox
         self.read_only = read_only
+        self.checks = checks  # where declare_checks records the model's declarations
         self.on_output = on_output  # (call_id, chunk) → the task log
         self.cancel = cancel
         self.plan: list[dict] = []
 
     def call(self, call_id: str, name: str, arguments: str, custom: bool = False) -> ToolResult:
         """Runs one call; `custom` marks a freeform call whose `arguments` is the raw input."""
-        specs = {spec["name"]: spec for spec in tool_specs(self.read_only)}
+        specs = {spec["name"]: spec for spec in tool_specs(self.read_only, declare=self.checks is not None)}
         if name == "apply_patch" and self.read_only:
             return ToolResult("error: this is a read-only task; files cannot be edited", {"error": "read-only"})
         if name not in specs:
@@ -197,6 +204,9 @@ class Tools:
             return self.patch(args["input"])
         if name == "shell":
             return self.shell(call_id, args)
+        if name == "declare_checks":
+            output, event = self.checks.declare(args)
+            return ToolResult(output, event)
         return self.update_plan(args)
 
     def shell(self, call_id: str, args: dict) -> ToolResult:
@@ -206,11 +216,12 @@ class Tools:
                               {"error": "bad args"})
         if timeout_ms is not None and timeout_ms <= 0:
             return ToolResult("error: timeout_ms must be a positive integer", {"error": "bad args"})
-        patch = _embedded_patch(command)
-        if patch is not None:
+        embedded = _embedded_patch(command)
+        if embedded is not None:
             if self.read_only:
                 return ToolResult("error: this is a read-only task; files cannot be edited", {"error": "read-only"})
-            return self.patch(patch)
+            patch, directory = embedded
+            return self.patch(patch, posixpath.join(workdir or "", directory))
         timeout = min(timeout_ms or DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS) / 1000
         try:
             result = self.sandbox.run(command, workdir=workdir, timeout=timeout,
@@ -226,16 +237,28 @@ class Tools:
             note = "command was stopped: it printed more output than the sandbox keeps\n"
         text = (f"Exit code: {result.exit_code}\nWall time: {result.duration:.1f} seconds\n"
                 f"Output:\n{note}{format_output(result.output)}")
+        directory = posixpath.relpath(self.sandbox.resolve(workdir), self.sandbox.backend.workspace)
         return ToolResult(text, {"exit_code": result.exit_code, "timed_out": result.timed_out, "killed": result.killed,
-                                 "command": command, "run_duration": round(result.duration, 4)})
+                                 "command": command, "directory": directory, "run_duration": round(result.duration, 4)})
 
-    def patch(self, text: str) -> ToolResult:
-        """Applies a patch all or nothing: a write that fails halfway puts back what was written."""
+    def patch(self, text: str, directory: str = "") -> ToolResult:
+        """Applies a patch all or nothing: a write that fails halfway puts back what was written.
+        Its paths are relative to `directory` (a `workdir`, or the `cd` before an apply_patch)."""
+        base = posixpath.normpath(directory) if directory else ""
+        try:
+            if base:
+                self.sandbox.resolve(base)  # refuses a directory outside the workspace
+        except SandboxError as e:
+            return ToolResult(f"error: the patch was not applied, nothing changed: {e}", {"error": str(e)})
+
+        def at(path: str) -> str:
+            return posixpath.normpath(posixpath.join(base, path)) if base else path
+
         before: dict[str, bytes | None] = {}
 
         def read(path: str) -> bytes | None:
-            before[path] = self.sandbox.read_file(path)
-            return before[path]
+            before[at(path)] = self.sandbox.read_file(at(path))
+            return before[at(path)]
 
         try:
             changes, summary = apply_patch(text, read)
@@ -245,20 +268,20 @@ class Tools:
         try:
             for change in changes:
                 for path in filter(None, (change.path, change.new_path)):
-                    if path not in before:
+                    if at(path) not in before:
                         read(path)
                 if change.new_path:
-                    written.append(change.new_path)
-                    self.sandbox.write_file(change.new_path, change.content)
-                written.append(change.path)
+                    written.append(at(change.new_path))
+                    self.sandbox.write_file(at(change.new_path), change.content)
+                written.append(at(change.path))
                 if change.kind == "delete" or change.new_path:
-                    self.sandbox.delete_file(change.path)
+                    self.sandbox.delete_file(at(change.path))
                 else:
-                    self.sandbox.write_file(change.path, change.content)
+                    self.sandbox.write_file(at(change.path), change.content)
         except SandboxError as e:
             self._restore({path: before[path] for path in written})
             return ToolResult(f"error: the patch was not applied, nothing changed: {e}", {"error": str(e)})
-        return ToolResult(summary, {"files": [c.new_path or c.path for c in changes]})
+        return ToolResult(summary, {"files": [at(c.new_path or c.path) for c in changes]})
 
     def _restore(self, files: dict[str, bytes | None]) -> None:
         for path, data in files.items():
@@ -287,12 +310,18 @@ def _shape(spec: dict) -> str:
         f" (optional: {', '.join(k for k in props if k not in required)})" if set(props) - set(required) else "")
 
 
-def _embedded_patch(command: list[str]) -> str | None:
-    """The patch of `["apply_patch", PATCH]` or a shell script that pipes one into apply_patch."""
+_CD = re.compile(r"cd\s+('[^']*'|\"[^\"]*\"|[^\s;&|]+)\s*&&\s*")
+
+
+def _embedded_patch(command: list[str]) -> tuple[str, str] | None:
+    """(patch, directory) of `["apply_patch", PATCH]`, or of a shell script that feeds one to
+    apply_patch (or applypatch), after a `cd DIR &&` as Codex allows."""
     if command[0] in ("apply_patch", "applypatch") and len(command) == 2:
-        return command[1]
+        return command[1], ""
     if len(command) == 3 and command[0] in ("bash", "sh") and command[1] in ("-lc", "-c"):
-        script = command[2].lstrip()
+        script, directory = command[2].lstrip(), ""
+        if m := _CD.match(script):
+            directory, script = shlex.split(m.group(1))[0], script[m.end():]
         if script.startswith(("apply_patch", "applypatch")):
-            return script
+            return script, directory
     return None

@@ -1,15 +1,13 @@
 """Best-of-N: how one attempt at a task is summed up, and how attempts are ranked.
 
 A reviewer should see first the attempt most likely to be right: one that finished, whose
-checks verifiably passed (a pass counts only when its citation holds: the chunk it cites
-exited 0), with the fewest failures, that changed something, and changed the least.
+checks passed as proven (the one meaning of "passed": see `agent.evidence`), with the fewest
+failures, that changed something, and changed the least.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-
-from ..agent.evidence import testing_checks
 
 if TYPE_CHECKING:
     from ..agent.loop import AgentResult
@@ -24,12 +22,10 @@ def diff_lines(diff: str) -> int:
 
 
 def check_counts(result: AgentResult) -> tuple[int, int]:
-    """(verified passes, failures) of the checks the final message reports."""
-    checks = [c for c in result.citations if c["kind"] == "check"]
-    if not checks:  # the run ended before its citations were checked: nothing is verified
-        return 0, sum(c["status"] == "failed" for c in testing_checks(result.message))
-    passed = sum(c["status"] == "passed" and c["ok"] for c in checks)
-    failed = sum(c["status"] == "failed" or (c["status"] == "passed" and not c["ok"]) for c in checks)
+    """(proven passes, the rest: failed, unverified or not run) of an attempt's checks; dismissals
+    and environment-blocked checks count as neither."""
+    passed = sum(c["status"] == "passed" for c in result.checks)
+    failed = sum(c["status"] in ("failed", "unverified", "not run") for c in result.checks)
     return passed, failed
 
 
@@ -40,7 +36,7 @@ def summary(number: int, state: str, reason: str, result: AgentResult | None, di
     return {
         "attempt": number, "state": state, "reason": reason, "passed": passed, "failed": failed,
         "diff_lines": diff_lines(diff), "changes": changes, "failures": failures,
-        "message": result.message if result else "", "checks": testing_checks(result.message) if result else [],
+        "message": result.message if result else "", "checks": result.checks if result else [],
         "commit": result.commit if result else None, "plan": result.plan if result else [],
         "steps": result.steps if result else 0, "input_tokens": result.input_tokens if result else 0,
         "output_tokens": result.output_tokens if result else 0, "cost_usd": result.cost_usd if result else 0.0,

@@ -24,7 +24,6 @@ from offload.sandbox.errors import SandboxError
 from offload.sandbox.snapshot import find_root, load_snapshot
 
 from .. import config as cfg
-from ..agent.evidence import testing_checks
 from . import attempts
 from .attempts import MAX_ATTEMPTS
 from .failures import failure_locations
@@ -221,11 +220,12 @@ class TaskManager:
                 history.append({"role": "assistant", "content": event.get("text", ""), "calls": calls})
             elif kind == "tool.result" and event["id"] not in called:  # a check the harness ran itself
                 history.append({"role": "user", "content": "After your final message, Offload ran this check:\n"
-                                + event.get("output", "")})
+                                + event.get("output", ""), "chunk": event.get("chunk"),
+                                **{k: event.get(k) for k in ("name", "exit_code", "command", "directory")}})
             elif kind == "tool.result":
                 history.append({"role": "tool", "call_id": event["id"], "output": event.get("output", ""),
                                 "custom": event["id"] in custom, "chunk": event.get("chunk"),
-                                "exit_code": event.get("exit_code")})
+                                **{k: event.get(k) for k in ("name", "exit_code", "command", "directory", "files")}})
         answered = {item["call_id"] for item in history if item["role"] == "tool"}
         closed = []
         for item in history:  # a run cut off mid-step leaves calls without outputs: close them
@@ -429,7 +429,7 @@ class TaskManager:
         """A lone run's ending: its message, its change for review, its state."""
         record.update(message=result.message, commit=result.commit, steps=result.steps,
                       input_tokens=result.input_tokens, output_tokens=result.output_tokens,
-                      cost_usd=result.cost_usd, checks=testing_checks(result.message), plan=result.plan)
+                      cost_usd=result.cost_usd, checks=result.checks, plan=result.plan)
         if changes is not None:
             self.store.save_changes(record["id"], changes, diff)
             self.store.save_review(record["id"], {})  # new hunks, new decisions
