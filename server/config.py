@@ -22,9 +22,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "api": "chat",
         "api_key_env": "OPENAI_API_KEY",
         "stream": True,
-        "timeout": 600.0,
+        "timeout": 120.0,  # seconds the server may stay silent before it is reported as not answering
         "max_retries": 4,
         "freeform_patch": True,
+        "api_version": "",  # Azure OpenAI deployment URLs: the api-version query, when the URL has none
     },
     "sandbox": {
         "backend": "auto",
@@ -183,18 +184,50 @@ def load_config(repo: Path | None = None, overrides: dict | None = None, env: di
     return config
 
 
-def _probe(base_url: str, timeout: float = 0.4) -> list[str] | None:
-    """The model ids an OpenAI-compatible server lists, or None when nothing answers."""
+def _get(url: str, timeout: float, body: dict | None = None):
+    """The JSON a URL answers (POSTing `body` when given), or None when nothing sensible answers."""
+    data = None if body is None else json.dumps(body).encode()
     try:
-        with urllib.request.urlopen(f"{base_url}/models", timeout=timeout) as response:
-            data = json.load(response)
-        return [m["id"] for m in data.get("data", []) if isinstance(m, dict) and "id" in m]
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=timeout) as response:
+            return json.load(response)
     except (OSError, ValueError, urllib.error.URLError):
         return None
 
 
+def _probe(base_url: str, timeout: float = 0.4) -> list[str] | None:
+    """The model ids an OpenAI-compatible server lists, or None when nothing answers."""
+    data = _get(f"{base_url}/models", timeout)
+    if not isinstance(data, dict):
+        return None
+    return [m["id"] for m in data.get("data") or [] if isinstance(m, dict) and "id" in m]
+
+
+# Names of models that cannot chat: embeddings, rerankers, speech.
+NOT_CHAT = re.compile(r"embed|rerank|whisper|tts|bge-|\be5-|clip", re.I)
+
+
+def pick_model(base_url: str, models: list[str]) -> str:
+    """The first listed model that can chat and call tools, or "" when there is none.
+
+    Servers list models in no useful order (Ollama newest first, so an embedding model just
+    pulled comes first): names that cannot chat are passed over, and where the server is
+    Ollama, which says what each model can do (/api/show), only models with "tools" count.
+    """
+    chat = [m for m in models if not NOT_CHAT.search(m)]
+    root = base_url.rstrip("/").removesuffix("/v1")
+    capable = []
+    for name in chat:
+        shown = _get(f"{root}/api/show", 2.0, {"model": name})
+        if not isinstance(shown, dict) or not isinstance(shown.get("capabilities"), list):
+            return chat[0] if chat else ""  # not Ollama: the names are all there is to go by
+        if "tools" in shown["capabilities"]:
+            capable.append(name)
+    return capable[0] if capable else ""
+
+
 def resolve_model(config: Config, env: dict | None = None) -> dict[str, str]:
-    """The endpoint, key and model a task uses, finding a local server when none is set.
+    """The endpoint, key, model and client settings a task uses (ModelClient's arguments),
+    finding a local server when none is set.
 
     Raises ConfigError saying exactly what to set when there is no model to talk to.
     """
@@ -202,12 +235,13 @@ def resolve_model(config: Config, env: dict | None = None) -> dict[str, str]:
     api_key = env.get(config.get("model.api_key_env"), "")
     base_url = config.get("model.base_url") or env.get("OPENAI_BASE_URL", "")
     name = config.get("model.name")
+    listed: list[str] = []
     if not base_url and not api_key:
         for port in LOCAL_PORTS:
             models = _probe(f"http://127.0.0.1:{port}/v1")
             if models is not None:
-                base_url = f"http://127.0.0.1:{port}/v1"
-                name = name or (models[0] if models else "")
+                base_url, listed = f"http://127.0.0.1:{port}/v1", models
+                name = name or pick_model(base_url, models)
                 break
     if not base_url and not api_key:
         raise ConfigError(
@@ -217,9 +251,13 @@ def resolve_model(config: Config, env: dict | None = None) -> dict[str, str]:
             "OFFLOAD_MODEL_NAME, e.g. OPENAI_BASE_URL=http://127.0.0.1:11434/v1 OFFLOAD_MODEL_NAME=qwen2.5-coder "
             "for Ollama. No local server answered on ports " + ", ".join(map(str, LOCAL_PORTS)) + "."
         )
-    if not name:
-        if base_url:
-            models = _probe(base_url.rstrip("/"), timeout=2.0) or []
-            name = models[0] if models else ""
-        name = name or DEFAULT_OPENAI_MODEL
-    return {"base_url": base_url.rstrip("/"), "api_key": api_key or "not-needed", "name": name}
+    if not name and base_url:
+        listed = listed or _probe(base_url.rstrip("/"), timeout=2.0) or []
+        name = pick_model(base_url, listed)
+        if listed and not name:
+            raise ConfigError(f"the server at {base_url} lists no model that can chat and call tools (it lists: "
+                              f"{', '.join(listed[:10])}); set OFFLOAD_MODEL_NAME (model.name) to one, or get one, "
+                              "e.g. for Ollama: ollama pull qwen2.5-coder:7b")
+    return {"base_url": base_url.rstrip("/"), "api_key": api_key or "not-needed", "name": name or DEFAULT_OPENAI_MODEL,
+            **{key: config.get(f"model.{key}") for key in ("api", "stream", "timeout", "max_retries",
+                                                           "freeform_patch", "api_version")}}

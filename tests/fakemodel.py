@@ -19,12 +19,14 @@ import importlib
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import sys
 import threading
 import time
 import traceback
+import urllib.parse
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -56,12 +58,13 @@ class Say:
 class Fault:
     """A misbehaving endpoint; fires ``times`` times per conversation, then the scenario moves on."""
 
-    kind: str  # fail | hang | drop | cut | empty
+    kind: str  # fail | hang | drop | cut | empty | stream_error
     times: int = 1
     status: int = 0
     body: dict | str | None = None
     retry_after: float | None = None
     seconds: float = 0.0
+    finish: str = "stop"  # the empty reply's finish reason
 
 
 Move = ToolCall | Say | Fault | list[ToolCall]
@@ -122,9 +125,16 @@ def cut(times: int = 1) -> Fault:
     return Fault("cut", times)
 
 
-def empty(times: int = 1) -> Fault:
-    """A well-formed reply with no content and no tool calls."""
-    return Fault("empty", times)
+def empty(times: int = 1, finish: str = "stop") -> Fault:
+    """A well-formed reply with no content and no tool calls; ``finish="length"`` is LM Studio's
+    answer to a prompt longer than its window."""
+    return Fault("empty", times, finish=finish)
+
+
+def stream_error(body: dict | str, times: int = 1) -> Fault:
+    """A 200 whose stream carries only ``{"error": body}``, as LM Studio reports an overflow
+    (a string) and OpenRouter a provider's failure (an object); a plain 400 when not streaming."""
+    return Fault("stream_error", times, body=body)
 
 
 def scenario(name: str, variants: bool = False) -> Callable[[Scenario], Scenario]:
@@ -155,6 +165,54 @@ def load_scenarios(*modules: ModuleType | str) -> dict[str, Scenario]:
 
 
 # --------------------------------------------------------------------------------------------
+# Quirks: the documented ways real servers deviate from the wire format, each named after the
+# server that has it, with where it is documented. ``FakeModel(quirks=…)`` plays them.
+
+QUIRKS = {
+    # Ollama
+    "ollama-index-0": "streamed parallel calls all say index 0, each whole in one chunk (ollama#15457, #15497)",
+    "ollama-text-calls": "qwen2.5-coder writes its calls as bare JSON in content, tool_calls null (ollama#12174)",
+    "ollama-no-tools": "a model without tool support: 400 '… does not support tools' (Ollama's errCapabilityTools)",
+    "ollama-models": "lists models newest first, an embedding model first; /api/show says what each can do",
+    # LM Studio
+    "lmstudio-no-index": "streamed parallel calls carry no index (lmstudio-bug-tracker#759)",
+    "lmstudio-no-model": "'No models loaded' until one is loaded (LM Studio's server)",
+    # vLLM
+    "vllm-hermes-text": "the hermes parser leaves <tool_call> tags in content while streaming (vllm#31871)",
+    "vllm-reparse": "past calls' arguments are parsed again: 400 for one that is not JSON (vllm#43995, PR 48922)",
+    "vllm-responses-custom": "Responses: a custom tool becomes a function without parameters, calls with "
+                             "arguments '{}' (vllm#49724)",
+    "vllm-no-auto-tool-choice": "started without --enable-auto-tool-choice: 400 for every request with tools",
+    # llama.cpp server
+    "llamacpp-reparse": "past calls' arguments are parsed again: 500 for one that is not JSON (llama.cpp#25510)",
+    "llamacpp-no-jinja": "started without --jinja: 500 'tools param requires --jinja flag'",
+    # LiteLLM
+    "litellm-object-arguments": "arguments as a JSON object on its ollama_chat path (litellm#37792)",
+    # Gemini's OpenAI compatibility layer
+    "gemini-no-ids": "tool calls without ids",
+    # Mistral
+    "mistral-ids": "tool-call ids must be 9 letters or digits, 400 otherwise (magentic#276, langchain#24668)",
+    "mistral-stream-options": "stream_options refused with a 422 whose message is an object (avante.nvim#2347)",
+    # DeepSeek
+    "deepseek-reasoning": "thinking mode: replies carry reasoning_content; a tool turn sent back without it is "
+                          "refused with 400 (api-docs.deepseek.com/guides/thinking_mode)",
+    # Azure OpenAI
+    "azure-content-filter": "streams open with a chunk whose choices are [] and carry chunks whose delta is null "
+                            "(openai-python#1677, #2313)",
+    "azure-deployment": "deployment URLs need ?api-version=, every request the key in an api-key header",
+    # OpenRouter
+    "openrouter-stream-error": "a provider's failure as an error chunk mid-stream with finish_reason 'error' "
+                               "(openrouter.ai/docs/api-reference/errors), once a conversation",
+    # Groq
+    "groq-tool-use-failed": "an intermittent 400 tool_use_failed (console.groq.com/docs/tool-use), once a "
+                            "conversation",
+}
+# Quirks after which the client makes the ids of the calls itself: the stand-in then pairs its
+# calls with the client's by order rather than by id.
+_CLIENT_IDS = {"ollama-text-calls", "vllm-hermes-text", "gemini-no-ids"}
+
+
+# --------------------------------------------------------------------------------------------
 # Requests as scenarios and tests see them.
 
 
@@ -178,6 +236,8 @@ class Request:
     headers: dict[str, str]  # names lower-cased
     body: Any  # the parsed JSON body, None for GET
     variant: int = 0  # which play of a ``variants`` scenario this conversation gets
+    query: dict[str, str] = field(default_factory=dict)
+    quirks: frozenset[str] = frozenset()  # the server's deviations (QUIRKS) this request meets
 
     @property
     def api(self) -> str | None:
@@ -324,7 +384,9 @@ class _Plan:
     cut: bool = False
 
 
-def _call_id(variant: int, index: int, k: int) -> str:
+def _call_id(variant: int, index: int, k: int, quirks: frozenset[str] = frozenset()) -> str:
+    if "mistral-ids" in quirks:  # nine letters and digits, and still the same for the same call
+        return "c" + hashlib.sha1(f"{variant}_{index}_{k}".encode()).hexdigest()[:8]
     return f"call_{index}_{k}" if variant == 0 else f"call_v{variant}_{index}_{k}"
 
 
@@ -348,6 +410,9 @@ class _Replay:
         gen = self.fn(self.req)
         consumed: set[str] = set()
         followups, index, delay, cut_pending = 0, 0, 0.0, False
+        # the client's own ids, in order, where it had to make them
+        made = [cid for item in self.req.items if item[0] == "assistant" for cid, _ in item[2]] \
+            if self.req.quirks & _CLIENT_IDS else None
         try:
             move = self._step(gen, None, 0, first=True)
             while True:
@@ -377,7 +442,9 @@ class _Replay:
                     followups += 1
                 else:
                     calls = move if isinstance(move, list) else [move]
-                    ids = [_call_id(self.req.variant, index, k) for k in range(len(calls))]
+                    ids = [_call_id(self.req.variant, index, k, self.req.quirks) for k in range(len(calls))]
+                    if made:
+                        ids, made = made[:len(calls)], made[len(calls):]
                     missing = [cid for cid in ids if cid not in h.outputs]
                     if len(missing) == len(ids) and at_end:
                         return _Plan(index, calls, delay, cut_pending)
@@ -452,6 +519,8 @@ class _Reply:
     calls: list[tuple[str, ToolCall]]
     tag: str  # deterministic id material
     input_tokens: int
+    finish: str | None = None  # set: this finish reason whatever the reply holds
+    reasoning: str = ""  # DeepSeek's reasoning_content
 
     @property
     def output_tokens(self) -> int:
@@ -464,33 +533,81 @@ def _chat_usage(r: _Reply) -> dict:
             "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
 
 
+def _as_text(req: Request, r: _Reply) -> _Reply:
+    """The calls written into the text, as models whose server leaves them unparsed do."""
+    if not r.calls:
+        return r
+    objects = [json.dumps({"name": c.name, "arguments": json.loads(c.arguments)}) for _, c in r.calls]
+    if "ollama-text-calls" in req.quirks:
+        text = "\n".join(objects)
+    else:
+        text = "".join(f"<tool_call>\n{o}\n</tool_call>\n" for o in objects)
+    return _Reply((r.text or "") + text, [], r.tag, r.input_tokens, "stop", r.reasoning)
+
+
+def _text_calls(req: Request) -> bool:
+    return "ollama-text-calls" in req.quirks or ("vllm-hermes-text" in req.quirks and req.stream)
+
+
+def _wire_call(req: Request, cid: str, c: ToolCall) -> dict:
+    arguments: Any = c.arguments
+    if "litellm-object-arguments" in req.quirks:
+        try:
+            arguments = json.loads(c.arguments)
+        except ValueError:
+            pass
+    call = {"id": cid, "type": "function", "function": {"name": c.name, "arguments": arguments}}
+    if "gemini-no-ids" in req.quirks:
+        del call["id"]
+    return call
+
+
 def _chat_json(req: Request, r: _Reply) -> dict:
+    if _text_calls(req):
+        r = _as_text(req, r)
     message: dict[str, Any] = {"role": "assistant", "content": r.text, "refusal": None}
     if r.calls:
-        message["tool_calls"] = [{"id": cid, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                                 for cid, c in r.calls]
+        message["tool_calls"] = [_wire_call(req, cid, c) for cid, c in r.calls]
+    if r.reasoning:
+        message["reasoning_content"] = r.reasoning
     return {"id": f"chatcmpl-{r.tag}", "object": "chat.completion", "created": int(time.time()), "model": req.model,
             "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": "tool_calls" if r.calls else "stop"}],
+                         "finish_reason": r.finish or ("tool_calls" if r.calls else "stop")}],
             "usage": _chat_usage(r)}
 
 
 def _chat_events(req: Request, r: _Reply) -> list[str]:
     with_usage = bool((req._get("stream_options") or {}).get("include_usage"))
     created = int(time.time())
+    if _text_calls(req):
+        r = _as_text(req, r)
 
-    def chunk(delta: dict, finish: str | None = None) -> dict:
+    def chunk(delta: dict | None, finish: str | None = None) -> dict:
         c = {"id": f"chatcmpl-{r.tag}", "object": "chat.completion.chunk", "created": created, "model": req.model,
              "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
         return {**c, "usage": None} if with_usage else c
 
-    chunks = [chunk({"role": "assistant", "content": ""})]
+    chunks = []
+    if "azure-content-filter" in req.quirks:
+        chunks.append({**chunk({}), "choices": [], "prompt_filter_results": [{"prompt_index": 0,
+                                                                              "content_filter_results": {}}]})
+    chunks.append(chunk({"role": "assistant", "content": ""}))
+    chunks += [chunk({"reasoning_content": piece}) for piece in _pieces(r.reasoning)] if r.reasoning else []
     chunks += [chunk({"content": piece}) for piece in _pieces(r.text or "")]
     for k, (cid, c) in enumerate(r.calls):
-        chunks.append(chunk({"tool_calls": [{"index": k, "id": cid, "type": "function",
-                                             "function": {"name": c.name, "arguments": ""}}]}))
-        chunks += [chunk({"tool_calls": [{"index": k, "function": {"arguments": p}}]}) for p in _pieces(c.arguments)]
-    chunks.append(chunk({}, "tool_calls" if r.calls else "stop"))
+        call = _wire_call(req, cid, c)
+        if "ollama-index-0" in req.quirks or "litellm-object-arguments" in req.quirks:
+            chunks.append(chunk({"tool_calls": [{"index": 0, **call}]}))  # each call whole, all at index 0
+            continue
+        place = {} if "lmstudio-no-index" in req.quirks else {"index": k}
+        chunks.append(chunk({"tool_calls": [{**place, **call, "function": {"name": c.name, "arguments": ""}}]}))
+        chunks += [chunk({"tool_calls": [{**place, "function": {"arguments": p}}]}) for p in _pieces(c.arguments)]
+    if "azure-content-filter" in req.quirks:
+        chunks.append({**chunk(None), "choices": [{"index": 0, "delta": None, "finish_reason": None,
+                                                   "content_filter_offsets": {"check_offset": 0, "start_offset": 0,
+                                                                              "end_offset": 10},
+                                                   "content_filter_results": {}}]})
+    chunks.append(chunk({}, r.finish or ("tool_calls" if r.calls else "stop")))
     if with_usage:
         chunks.append({**chunk({}), "choices": [], "usage": _chat_usage(r)})
     return [_sse(c) for c in chunks] + ["data: [DONE]\n\n"]
@@ -506,7 +623,10 @@ def _response_output(req: Request, r: _Reply) -> list[dict]:
         output.append({"id": f"msg_{r.tag}", "type": "message", "role": "assistant", "status": "completed",
                        "content": [{"type": "output_text", "text": r.text, "annotations": [], "logprobs": []}]})
     for cid, c in r.calls:
-        if c.patch is not None and _custom_patch(req):
+        if c.patch is not None and _custom_patch(req) and "vllm-responses-custom" in req.quirks:
+            output.append({"id": f"fc_{cid}", "type": "function_call", "call_id": cid, "name": c.name,
+                           "arguments": "{}", "status": "completed"})
+        elif c.patch is not None and _custom_patch(req):
             output.append({"id": f"ctc_{cid}", "type": "custom_tool_call", "call_id": cid, "name": c.name,
                            "input": c.patch})
         else:
@@ -574,6 +694,80 @@ _ERRORS = {
 }
 
 
+class _Refusal(Exception):
+    """A real server's refusal, body and all, played for one of its quirks."""
+
+    def __init__(self, status: int, body: dict):
+        super().__init__(status)
+        self.status, self.body = status, body
+
+
+def _ollama_capabilities(model: str) -> list[str]:
+    """What Ollama's /api/show says a model can do, by the stand-in's names."""
+    if "embed" in model:
+        return ["embedding"]
+    return ["completion"] if model.startswith("gemma") else ["completion", "tools"]
+
+
+def _refuse(req: Request) -> None:
+    """Refuses a request as the servers whose quirks are played would."""
+    q, messages = req.quirks, req._get("messages") or []
+    if req.tools and "ollama-no-tools" in q:
+        raise _Refusal(400, {"error": {"message": f"registry.ollama.ai/library/{req.model}:latest does not support "
+                                                  "tools", "type": "api_error", "param": None, "code": None}})
+    if req.tools and "vllm-no-auto-tool-choice" in q:
+        raise _Refusal(400, {"object": "error", "message": '"auto" tool choice requires --enable-auto-tool-choice '
+                                                            "and --tool-call-parser to be set",
+                             "type": "BadRequestError", "param": None, "code": 400})
+    if req.tools and "llamacpp-no-jinja" in q:
+        raise _Refusal(500, {"error": {"code": 500, "message": "tools param requires --jinja flag",
+                                       "type": "server_error"}})
+    if "lmstudio-no-model" in q:
+        raise _Refusal(404, {"error": {"message": "No models loaded. Please load a model in the developer page or "
+                                                  "use the `lms load` command.", "type": "invalid_request_error",
+                                       "param": "model", "code": "model_not_found"}})
+    if "azure-deployment" in q:
+        if "/deployments/" in req.path and not req.query.get("api-version"):
+            raise _Refusal(404, {"error": {"code": "404", "message": "Resource not found"}})
+        if not req.headers.get("api-key") or "authorization" in req.headers:
+            raise _Refusal(401, {"error": {"code": "401", "message": "Access denied due to invalid subscription "
+                                           "key or wrong API endpoint. Make sure to provide a valid key for an "
+                                           "active subscription and use a correct regional API endpoint for your "
+                                           "resource."}})
+    if "mistral-stream-options" in q and req._get("stream_options") is not None:
+        raise _Refusal(422, {"object": "error", "message": {"detail": [
+            {"type": "extra_forbidden", "loc": ["body", "stream_options"], "msg": "Extra inputs are not permitted",
+             "input": req._get("stream_options")}]}, "type": "invalid_request_error", "param": None, "code": None})
+    calls = [c for m in messages if m.get("role") == "assistant" for c in m.get("tool_calls") or []]
+    calls += [{"id": i.get("call_id"), "function": i} for i in req._get("input") or []
+              if isinstance(i, dict) and i.get("type") == "function_call"]
+    for c in calls:
+        if "mistral-ids" in q and not re.fullmatch(r"[A-Za-z0-9]{9}", str(c.get("id"))):
+            raise _Refusal(400, {"object": "error", "message": f"Tool call id was {c.get('id')} but must be a-z, A-Z, "
+                                                                "0-9, with a length of 9.",
+                                 "type": "invalid_request_message_error", "param": None, "code": None})
+        if q & {"vllm-reparse", "llamacpp-reparse"}:
+            try:
+                parsed = json.loads(c["function"].get("arguments") or "")
+            except (TypeError, ValueError) as e:
+                parsed = e
+            if not isinstance(parsed, dict):
+                if "vllm-reparse" in q:
+                    raise _Refusal(400, {"object": "error", "message": f"Invalid tool call arguments: {parsed}",
+                                         "type": "BadRequestError", "param": None, "code": 400})
+                raise _Refusal(500, {"error": {"code": 500, "type": "server_error", "message":
+                                               "[json.exception.parse_error.101] parse error: syntax error while "
+                                               "parsing value"}})
+    if "deepseek-reasoning" in q:
+        last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+        for i, m in enumerate(messages):
+            if i > last_user and m.get("role") == "assistant" and m.get("tool_calls") and not m.get("reasoning_content"):
+                raise _Refusal(400, {"error": {"message": "Missing `reasoning_content` field in the assistant "
+                                                          f"message at message index {i}.",
+                                               "type": "invalid_request_error", "param": None,
+                                               "code": "invalid_request_error"}})
+
+
 def _error_body(message: str, kind: str, code: str | None) -> dict:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
@@ -600,8 +794,10 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
-        req = Request(self.command, self.path.split("?")[0].rstrip("/"), headers, None)
+        path, _, query = self.path.partition("?")
         model = self.server.model
+        req = Request(self.command, path.rstrip("/"), headers, None,
+                      query=dict(urllib.parse.parse_qsl(query)), quirks=model.quirks)
         model.requests.append(req)
         try:
             if raw:
@@ -612,11 +808,14 @@ class _Handler(BaseHTTPRequestHandler):
             model._record(req)
             try:
                 handle(req)
-            except (_Answer, OSError):
+            except (_Answer, _Refusal, OSError):
                 raise
             except Exception:  # a request shape nobody foresaw: still a clear answer, never a hang-up
                 raise _Answer(500, f"The stand-in failed on this request:\n{traceback.format_exc()}",
                               "stand_in_error", "server_error") from None
+        except _Refusal as r:  # a quirk of the server played: expected, so not among the errors
+            model.refusals.append(f"{r.status}: {json.dumps(r.body)}")
+            self._json(r.status, r.body, {"x-should-retry": "false"})
         except _Answer as a:
             model._note(f"{a.status} {req.method} {req.path}: {a.message}")
             # Don't let the SDK retry what will fail again: the test should fail at once, loudly.
@@ -639,6 +838,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Answer(404, f"Unknown path {req.path}.", "not_found")
 
     def _post(self, req: Request) -> None:
+        if req.path == "/api/show" and "ollama-models" in req.quirks:
+            return self._json(200, {"capabilities": _ollama_capabilities(req._get("model", ""))})
         if req.api is None:
             raise _Answer(404, f"Unknown path {req.path}.", "not_found")
         if not isinstance(req.body, dict):
@@ -647,14 +848,26 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Answer(400, "stand-in needs full input (store=false): it keeps no responses, "
                                "so previous_response_id cannot be resolved.")
         model = self.server.model
+        _refuse(req)
         name, fn = model.resolve(req.model)
         plan = _Replay(model, name, fn, req).plan()
+        once = (name, req.prompt, plan.index)
+        if "groq-tool-use-failed" in req.quirks and isinstance(plan.move, list) and model._take(("groq", *once), 1):
+            raise _Refusal(400, {"error": {"message": "Failed to call a function. Please adjust your prompt. See "
+                                           "'failed_generation' for more details.", "type": "invalid_request_error",
+                                           "code": "tool_use_failed", "failed_generation": "<function=shell>{"}})
+        if "openrouter-stream-error" in req.quirks and model._take(("openrouter", *once), 1):
+            return self._openrouter_error(req)
         if plan.delay:
             model._closing.wait(plan.delay)
         move = plan.move
         if isinstance(move, Fault) and move.kind == "drop":
             self.close_connection = True
             return
+        if isinstance(move, Fault) and move.kind == "stream_error":
+            if not req.stream:
+                return self._json(400, {"error": move.body})
+            return self._stream([_sse({"error": move.body})], cut=False)
         if isinstance(move, Fault) and move.kind == "fail":
             message, kind, code = _ERRORS.get(move.status, ("The server had an error while processing your "
                                                             "request (stand-in).", "server_error", None))
@@ -665,14 +878,31 @@ class _Handler(BaseHTTPRequestHandler):
             return
         tag = hashlib.sha1(f"{name}\0{req.prompt}\0{plan.index}".encode()).hexdigest()[:16]
         reply = _Reply(move.text if isinstance(move, Say) else None,  # the empty fault has neither
-                       [(_call_id(req.variant, plan.index, k), c) for k, c in enumerate(move)]
+                       [(_call_id(req.variant, plan.index, k, req.quirks), c) for k, c in enumerate(move)]
                        if isinstance(move, list) else [],
-                       tag, len(json.dumps(req.body)) // 4)
+                       tag, len(json.dumps(req.body)) // 4,
+                       move.finish if isinstance(move, Fault) and move.finish != "stop" else None,
+                       "Let me look at this step by step." if "deepseek-reasoning" in req.quirks else "")
         if req.stream:
             events = (_chat_events if req.api == "chat" else _response_events)(req, reply)
             self._stream(events, plan.cut)
         else:
             self._json(200, (_chat_json if req.api == "chat" else _response_json)(req, reply), cut=plan.cut)
+
+    def _openrouter_error(self, req: Request) -> None:
+        """A provider's failure as OpenRouter reports it: in a chunk mid-stream, or as the finish reason."""
+        error = {"code": 502, "message": "Provider returned error", "metadata": {"provider_name": "stand-in"}}
+        base = {"id": "gen-stand-in", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": req.model}
+        if not req.stream:
+            return self._json(200, {**base, "object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "error",
+                 "error": error}]})
+        self._stream([_sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                 "finish_reason": None}]}),
+                      _sse({**base, "error": error, "choices": [{"index": 0, "delta": {"content": ""},
+                                                                  "finish_reason": "error"}]}),
+                      "data: [DONE]\n\n"], cut=False)
 
     def _json(self, status: int, obj: dict, headers: Mapping[str, str] | None = None, cut: bool = False) -> None:
         data = json.dumps(obj).encode()
@@ -734,11 +964,16 @@ class FakeModel:
 
     ``default`` answers every model name not registered in ``scenarios`` (a mapping of names to
     scenario functions, or an iterable of ``@scenario`` functions). ``log`` receives every error
-    answer as it happens (the command line passes stderr).
+    answer as it happens (the command line passes stderr). ``quirks`` names the deviations of real
+    servers (keys of ``QUIRKS``) it plays.
     """
 
     def __init__(self, default: Scenario | None = None, scenarios: Mapping[str, Scenario] | Iterable[Scenario] = (),
-                 *, port: int = 0, log: TextIO | None = None):
+                 *, port: int = 0, log: TextIO | None = None, quirks: Iterable[str] = ()):
+        self.quirks = frozenset(quirks)
+        if unknown := self.quirks - QUIRKS.keys():
+            raise ValueError(f"unknown quirks {sorted(unknown)}; known: {', '.join(QUIRKS)}")
+        self.refusals: list[str] = []  # the quirks' refusals sent, e.g. "422: {…}"
         self.default = default
         self.scenarios = dict(scenarios) if isinstance(scenarios, Mapping) else {
             fn.scenario_name: fn for fn in scenarios}  # type: ignore[attr-defined]
@@ -766,7 +1001,10 @@ class FakeModel:
         return {"OPENAI_BASE_URL": self.base_url, "OPENAI_API_KEY": "sk-stand-in"}
 
     def model_names(self) -> list[str]:
-        return list(self.scenarios) + (["default"] if self.default is not None else [])
+        names = list(self.scenarios) + (["default"] if self.default is not None else [])
+        if "ollama-models" in self.quirks:  # newest first: an embedding model and one without tools, just pulled
+            names = ["nomic-embed-text:latest", "gemma:2b", *names]
+        return names
 
     def resolve(self, model: str) -> tuple[str, Scenario]:
         if model in self.scenarios:

@@ -64,8 +64,8 @@ def test_a_lasting_rate_limit_says_what_to_do(api, stream):
     with FakeModel(default=lambda req: (yield fail(429, retry_after=0.05, times=9))) as fm:
         with pytest.raises(ModelError) as e:
             step(client(fm, api, stream))
-    assert "still rate limiting after 1 retries" in str(e.value) and "lower tasks.concurrency" in str(e.value)
-    assert len(e.value.attempts) == 1 and e.value.attempts[0].usage.input_tokens == 0
+    assert "is rate limiting (HTTP 429: Rate limit reached" in str(e.value) and "still after 1 retry;" in str(e.value) and "lower tasks.concurrency" in str(e.value)
+    assert len(e.value.attempts) == 2 and e.value.attempts[0].usage.input_tokens == 0  # each request, on the record
 
 
 @pytest.mark.parametrize("api,stream", MODES)

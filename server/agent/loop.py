@@ -252,7 +252,7 @@ class _Agent:
             self.emit("context", {"hidden": hidden})
         while True:
             try:
-                reply = await _until(self.model.step(self.history, self.specs), self.stop)
+                reply = await _until(self.model.step(self.history, self.specs, self._waiting(step)), self.stop)
                 break
             except _Stopped:
                 raise self._stopped() from None
@@ -270,9 +270,15 @@ class _Agent:
             "step": step, "text": reply.text, "duration": round(reply.duration, 4), **reply.usage.as_dict(),
             "cost_usd": reply.cost_usd, "total_tokens": r.input_tokens + r.output_tokens, "total_cost_usd": r.cost_usd,
             "calls": [{"id": c.id, "name": c.name, "arguments": c.arguments, "custom": c.custom} for c in reply.calls],
+            **({"reasoning": reply.reasoning} if reply.reasoning else {}),
         })
-        self.history.append({"role": "assistant", "content": reply.text, "calls": reply.calls})
+        self.history.append({"role": "assistant", "content": reply.text, "calls": reply.calls,
+                             "reasoning": reply.reasoning})
         return reply
+
+    def _waiting(self, step: int) -> Callable[[str], None]:
+        """Tells the log (and so the terminal and the editor's progress) that the model is being waited for."""
+        return lambda text: self.emit("model.wait", {"step": step, "text": text})
 
     async def _call(self, call: ToolCall) -> None:
         if self.stop.is_set():

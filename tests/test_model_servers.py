@@ -1,0 +1,112 @@
+"""The fix, end to end, through every server's documented deviations: the real `offload run` on
+bubblewrap (two cases on Docker), the stand-in playing each server's quirks (tests.fakemodel.QUIRKS),
+streamed and not, Chat and Responses where the server offers both. A server that cannot work
+(no tool support, a missing flag) ends the task with the cause and the fix in its words."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from offload.sandbox.errors import SandboxError
+from offload.server.doctor import probe_bubblewrap
+from tests.conftest import offload_cli, part_missing
+from tests.fakemodel import FakeModel, apply_patch, call, say, scenario, shell
+from tests.scenarios import FIX_ADD, UNITTEST, chunk_of, output_text, report
+
+# server: (its quirks, the APIs it offers)
+SERVERS = {
+    "ollama": ({"ollama-index-0"}, ("chat", "responses")),
+    "ollama-qwen2.5-coder": ({"ollama-text-calls"}, ("chat",)),
+    "lmstudio": ({"lmstudio-no-index"}, ("chat", "responses")),
+    "vllm": ({"vllm-hermes-text", "vllm-reparse", "vllm-responses-custom"}, ("chat", "responses")),
+    "llamacpp": ({"llamacpp-reparse"}, ("chat",)),
+    "litellm": ({"litellm-object-arguments"}, ("chat",)),
+    "gemini": ({"gemini-no-ids"}, ("chat",)),
+    "mistral": ({"mistral-ids", "mistral-stream-options"}, ("chat",)),
+    "deepseek": ({"deepseek-reasoning"}, ("chat",)),
+    "azure": ({"azure-content-filter", "azure-deployment"}, ("chat", "responses")),
+    "openrouter": ({"openrouter-stream-error"}, ("chat",)),
+    "groq": ({"groq-tool-use-failed"}, ("chat", "responses")),
+}
+DOCKER = {("ollama", "chat", True), ("azure", "responses", False)}
+CASES = [pytest.param(server, api, stream, marks=[pytest.mark.docker] if (server, api, stream) in DOCKER else [],
+                      id=f"{server}-{api}-{'stream' if stream else 'json'}")
+         for server, (_, apis) in SERVERS.items() for api in apis for stream in (True, False)]
+
+
+@pytest.fixture(scope="module")
+def bubblewrap():
+    try:
+        probe_bubblewrap()
+    except SandboxError as e:
+        part_missing(str(e))
+
+
+@scenario("fix-through-quirks")
+def fix_through_quirks(req):
+    """fix-failing-test with what trips clients up: first a call whose arguments are botched (where
+    the server passes calls as calls), then two calls at once."""
+    if not req.quirks & {"ollama-text-calls", "vllm-hermes-text"}:
+        out = yield call("shell", '{"command": ["python3", "-m", "unittest"')
+        assert "not valid JSON" in out, out
+    tests, grep = yield [shell(UNITTEST), shell(["grep", "-n", "return a - b", "calc.py"])]
+    assert "FAILED" in tests, tests
+    line = int(re.findall(r"^(\d+):", output_text(grep), re.M)[0])
+    out = yield apply_patch(FIX_ADD)
+    assert "Success" in out, out
+    out = yield shell(UNITTEST)
+    status = "passed" if out.split("\n")[1] == "Exit code: 0" else "failed"
+    yield say(report([f"`add` returns `a + b` now (calc.py:L{line - 1}-L{line})."], [(" ".join(UNITTEST), status)])
+              + f" [{chunk_of(out)}]")
+
+
+def run(fm: FakeModel, repo, api: str = "chat", stream: bool = True, base_url: str | None = None,
+        backend: str = "bubblewrap"):
+    env = {"OPENAI_BASE_URL": base_url or fm.base_url, "OPENAI_API_KEY": "sk-stand-in",
+           "OFFLOAD_MODEL_NAME": "fix-through-quirks", "OFFLOAD_MODEL_API": api,
+           "OFFLOAD_MODEL_STREAM": str(stream).lower(), "OFFLOAD_SANDBOX_BACKEND": backend}
+    return offload_cli("run", "Make the failing test pass", "--repo", str(repo), env=env)
+
+
+@pytest.mark.parametrize("server,api,stream", CASES)
+def test_the_fix_through_each_server(request, bubblewrap, server, api, stream, sample_repo):
+    quirks, _ = SERVERS[server]
+    docker = (server, api, stream) in DOCKER
+    if docker:
+        request.getfixturevalue("docker_engine")
+    with FakeModel(scenarios=[fix_through_quirks], quirks=quirks) as fm:
+        base_url = None
+        if server == "azure":
+            where = "deployments/fix-through-quirks" if api == "chat" else "v1"
+            base_url = f"http://127.0.0.1:{fm.port}/openai/{where}"
+        proc = run(fm, sample_repo, api, stream, base_url, "docker" if docker else "bubblewrap")
+    assert proc.returncode == 0, proc.stderr
+    assert "+    return a + b" in proc.stdout and "## Summary" in proc.stdout
+    assert not fm.errors, fm.errors
+    if server == "mistral" and stream:
+        assert fm.refusals and fm.refusals[0].startswith("422")  # refused once, then never sent again
+        assert sum(r.body.get("stream_options") is not None for r in fm.requests) == 1
+    if server == "azure":
+        assert all(r.headers.get("api-key") == "sk-stand-in" for r in fm.requests)
+        assert all(r.query.get("api-version") for r in fm.requests) == (api == "chat")
+
+
+# quirk: (the server's words, the fix)
+NO_TOOLS = {
+    "ollama-no-tools": ("fix-through-quirks:latest does not support tools", "ollama pull qwen2.5-coder:7b"),
+    "vllm-no-auto-tool-choice": ('"auto" tool choice requires', "start vLLM with --enable-auto-tool-choice"),
+    "llamacpp-no-jinja": ("tools param requires --jinja flag", "start llama-server with --jinja"),
+    "lmstudio-no-model": ("No models loaded", "load a model in LM Studio (lms load MODEL"),
+}
+
+
+@pytest.mark.parametrize("quirk", NO_TOOLS)
+def test_a_server_that_cannot_call_tools_is_named_with_the_fix(bubblewrap, quirk, sample_repo):
+    with FakeModel(scenarios=[fix_through_quirks], quirks={quirk}) as fm:
+        proc = run(fm, sample_repo)
+    said, fix = NO_TOOLS[quirk]
+    assert proc.returncode == 1
+    assert said in proc.stderr and fix in proc.stderr, proc.stderr
+    assert len(fm.requests) == 1  # a refusal that cannot pass is not asked again
