@@ -404,10 +404,7 @@ class TaskManager:
             if record["state"] == "preparing":
                 self._set_state(record, "running", f"working with {model_settings['name']}")
             # in a thread: the HTTP client's TLS set-up takes ~0.1 s, which editors' requests would wait out
-            model = await asyncio.to_thread(
-                ModelClient, model_settings["base_url"], model_settings["api_key"], model_settings["name"],
-                api=config.get("model.api"), stream=config.get("model.stream"), timeout=config.get("model.timeout"),
-                max_retries=config.get("model.max_retries"), freeform_patch=config.get("model.freeform_patch"))
+            model = await asyncio.to_thread(lambda: ModelClient(**model_settings))
             try:
                 result = await run_agent(
                     sandbox, model, followup or record["prompt"], emit, cancel,
