@@ -20,7 +20,7 @@ from .terminal import BOLD, CYAN, DIM, GREEN, RED, YELLOW, Out, diff_styles
 HEAD = TAIL = 10  # lines kept at each end of a long output
 WIDTH = 400  # characters kept of one output line
 STATE_STYLE = {"finished": GREEN, "failed": RED, "cancelled": YELLOW}
-CHECK_STYLE = {"passed": GREEN, "failed": RED, "blocked": YELLOW}
+CHECK_STYLE = {"passed": GREEN, "failed": RED, "blocked": YELLOW, "unverified": YELLOW, "not run": RED}
 PLAN_MARK = {"completed": "[x]", "in_progress": "[>]", "pending": "[ ]"}
 
 
@@ -102,8 +102,13 @@ class History:
         self._line("")
         self._line(f"{self._stamp(e)} step {e.get('step')} · {e.get('input_tokens', 0)} in / "
                    f"{e.get('output_tokens', 0)} out tokens · {e.get('duration', 0):.2f} s{cost}", BOLD)
+        if str(e.get("reasoning") or "").strip():
+            self._line("\n".join(f"  {line}" for line in str(e["reasoning"]).strip("\n").split("\n")), DIM)
         if str(e.get("text") or "").strip():
             self._line("\n".join(f"  {line}" for line in str(e["text"]).strip("\n").split("\n")))
+
+    def _model_wait(self, e: dict) -> None:
+        self._line(f"  {e.get('text')}", DIM)
 
     def _model_call_failed(self, e: dict) -> None:
         self._line(f"  model call failed (step {e.get('step')}): {e.get('error')}", YELLOW)
@@ -171,22 +176,31 @@ class History:
         self._line(f"  commit {str(e.get('commit'))[:12]}", DIM)
 
     def _citations(self, e: dict) -> None:
-        citations = [c for c in e.get("citations") or [] if isinstance(c, dict)]
-        checks = [c for c in citations if c.get("kind") == "check"]
-        if checks:
-            self._line("  checks", BOLD)
-        for c in checks:
-            status = str(c.get("status"))
-            proof = ", ".join(f"{chunk} exited {self.exits.get(chunk, '?')}" for chunk in c.get("chunks") or [])
-            self._line(f"    {status:<7} {c.get('citation')}", *filter(None, [CHECK_STYLE.get(status)]))
-            if c.get("ok"):
-                self._line(f"            proof: {proof}", DIM)
-            else:
-                self._line(f"            not proven: {c.get('reason')}" + (f" ({proof})" if proof else ""), YELLOW)
-        for c in citations:
-            if c.get("kind") != "check" and not c.get("ok"):
+        """The final message's citations that do not hold (its checks come with the `checks` event)."""
+        for c in e.get("citations") or []:
+            if isinstance(c, dict) and c.get("kind") != "check" and not c.get("ok"):
                 self._line(f"  citation {c.get('citation')}: {c.get('reason')}", YELLOW)
-        self._line(f"  citations: {e.get('checked', len(citations))} checked, {e.get('flagged', 0)} flagged", DIM)
+        self._line(f"  citations: {e.get('checked', 0)} checked, {e.get('flagged', 0)} flagged", DIM)
+
+    def _checks(self, e: dict) -> None:
+        """Each check with its proof: the runs it cites and how they exited, or why it does not count."""
+        self._line("  checks: " + ("passed" if e.get("passed") else "not passed"), BOLD, GREEN if e.get("passed") else RED)
+        for c in e.get("checks") or []:
+            if not isinstance(c, dict):
+                continue
+            status, source = str(c.get("status")), f"  ({c['source']})" if c.get("source") else ""
+            self._line(f"    {status:<10} {c.get('check')}{source}", *filter(None, [CHECK_STYLE.get(status)]))
+            runs = ", ".join(f"{chunk} exited {self.exits.get(chunk, '?')}" for chunk in c.get("chunks") or [])
+            if c.get("reason"):
+                self._line(f"               {c['reason']}" + (f" ({runs})" if runs else ""), YELLOW)
+            elif runs:
+                self._line(f"               proof: {runs}", DIM)
+
+    def _checks_offered(self, e: dict) -> None:
+        self._line("  checks offered to the model", DIM)
+        for c in e.get("candidates") or []:
+            if isinstance(c, dict):
+                self._line(f"    {c.get('candidate')}. {c.get('command')}  ({c.get('file')}:{c.get('line')})", DIM)
 
     def _agent_end(self, e: dict) -> None:
         cost = f" · ${e['cost_usd']:.4f}" if isinstance(e.get("cost_usd"), (int, float)) else " · cost not known"
