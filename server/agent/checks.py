@@ -114,6 +114,8 @@ class CheckBook:
                 self.dismissed[number] = item["reason"].strip()
                 self.decided.add(number)
             else:
+                self.decided.update(n for n, c in enumerate(self.candidates, 1)
+                                    if c.file == file.name and c.command in item["source"])
                 self.dismissed_sources.append({"source": item["source"], "file": file.name, "line": line,
                                                "reason": item["reason"].strip()})
             dismissed.append({"candidate": number, "file": file.name, "line": line, "reason": item["reason"].strip()})
@@ -166,9 +168,10 @@ class CheckBook:
         directory = posixpath.normpath(posixpath.join(self.subdir, workdir) if workdir else default)
         if directory == ".." or directory.startswith("../") or posixpath.isabs(directory):
             return f"workdir {workdir!r} is outside the workspace"
-        if number:
-            self.decided.add(number)
-            self.dismissed.pop(number, None)
+        for n, cand in enumerate(self.candidates, 1):  # the candidate declared, by number or by its text
+            if n == number or not number and cand.file == file.name and agents_md.fits(cand.command, command):
+                self.decided.add(n)
+                self.dismissed.pop(n, None)
         return Check(command, directory, file.name, line, "declared", steps(command, directory))
 
     def must_run(self) -> list[Check]:
