@@ -40,6 +40,12 @@ class DockerTransport:
     def __init__(self, sock) -> None:
         self._raw: socket.socket = getattr(sock, "_sock", sock)
         self._sock = sock
+        # docker-py gives the exec socket its client's timeout (60 s by default): a channel quiet
+        # for a minute (a long model step, a silent command) would die. The channel has no idle
+        # limit; a command's own timeout is the runner's business.
+        for layer_ in {id(sock): sock, id(self._raw): self._raw}.values():
+            if hasattr(layer_, "settimeout"):
+                layer_.settimeout(None)
         self._buffer = b""
         self._lock = threading.Lock()
 
