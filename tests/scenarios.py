@@ -7,7 +7,7 @@ so a tool that misbehaves makes them fail or answer differently instead of passi
 
 import re
 
-from tests.fakemodel import apply_patch, fail, say, scenario, shell
+from tests.fakemodel import apply_patch, fail, hang, say, scenario, shell
 
 UNITTEST = ["python3", "-m", "unittest", "-q"]
 _MARKS = {"passed": "✅", "failed": "❌", "blocked": "⚠️"}
@@ -215,3 +215,13 @@ def best_of_three(req):
     status = "passed" if out.split("\n")[1] == "Exit code: 0" else "failed"
     yield say(report([f"calc.py begins `{first}` (calc.py:L1)."], [(" ".join(UNITTEST), status)])
               + f" [{chunk_of(out)}]")
+
+
+@scenario("fix-slowly-and-quietly")
+def fix_slowly_and_quietly(req):
+    """The fix behind a model step of 75 s and a command silent for 70 s, as a local or reasoning
+    model and a quiet `npm install` give them: the sandbox must still answer afterwards."""
+    yield hang(75)
+    out = yield shell("sleep 70; echo quiet-done")
+    assert "Exit code: 0" in out and "quiet-done" in out, out
+    yield from fix_failing_test(req)
