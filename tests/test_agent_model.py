@@ -12,7 +12,7 @@ import pytest
 from offload.server.agent import pricing
 from offload.server.agent.model import ModelClient, ModelError
 from tests.agent_support import MODES, client
-from tests.fakemodel import FakeModel, fail, say, shell
+from tests.fakemodel import FakeModel, empty, fail, hang, say, shell, stream_error
 
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Run the tests."}]
 TOOLS = [{"type": "function", "name": "shell", "description": "Runs a command.",
@@ -119,3 +119,117 @@ def test_an_endpoint_without_the_api(api, stream):
 def test_an_unknown_api_is_refused_at_once():
     with pytest.raises(ModelError, match='model.api must be "chat" or "responses"'):
         ModelClient("http://127.0.0.1:9/v1", "sk-test", "gpt-5", api="completions")
+
+
+LMSTUDIO_OVERFLOW = ("Trying to keep the first 6514 tokens when context the overflows. However, the model is loaded "
+                     "with context length of only 4096 tokens, which is not enough. Try to load the model with a "
+                     "larger context length, or provide a shorter input")
+# Each server's way of saying the conversation no longer fits: (the fault, words of it the error keeps).
+OVERFLOWS = {
+    "openai": (fail(400, {"error": {"message": "This model's maximum context length is 8192 tokens. However, your "
+                                               "messages resulted in 9000 tokens.", "type": "invalid_request_error",
+                                    "param": "messages", "code": "context_length_exceeded"}}), "8192 tokens"),
+    "vllm": (fail(400, {"object": "error", "message": "This model's maximum context length is 4096 tokens. However, "
+                                                      "you requested 5000 tokens", "type": "BadRequestError",
+                        "param": None, "code": 400}), "4096 tokens"),
+    "llamacpp-400": (fail(400, {"error": {"code": 400, "message": "the request exceeds the available context size, "
+                                                                  "try increasing it", "type": "exceed_context_size_error",
+                                          "n_prompt_tokens": 9000, "n_ctx": 8192}}), "available context size"),
+    "llamacpp-500": (fail(500, {"error": {"code": 500, "message": "Context size has been exceeded.",
+                                          "type": "server_error"}}), "Context size has been exceeded"),
+    "ollama-500": (fail(500, {"error": "the input length exceeds the context length"}), "input length exceeds"),
+    "lmstudio-string": (fail(400, {"error": LMSTUDIO_OVERFLOW}), "Trying to keep the first 6514 tokens"),
+    "lmstudio-in-stream": (stream_error(LMSTUDIO_OVERFLOW), "Trying to keep the first 6514 tokens"),
+    "lmstudio-empty-200": (empty(finish="length"), 'finish_reason "length"'),
+    "tgi": (fail(422, {"error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: "
+                                "4000 `inputs` tokens and 1000 `max_new_tokens`", "error_type": "validation"}),
+            "must be <= 4096"),
+    "together": (fail(400, {"error": {"message": "Input validation error: `inputs` tokens + `max_new_tokens` must be "
+                                                 "<= 8193. Given: 8000 `inputs` tokens and 200 `max_new_tokens`",
+                                      "type": "invalid_request_error", "param": "max_tokens", "code": None}}),
+                 "must be <= 8193"),
+    "mistral": (fail(400, {"object": "error", "message": "Prompt contains 40000 tokens and 0 draft tokens, too large "
+                                                         "for model with 32768 maximum context length",
+                           "type": "invalid_request_error", "param": None, "code": None}), "32768 maximum"),
+    "groq": (fail(400, {"error": {"message": "Please reduce the length of the messages or completion.",
+                                  "type": "invalid_request_error", "param": "messages",
+                                  "code": "context_length_exceeded"}}), "reduce the length"),
+}
+
+
+@pytest.mark.parametrize("server,api,stream", [
+    pytest.param(server, *mode.values, id=f"{server}-{mode.id}") for server in OVERFLOWS for mode in MODES
+    if not (server == "lmstudio-empty-200" and mode.values[0] == "responses")])  # a Chat Completions reply
+def test_a_full_context_window_is_recognised_in_each_servers_words(server, api, stream):
+    fault, words = OVERFLOWS[server]
+    with FakeModel(default=lambda req: (yield fault)) as fm:
+        with pytest.raises(ModelError) as e:
+            step(client(fm, api, stream))
+    assert e.value.context_overflow and "no longer fits the model's context window" in str(e.value)
+    assert words in str(e.value) and len(fm.requests) == 1  # the loop hides old outputs; asking again cannot help
+
+
+def steps(model: ModelClient, count: int, on_wait=None):
+    """`count` steps of one conversation on one client, as the loop takes them."""
+    async def go():
+        history, replies = list(CONVERSATION), []
+        try:
+            for _ in range(count):
+                reply = await model.step(history, TOOLS, on_wait)
+                history.append({"role": "assistant", "content": reply.text, "calls": reply.calls})
+                history += [{"role": "tool", "call_id": c.id, "output": "Exit code: 0"} for c in reply.calls]
+                replies.append(reply)
+        finally:
+            await model.close()
+        return replies
+
+    return asyncio.run(go())
+
+
+def two_calls(req):
+    yield shell(["ls"])
+    yield shell(["pwd"])
+    yield say("Done.")
+
+
+def test_an_optional_parameter_refused_is_dropped_once_and_for_good():
+    """Mistral answers stream_options with a 422 (avante.nvim#2347): left out from then on."""
+    with FakeModel(default=two_calls, quirks={"mistral-stream-options"}) as fm:
+        replies = steps(client(fm, "chat", True, max_retries=0), 3)
+    assert replies[-1].text == "Done." and len(fm.refusals) == 1 and fm.refusals[0].startswith("422")
+    assert [r.body.get("stream_options") is not None for r in fm.requests] == [True, False, False, False]
+
+
+@pytest.mark.parametrize("api,stream", MODES)
+def test_a_refusal_that_cannot_pass_is_not_asked_again_and_keeps_the_servers_words(api, stream):
+    body = {"error": {"message": "Invalid value for 'temperature'.", "type": "invalid_request_error"}}
+    with FakeModel(default=lambda req: (yield fail(400, body=body, times=9))) as fm:
+        with pytest.raises(ModelError) as e:
+            step(client(fm, api, stream, max_retries=4))
+    assert len(fm.requests) == 1 and "HTTP 400: Invalid value for 'temperature'." in str(e.value)
+    assert "retr" not in str(e.value) and "model.api" not in str(e.value)  # nothing was retried; not an API question
+
+
+@pytest.mark.parametrize("api,stream", MODES)
+def test_a_fumbled_tool_call_is_asked_again(api, stream):
+    """Groq's intermittent 400 tool_use_failed passes on another try."""
+    with FakeModel(default=two_calls, quirks={"groq-tool-use-failed"}) as fm:
+        (reply,) = steps(client(fm, api, stream), 1)
+    assert reply.calls[0].name == "shell" and len(fm.refusals) == 1
+    assert "could not read the model's tool call (HTTP 400: Failed to call a function" in reply.failed[0].error
+
+
+@pytest.mark.parametrize("api,stream", MODES)
+def test_waits_are_told_as_they_happen(api, stream):
+    def slow(req):
+        yield fail(503, retry_after=0.1)
+        yield hang(1.2)
+        yield shell(["ls"])
+
+    told = []
+    with FakeModel(default=slow) as fm:
+        (reply,) = steps(client(fm, api, stream, timeout=2.0), 1, told.append)
+    assert reply.calls[0].name == "shell"
+    assert "answered HTTP 503" in told[0] and "asking again in 0 s (retry 1 of 1)" in told[0]
+    assert any(t.startswith("waiting for the model: nothing from") and "(it is given 2 s: model.timeout)" in t
+               for t in told[1:])

@@ -27,7 +27,7 @@ from .calls import StreamedCalls, arguments_text, sendable, text_calls, unique_i
 
 MAX_BACKOFF = 8.0
 MAX_RETRY_AFTER = 300.0  # a Retry-After longer than this is not waited out
-WAIT_NOTICE = 15.0  # seconds without a word from the server before the wait is reported
+WAIT_NOTICE = 15.0  # seconds without a word from the server before the wait is told (sooner for short timeouts)
 AZURE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
 AZURE_API_VERSION = "2024-10-21"  # the GA version deployment URLs get when neither they nor model.api_version name one
 
@@ -180,11 +180,12 @@ class ModelClient:
 
     def __init__(self, base_url: str, api_key: str, name: str, api: str = "chat", stream: bool = True,
                  timeout: float = 120.0, max_retries: int = 4, freeform_patch: bool = True,
-                 backoff: float = 0.5, api_version: str = "", wait_notice: float = WAIT_NOTICE) -> None:
+                 backoff: float = 0.5, api_version: str = "") -> None:
         if api not in ("chat", "responses"):
             raise ModelError(f"model.api must be \"chat\" or \"responses\", not {api!r}")
         self.name, self.api, self.stream = name, api, stream
-        self.timeout, self.max_retries, self.backoff, self.wait_notice = timeout, max_retries, backoff, wait_notice
+        self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
+        self.wait_notice = min(WAIT_NOTICE, timeout / 4)  # told well before the server is given up on
         self.freeform_patch = freeform_patch and api == "responses"  # custom tools exist on Responses only
         self.keyless = api_key in ("", "not-needed")
         self.refused: set[str] = set()  # optional parameters this server refused: never sent again
