@@ -32,7 +32,7 @@ def _progress_line(record: dict, event: dict) -> str | None:
         return f"[{record['id']}]   → exit {event['exit_code']} in {event.get('duration', 0):.1f}s"
     if kind == "setup" and "text" in event:
         return f"[{record['id']}]   setup: {event['text']}"
-    if kind in ("model.error", "error", "note"):
+    if kind in ("model.error", "model.wait", "error", "note"):
         return f"[{record['id']}]   {event.get('error') or event.get('text')}"
     return None
 

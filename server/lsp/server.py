@@ -116,7 +116,7 @@ class OffloadServer(LanguageServer):
     def on_task_event(self, record: dict, event: dict) -> None:
         self.forget(record["id"], record, hunks=event["type"] not in _AGENT_EVENTS)
         self.protocol.notify("offload/taskEvent", {"taskId": record["id"], "event": event})
-        if event["type"] not in ("state", "tool.call", "attempt.chosen"):
+        if event["type"] not in ("state", "tool.call", "model.wait", "attempt.chosen"):
             return
         if event["type"] == "attempt.chosen":
             return self.protocol.notify("offload/taskUpdated", _summary(record))
@@ -133,6 +133,8 @@ class OffloadServer(LanguageServer):
         if event["type"] == "tool.call":
             message = (f"attempt {event['attempt']}: " if "attempt" in event else "") + \
                 f"{event['name']}: {preview(event['arguments'], 60)}"
+        elif event["type"] == "model.wait":
+            message = event["text"]
         else:
             message = event["state"] + (f": {event['reason']}" if event.get("reason") else "")
         if event["type"] == "state" and event["state"] in ("finished", "failed", "cancelled"):
@@ -364,7 +366,8 @@ class OffloadServer(LanguageServer):
 
 # Events of an agent at work: frequent, and nothing the review shows depends on them.
 _AGENT_EVENTS = frozenset({"tool.call", "tool.output", "tool.result", "model.reply", "model.call.failed",
-                           "model.error", "note", "context", "plan", "loop", "commit", "citations", "agent.end"})
+                           "model.wait", "model.error", "note", "context", "plan", "loop", "commit", "citations",
+                           "agent.end"})
 
 
 @functools.lru_cache(maxsize=4096)
