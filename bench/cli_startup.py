@@ -43,7 +43,7 @@ def make_state(state: Path, repo: Path, tasks: int) -> list[str]:
         store.create({
             "id": task_id, "kind": "code", "prompt": f"Task {n}\n\nContext: calc.py lines 1-9", "repo": str(repo),
             "directory": str(repo), "state": "running" if running else "finished", "reason": "", "created": n,
-            "updated": n, "message": "## Summary\n- Fixed it (calc.py:L4-L5).\n\n## Testing\n- ✅ `make test` passed [c2]",
+            "updated": n, "message": "## Summary\n- Fixed it (calc.py:L4-L5).\n\n## Testing\n- `make test` passed [c2]",
             "checks": [], "changes": [{"path": "calc.py", "status": "modified"}], "commit": None, "base": None,
             "steps": 8, "input_tokens": 9000, "output_tokens": 300, "owner": owner.current() if running else None,
             "attempts": 1})

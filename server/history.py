@@ -30,23 +30,25 @@ class History:
 
     def __init__(self, out: Out, full: bool = False) -> None:
         self.out, self.full = out, full
-        self.calls: dict[str, dict] = {}  # tool.call events by call id
-        self.streamed: dict[str, list[str]] = {}  # a command's output as it streamed, by call id
-        self.exits: dict[str, int | None] = {}  # each output chunk's exit code, by chunk id
-        self.shown: str | None = None  # the call whose lines came last
+        # keyed by (attempt, id): the attempts of a best-of-N task are separate conversations
+        self.calls: dict[tuple, dict] = {}  # tool.call events, by call id
+        self.streamed: dict[tuple, list[str]] = {}  # a command's output as it streamed, by call id
+        self.exits: dict[tuple, int | None] = {}  # each output chunk's exit code, by chunk id
+        self.shown: tuple | None = None  # the call whose lines came last
         self.setup: list[str] = []  # the setup script's output since its last status
+        self.attempt: int | None = None
         self.prefix = ""
 
     def show(self, event: dict) -> None:
-        kind = event.get("type")
+        kind, self.attempt = event.get("type"), event.get("attempt")
         if kind == "tool.output":
-            self.streamed.setdefault(event.get("id"), []).append(str(event.get("chunk", "")))
+            self.streamed.setdefault((self.attempt, event.get("id")), []).append(str(event.get("chunk", "")))
             return
         if kind == "setup" and "output" in event:
             self.setup.append(str(event["output"]))
             return
         self._end_setup()
-        self.prefix = f"#{event['attempt']} " if "attempt" in event else ""
+        self.prefix = "" if self.attempt is None else f"#{self.attempt} "
         render = getattr(self, "_" + str(kind).replace(".", "_"), None)
         if render is None:
             rest = {k: v for k, v in event.items() if k not in ("t", "type", "attempt")}
@@ -124,9 +126,9 @@ class History:
         self._line(f"  stopped a loop: {e.get('name')} called {e.get('repeats')} times in a row", RED)
 
     def _tool_call(self, e: dict) -> None:
-        self.calls[e.get("id")] = e
+        self.calls[self.attempt, e.get("id")] = e
         self._call(e, whole=True)
-        self.shown = e.get("id")
+        self.shown = (self.attempt, e.get("id"))
 
     def _call(self, e: dict, whole: bool) -> None:
         """A call's first lines: the command, or the patch (whole when first shown)."""
@@ -149,8 +151,8 @@ class History:
             self._line(f"  {name} {e.get('arguments', '')}", BOLD)
 
     def _tool_result(self, e: dict) -> None:
-        call_id = e.get("id")
-        self.exits[e.get("chunk")] = e.get("exit_code")
+        call_id = (self.attempt, e.get("id"))
+        self.exits[self.attempt, e.get("chunk")] = e.get("exit_code")
         if call_id != self.shown and call_id in self.calls:
             self._call(self.calls[call_id], whole=False)  # other events came between: say which call this is
         text = str(e.get("output", ""))
@@ -184,13 +186,15 @@ class History:
 
     def _checks(self, e: dict) -> None:
         """Each check with its proof: the runs it cites and how they exited, or why it does not count."""
-        self._line("  checks: " + ("passed" if e.get("passed") else "not passed"), BOLD, GREEN if e.get("passed") else RED)
+        passed = bool(e.get("passed"))
+        self._line("  checks: " + ("passed" if passed else "not passed"), BOLD, GREEN if passed else RED)
         for c in e.get("checks") or []:
             if not isinstance(c, dict):
                 continue
             status, source = str(c.get("status")), f"  ({c['source']})" if c.get("source") else ""
             self._line(f"    {status:<10} {c.get('check')}{source}", *filter(None, [CHECK_STYLE.get(status)]))
-            runs = ", ".join(f"{chunk} exited {self.exits.get(chunk, '?')}" for chunk in c.get("chunks") or [])
+            runs = ", ".join(f"{chunk} exited {self.exits.get((self.attempt, chunk), '?')}"
+                             for chunk in c.get("chunks") or [])
             if c.get("reason"):
                 self._line(f"               {c['reason']}" + (f" ({runs})" if runs else ""), YELLOW)
             elif runs:
@@ -204,8 +208,9 @@ class History:
 
     def _agent_end(self, e: dict) -> None:
         cost = f" · ${e['cost_usd']:.4f}" if isinstance(e.get("cost_usd"), (int, float)) else " · cost not known"
-        self._line(f"  {e.get('outcome')}: {e.get('reason')} · {e.get('steps')} steps · {e.get('input_tokens', 0)} in / "
-                   f"{e.get('output_tokens', 0)} out tokens ({e.get('cached_tokens', 0)} cached){cost}", BOLD)
+        self._line(f"  {e.get('outcome')}: {e.get('reason')} · {e.get('steps')} steps · "
+                   f"{e.get('input_tokens', 0)} in / {e.get('output_tokens', 0)} out tokens "
+                   f"({e.get('cached_tokens', 0)} cached){cost}", BOLD)
 
     def _followup(self, e: dict) -> None:
         rejected = f" ({len(e['rejected'])} rejected hunk(s) undone)" if e.get("rejected") else ""
