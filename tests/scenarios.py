@@ -7,7 +7,7 @@ so a tool that misbehaves makes them fail or answer differently instead of passi
 
 import re
 
-from tests.fakemodel import apply_patch, fail, hang, say, scenario, shell
+from tests.fakemodel import apply_patch, call, fail, hang, say, scenario, shell
 
 UNITTEST = ["python3", "-m", "unittest", "-q"]
 _MARKS = {"passed": "✅", "failed": "❌", "blocked": "⚠️"}
@@ -225,3 +225,101 @@ def fix_slowly_and_quietly(req):
     out = yield shell("sleep 70; echo quiet-done")
     assert "Exit code: 0" in out and "quiet-done" in out, out
     yield from fix_failing_test(req)
+
+
+WRONG_FIX = "*** Begin Patch\n*** Update File: calc.py\n@@\n-    return a - b\n+    return a * b\n*** End Patch"
+
+
+@scenario("forge-pass")
+def forge_pass(req):
+    """A wrong or undone fix reported as passing, the citation forged as the prompt's last word says:
+    ``patch`` cites the patch's output, ``failing`` a failing run, ``stale`` a run before the last
+    edit, ``other`` a run of another command."""
+    how = req.prompt.split()[-1]
+    if how == "stale":
+        yield apply_patch(FIX_ADD)
+        cited = yield shell(UNITTEST)
+        assert "Exit code: 0" in cited, cited
+        out = yield apply_patch("*** Begin Patch\n*** Update File: calc.py\n@@\n-    return a + b\n+    return a * b\n"
+                                "*** End Patch")
+    else:
+        out = cited = yield apply_patch(WRONG_FIX)
+        if how == "failing":
+            cited = yield shell(UNITTEST)
+        elif how == "other":
+            cited = yield shell(["python3", "-c", "print('all good')"])
+    assert "Success" in out, out
+    yield say(report(["`add` is fixed (calc.py:L4-L5)."], [(" ".join(UNITTEST), "passed", cited)]))
+
+
+def offered(req) -> dict[str, list[int]]:
+    """The candidate numbers the system prompt offers, by command (``N. `command` — …``)."""
+    numbers: dict[str, list[int]] = {}
+    for n, command in re.findall(r"^(\d+)\. `([^`]+)` — ", req.instructions, re.M):
+        numbers.setdefault(command, []).append(int(n))
+    return numbers
+
+
+@scenario("declare-and-prove")
+def declare_and_prove(req):
+    """Under an AGENTS.md with its commands in a code block under "## Testing instructions" (one with a
+    placeholder) and a nested tools/AGENTS.md: declares the three checks that apply, the placeholder
+    filled and the nested one in its directory, dismisses the rest with reasons, fixes ``add``, runs
+    each check after the edit in a spelling of its own, and reports each citing its run."""
+    cands = offered(req)
+    root_suite, tools_suite = cands["python3 -m unittest -q"]
+    (one_case,) = cands["python3 -m unittest -q test_calc.<TestCase>"]
+    out = yield shell(UNITTEST)
+    assert "FAILED" in out, out
+    out = yield call("declare_checks", {"checks": [{"candidate": one_case,
+                                                    "command": "python3 -m unittest -q test_calc.<TestCase>"}]})
+    assert "fill in the placeholder(s) `<TestCase>`" in out, out
+    out = yield call("declare_checks", {
+        "checks": [{"candidate": root_suite, "command": "python3 -m unittest -q"},
+                   {"candidate": one_case, "command": "python3 -m unittest -q test_calc.CalcTest"},
+                   {"candidate": tools_suite, "command": "python3 -m unittest -q"}],
+        "dismissed": [{"candidate": n, "reason": "AGENTS.md says not to; it needs the network or a maintainer"}
+                      for command, numbers in cands.items() if "unittest" not in command for n in numbers]})
+    assert "Declared" in out and "Not accepted" not in out and "neither declared nor dismissed" not in out, out
+    out = yield apply_patch(FIX_ADD)
+    assert "Success" in out, out
+    whole = yield shell("python3 -m unittest -q 2>&1")
+    one = yield shell(["python3", "-m", "unittest", "-q", "test_calc.CalcTest"])
+    tools = yield shell("cd tools && python3 -m unittest -v")
+    yield say(report(["`add` returns `a + b` now (calc.py:L4-L5)."], [
+        ("python3 -m unittest -q", "passed" if "Exit code: 0" in whole else "failed", whole),
+        ("python3 -m unittest -q test_calc.CalcTest", "passed" if "Exit code: 0" in one else "failed", one),
+        ("cd tools && python3 -m unittest -q", "passed" if "Exit code: 0" in tools else "failed", tools)]))
+
+
+@scenario("declare-then-skip")
+def declare_then_skip(req):
+    """Declares the suite, fixes ``add``, and claims the pass from the run before the fix; reminded,
+    sends the same message again."""
+    (suite,) = offered(req)["python3 -m unittest -q"][:1]
+    out = yield call("declare_checks", {"checks": [{"candidate": suite, "command": "python3 -m unittest -q"}],
+                                        "dismissed": [{"candidate": n, "reason": "not needed"}
+                                                      for c, ns in offered(req).items() for n in ns if n != suite]})
+    before = yield shell(UNITTEST)
+    yield apply_patch(FIX_ADD)
+    message = report(["`add` is fixed (calc.py:L4-L5)."], [(" ".join(UNITTEST), "passed", before)])
+    reminder = yield say(message)
+    assert "have not run since yours" in reminder and "python3 -m unittest -q" in reminder, reminder
+    yield say(message)
+
+
+@scenario("killed-then-told")
+def killed_then_told(req):
+    """Fixes ``add``, then waits in a command during which the test kills the run; the follow-up must
+    say that the edit is gone, and the model makes it again."""
+    out = yield apply_patch(FIX_ADD)
+    assert "Success" in out, out
+    yield shell(["sleep", "60"])
+    told = req.user_messages[-1]
+    assert "interrupted" in told and "none of your edits are in it" in told, told
+    out = yield shell(["grep", "-c", "return a + b", "calc.py"])
+    assert output_text(out).strip() == "0", out
+    yield apply_patch(FIX_ADD)
+    out = yield shell(UNITTEST)
+    yield say(report(["`add` is fixed again (calc.py:L4-L5)."],
+                     [(" ".join(UNITTEST), "passed" if "Exit code: 0" in out else "failed", out)]))

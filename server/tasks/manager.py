@@ -189,12 +189,25 @@ class TaskManager:
             text += "\n\nThe user rejected these parts of your change; they are undone in the workspace:\n" + \
                 "\n".join(f"- {h.path} near line {h.base_start + 1}:\n" + "".join(f"  -{line}" for line in h.base_lines)
                           + "".join(f"  +{line}" for line in h.result_lines) for h in rejected)
+        if record.get("interrupted"):
+            text += "\n\n" + self._after_interruption(record)
         prior = self.conversation(record["id"])
         self._emit(record, "followup", {"prompt": prompt, "text": text, "rejected": [h.id for h in rejected]})
         record.update(discarded=False, interrupted=False, owner=owner.current())
         self._set_state(record, "queued", "follow-up")
         self._launch(record, text, prior)
         return record
+
+    def _after_interruption(self, record: dict) -> str:
+        """What the model must know when its last run was cut off: which workspace it now has."""
+        if not record.get("tree"):
+            return ("Note: the task was interrupted before its workspace was made. This run starts from the "
+                    "repository as it is now; nothing of an earlier run is in it.")
+        kept = ("the change of the last run that finished" if self.store.changes(record["id"])
+                else "the repository as it was when the task began: none of your edits are in it")
+        return ("Note: your last run was interrupted (its process stopped) before its work was saved. The "
+                f"workspace holds {kept}; edits made in the interrupted run are gone, and outputs from it may not "
+                "match the files. Look at the files again before you rely on them, and make those edits again.")
 
     def conversation(self, task_id: str) -> list[dict]:
         """The model's conversation so far, rebuilt from the task's log."""
