@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import tempfile
@@ -84,6 +85,54 @@ def _check_engines(config: cfg.Config, check) -> None:
                   "sandboxes go only to those", "build or copy the image to an engine, as above")
 
 
+PROBE = [{"role": "system", "content": "You are checking that tool calls work. Answer only with a tool call."},
+         {"role": "user", "content": "Call the shell tool with the command [\"true\"]."}]
+CONTEXT_KEYS = ("max_model_len", "context_length", "context_window", "loaded_context_length", "max_context_length")
+
+
+async def _check_model(settings: dict, check) -> None:
+    """`model`, `tools`, `streaming`: a real, tiny request with Offload's own tools, as a task sends it."""
+    from .agent.model import ModelClient, ModelError
+    from .agent.tools import tool_specs
+
+    where = f"{settings['name']} at {settings['base_url'] or 'api.openai.com'} ({settings['api']} API)"
+    quick = {**settings, "timeout": min(settings["timeout"], 30.0), "max_retries": 1}
+    client = ModelClient(**{**quick, "stream": False})
+    try:
+        cards = await client.listed()
+        card = next((c for c in cards if c.get("id") == settings["name"]), None)
+        if cards and card is None:
+            return check("model", False, f"{where}: the server does not list this model (it lists: "
+                         f"{', '.join(c.get('id', '?') for c in cards[:10])})", "set model.name (OFFLOAD_MODEL_NAME) "
+                         "to one it lists")
+        context = next((card[k] for k in CONTEXT_KEYS if isinstance((card or {}).get(k), int)), None)
+        tools = tool_specs(freeform=client.freeform_patch)
+        try:
+            reply = await client.step(PROBE, tools)
+        except ModelError as e:
+            return check("model", False, f"{where}: {e}")  # the message names the fix
+        check("model", True, f"{where} answers" + (f"; context window {context} tokens" if context else ""))
+        if not reply.calls:
+            check("tools", False, f"asked for a tool call, the model answered in text: {reply.text[:160]!r}",
+                  "set model.name to a model that can call tools, or turn on the server's tool parser (see "
+                  "docs/models.md)")
+        else:
+            written = reply.calls[0].written
+            check("tools", True, "the model calls tools" + (" by writing them as text, which Offload reads; the "
+                  "server's own tool parser is more reliable (docs/models.md)" if written else ""))
+    finally:
+        await client.close()
+    if settings["stream"]:
+        streamed = ModelClient(**{**quick, "stream": True})
+        try:
+            await streamed.step(PROBE, tools)
+            check("streaming", True, "streamed replies work")
+        except ModelError as e:
+            check("streaming", False, str(e), "set model.stream = false, or update the server")
+        finally:
+            await streamed.close()
+
+
 def _check_setup(config: cfg.Config, check) -> None:
     """`setup`: whether sandbox.setup can run here (its secrets are set) and what it has cached."""
     from offload.sandbox.setup import cached_results
@@ -127,9 +176,10 @@ def _checks() -> list[dict]:
           "fix a backend above, or set sandbox.backend to one that works")
     try:
         model = cfg.resolve_model(config)
-        check("model", True, f"{model['name']} at {model['base_url'] or 'api.openai.com'} ({config.get('model.api')} API)")
     except cfg.ConfigError as e:
         check("model", False, str(e), "set OPENAI_API_KEY, or OPENAI_BASE_URL and OFFLOAD_MODEL_NAME")
+    else:
+        asyncio.run(_check_model(model, check))
     _check_setup(config, check)
     return results
 

@@ -82,6 +82,7 @@ class ToolCall:
     name: str
     arguments: str
     custom: bool = False  # a freeform (Responses "custom") tool: `arguments` is the raw input
+    written: bool = field(default=False, compare=False)  # written as text by the model, read by the client
 
 
 @dataclass
@@ -292,7 +293,7 @@ class ModelClient:
                               "set model.name to a model the key can use")
         if isinstance(e, openai.NotFoundError):
             if getattr(e, "code", None) == "model_not_found" or "model" in text.lower():
-                known = await self.known_models()
+                known = [card.get("id", "?") for card in await self.listed()]
                 return ModelError(f"model {self.name!r} is not known at {where} ({said}); set model.name "
                                   "(OFFLOAD_MODEL_NAME) to one it serves" + (f", e.g.: {', '.join(known[:10])}"
                                                                              if known else ""))
@@ -339,11 +340,12 @@ class ModelClient:
         sent = {"stream_options"} if self.api == "chat" and self.stream else {"store"} if self.api == "responses" else set()
         return sent - self.refused
 
-    async def known_models(self) -> list[str]:
-        """The endpoint's model list, or [] when it has none to give."""
+    async def listed(self) -> list[dict]:
+        """The endpoint's model cards (with whatever else a server says of each, such as its
+        context length), or [] when it has none to give."""
         try:
             page = await self.client.models.list(timeout=min(self.timeout, 5.0), extra_headers=self.headers)
-            return [m.id for m in page.data]
+            return [m.to_dict(warnings=False) for m in page.data]
         except openai.OpenAIError:
             return []
 
@@ -364,7 +366,7 @@ class ModelClient:
         if calls:
             return text, calls
         rest, found = text_calls(text, _tool_names(tools))
-        return rest, [ToolCall("", name, arguments) for name, arguments in found]
+        return rest, [ToolCall("", name, arguments, written=True) for name, arguments in found]
 
     async def _chat(self, history: list[dict], tools: list[dict]) -> Reply:
         specs = [{"type": "function", "function": {k: v for k, v in t.items() if k != "type"}}
