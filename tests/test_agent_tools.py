@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -125,3 +126,41 @@ def test_the_freeform_patch_tool_carries_codex_grammar():
 def test_progress_shows_the_file_a_freeform_patch_edits():
     assert preview(FIX) == "*** Update File: calc.py"
     assert preview('{"command": ["python3", "-m", "unittest"]}') == "python3 -m unittest"
+
+
+def test_a_patch_after_cd_or_with_a_workdir_applies_in_that_directory(sandbox):
+    tools = Tools(sandbox, False, lambda call_id, chunk: None, threading.Event())
+    sandbox.run(["mkdir", "-p", "pkg/sub"])
+    add = "*** Begin Patch\n*** Add File: {name}\n+x\n*** End Patch"
+    out = tools.call("a", "shell", json.dumps({"command": ["bash", "-lc", "cd pkg && apply_patch <<'EOF'\n"
+                                                           + add.format(name="a.txt") + "\nEOF"]}))
+    assert "Success" in out.output and out.event["files"] == ["pkg/a.txt"], out.output
+    out = tools.call("b", "shell", json.dumps({"command": ["bash", "-lc", "cd sub && applypatch <<'PATCH'\n"
+                                                           + add.format(name="b.txt") + "\nPATCH"], "workdir": "pkg"}))
+    assert out.event["files"] == ["pkg/sub/b.txt"], out.output
+    out = tools.call("c", "shell", json.dumps({"command": ["apply_patch", add.format(name="c.txt")], "workdir": "pkg"}))
+    assert out.event["files"] == ["pkg/c.txt"], out.output
+    assert [sandbox.read_file(p) for p in ("pkg/a.txt", "pkg/sub/b.txt", "pkg/c.txt")] == [b"x\n"] * 3
+    out = tools.call("d", "shell", json.dumps({"command": ["bash", "-lc", "cd ../.. && apply_patch <<'EOF'\n"
+                                                           + add.format(name="x.txt") + "\nEOF"]}))
+    assert out.output.startswith("error: the patch was not applied, nothing changed") and "outside" in out.output
+
+
+def test_a_patch_cut_off_before_its_end_is_refused(sandbox):
+    tools = Tools(sandbox, False, lambda call_id, chunk: None, threading.Event())
+    out = tools.call("a", "apply_patch", json.dumps({"input": FIX.replace("\n*** End Patch", "")}))
+    assert "may have been cut off" in out.output and "return a - b" in sandbox.read_file("calc.py").decode()
+
+
+def test_declare_checks_is_offered_only_under_an_agents_md_and_checks_its_arguments(sandbox, tmp_path):
+    from offload.server.agent.checks import CheckBook
+
+    assert "declare_checks" not in [t["name"] for t in tool_specs()]
+    bare = Tools(sandbox, False, lambda call_id, chunk: None, threading.Event())
+    assert bare.call("a", "declare_checks", "{}").event == {"error": "unknown tool"}
+    (tmp_path / "AGENTS.md").write_text("Run `make test` before you finish.\n")
+    tools = Tools(sandbox, False, lambda call_id, chunk: None, threading.Event(), CheckBook(tmp_path))
+    out = tools.call("b", "declare_checks", json.dumps({"checks": {"command": "make test"}}))
+    assert "checks must be an array" in out.output, out.output
+    out = tools.call("c", "declare_checks", json.dumps({"checks": [{"candidate": 1, "command": "make test"}]}))
+    assert out.event["declared"] == [{"command": "make test", "directory": ".", "file": "AGENTS.md", "line": 1}]
