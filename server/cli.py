@@ -58,7 +58,7 @@ class LiveDisplay:
             self.status = waiting
         else:
             self._line(line)
-            final = event["type"] == "state" and event["state"] in FINAL
+            final = event["type"] == "state" and event["state"] in FINAL_STATES
             self.status = "" if final else waiting if event.get("state") == "running" else self.status
         self.tick()
 
@@ -69,9 +69,6 @@ class LiveDisplay:
         if self.status:
             self.stream.write(f"\r\033[K{escape(self.status[:100])}  [{time.monotonic() - self.started:.0f}s]")
         self.stream.flush()
-
-
-FINAL = ("finished", "failed", "cancelled")
 
 
 async def _run_task(args: argparse.Namespace, kind: str) -> int:
