@@ -112,12 +112,14 @@ class RunnerClient:
         keep: int = 1 << 20,
         max_output: int = 64 << 20,
         cancel: threading.Event | None = None,
+        binary: bool = False,
     ) -> ExecResult:
         """Run a command to its end. `env` is the command's whole environment (the runner adds
-        only PATH/HOME/LANG defaults); `on_output` sees every chunk, in this thread."""
+        only PATH/HOME/LANG defaults); `on_output` sees every chunk, in this thread. With `binary`,
+        `on_output` gets stdout's bytes exactly (it is required) and `output` holds stderr's tail."""
         events: queue.SimpleQueue = queue.SimpleQueue()
         request = {"op": "exec", "argv": list(argv), "cwd": cwd, "env": dict(env or {}), "timeout": timeout,
-                   "stdin": stdin, "max_output": max_output}
+                   "stdin": stdin, "max_output": max_output, **({"binary": True} if binary else {})}
         rid = self._send(request, events)
         kept = _HeadTail(keep)
         kill_sent = False
@@ -132,10 +134,15 @@ class RunnerClient:
                     continue
                 event = self._check(event)
                 if event.get("ev") == "out":
+                    if binary:
+                        on_output(base64.b64decode(event.get("b64") or ""))
+                        continue
                     kept.add(event["data"])
                     if on_output is not None:
                         on_output(event["data"])
                 elif event.get("ev") == "exit":
+                    if binary:
+                        kept.add(str(event.get("stderr") or ""))
                     output, omitted = kept.text()
                     return ExecResult(
                         exit_code=event["code"], output=output, timed_out=event["timed_out"],

@@ -53,9 +53,10 @@ def _signal_group(pgid, sig):
 class Command:
     """One running command: its process group, its output pump, and why it may be killed."""
 
-    def __init__(self, runner, rid, argv, cwd, env, stdin, timeout, max_output):
+    def __init__(self, runner, rid, argv, cwd, env, stdin, timeout, max_output, binary=False):
         self.runner, self.id, self.argv, self.cwd, self.env = runner, rid, argv, cwd, env
         self.stdin, self.timeout, self.max_output = stdin, timeout, max_output
+        self.binary = binary  # stdout as base64 bytes (`out` events with "b64"), for git packs
         self.kill_requested = threading.Event()
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.pending = bytearray()
@@ -71,7 +72,7 @@ class Command:
             self.proc = subprocess.Popen(
                 self.argv, cwd=self.cwd, env=self.env, start_new_session=True,
                 stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE if self.binary else subprocess.STDOUT)
         except OSError as exc:  # like a shell: a message and 127/126, not a protocol error
             self.runner.send({"id": self.id, "ev": "out", "data": f"offload-runner: cannot run {self.argv[0]!r}: {exc}\n"})
             self._send_exit(127 if isinstance(exc, FileNotFoundError) else 126, None)
@@ -81,6 +82,10 @@ class Command:
         self.runner.started(self)
         if self.stdin:
             threading.Thread(target=self._feed, daemon=True).start()
+        self.stderr, self.stderr_reader = b"", None
+        if self.binary:
+            self.stderr_reader = threading.Thread(target=self._keep_stderr, daemon=True)
+            self.stderr_reader.start()
         self.thread = threading.Thread(target=self._pump, daemon=True)
         self.thread.start()
 
@@ -94,6 +99,12 @@ class Command:
             self.proc.stdin.write(self.stdin.encode("utf-8", "replace"))
         with contextlib.suppress(OSError):
             self.proc.stdin.close()
+
+    def _keep_stderr(self):
+        """A binary command's stderr: its last 4 KiB go with its exit event, for the error message."""
+        with contextlib.suppress(OSError, ValueError):
+            while data := self.proc.stderr.read1(CHUNK):
+                self.stderr = (self.stderr + data)[-4096:]
 
     def _pump(self):
         """Forward output and enforce timeout, kill and max_output until the command is over."""
@@ -148,6 +159,8 @@ class Command:
         if self.term_at is not None:  # members that ignore SIGTERM but already closed the pipe
             _signal_group(self.pgid, signal.SIGKILL)
         self.runner.finished(self)
+        if self.stderr_reader is not None:
+            self.stderr_reader.join(DRAIN)
         rc = self.proc.returncode
         self._send_exit(128 - rc if rc < 0 else rc, -rc if rc < 0 else None)
         if not self.eof:  # keep a background child that holds the pipe from dying of SIGPIPE
@@ -174,6 +187,12 @@ class Command:
         self.pending += data
 
     def _flush(self, final=False):
+        if self.binary:
+            while self.pending:
+                data = base64.b64encode(bytes(self.pending[:CHUNK])).decode("ascii")
+                del self.pending[:CHUNK]
+                self.runner.send({"id": self.id, "ev": "out", "b64": data})
+            return
         while self.pending:
             text = self.decoder.decode(bytes(self.pending[:CHUNK]))
             del self.pending[:CHUNK]
@@ -191,7 +210,8 @@ class Command:
         self.runner.send({
             "id": self.id, "ev": "exit", "code": code, "signal": sig, "timed_out": self.timed_out,
             "killed": self.killed, "output_limited": self.limited,
-            "duration": round(time.monotonic() - self.started, 6)})
+            "duration": round(time.monotonic() - self.started, 6),
+            **({"stderr": getattr(self, "stderr", b"").decode("utf-8", "replace")} if self.binary else {})})
 
 
 class Runner:
@@ -288,6 +308,9 @@ class Runner:
         stdin = _field(req, "stdin", str, "a string")
         timeout = _field(req, "timeout", (int, float), "a number")
         max_output = _field(req, "max_output", int, "an integer")
+        binary = req.get("binary", False)
+        if not isinstance(binary, bool):
+            raise BadRequest("binary must be a boolean")
         if timeout is not None and not timeout >= 0:
             raise BadRequest("timeout must not be negative")
         if max_output is not None and max_output < 0:
@@ -300,7 +323,7 @@ class Runner:
         env.setdefault("HOME", os.path.expanduser("~"))
         env.setdefault("LANG", os.environ.get("LANG", "C.UTF-8"))
         cwd = os.path.join(self.root, cwd) if cwd else self.root
-        Command(self, rid, argv, cwd, env, stdin, timeout, max_output).start()
+        Command(self, rid, argv, cwd, env, stdin, timeout, max_output, binary).start()
 
     def op_kill(self, rid, req):
         with self._lock:
