@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import config as cfg
 from .agent.evidence import checks_passed, checks_problem
+from .history import History, follow
 from .tasks.manager import FINAL_STATES, TaskError, TaskManager
 from .terminal import Out, escape
 
@@ -208,8 +209,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def _show_log(manager: TaskManager, record: dict, out: Out, args: argparse.Namespace) -> int:
     """The task's history; with `--follow`, shown as it grows until the task ends."""
-    from .history import History, follow
-
     history = History(out, full=args.full)
     out.line()
     if not args.follow or record["state"] in FINAL_STATES:
