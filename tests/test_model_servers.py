@@ -12,7 +12,7 @@ import pytest
 from offload.sandbox.errors import SandboxError
 from offload.server.doctor import probe_bubblewrap
 from tests.conftest import offload_cli, part_missing
-from tests.fakemodel import FakeModel, apply_patch, call, say, scenario, shell
+from tests.fakemodel import FakeModel, apply_patch, call, hang, say, scenario, shell
 from tests.scenarios import FIX_ADD, UNITTEST, chunk_of, output_text, report
 
 # server: (its quirks, the APIs it offers)
@@ -110,3 +110,26 @@ def test_a_server_that_cannot_call_tools_is_named_with_the_fix(bubblewrap, quirk
     assert proc.returncode == 1
     assert said in proc.stderr and fix in proc.stderr, proc.stderr
     assert len(fm.requests) == 1  # a refusal that cannot pass is not asked again
+
+
+@scenario("slow-model")
+def slow_model(req):
+    """The fix, with one model step that says nothing for a while (a long prompt on a CPU), then a
+    server that never answers."""
+    yield hang(2.5)
+    if "hangs" in req.prompt:
+        yield hang(60)
+    yield from fix_through_quirks(req)
+
+
+def test_a_slow_model_is_waited_for_visibly_and_a_hung_one_reported(bubblewrap, sample_repo):
+    env = {"OFFLOAD_MODEL_NAME": "slow-model", "OFFLOAD_MODEL_TIMEOUT": "4", "OFFLOAD_SANDBOX_BACKEND": "bubblewrap"}
+    with FakeModel(scenarios=[slow_model]) as fm:
+        slow = offload_cli("run", "Make the failing test pass", "--repo", str(sample_repo), env={**fm.env(), **env})
+        hung = offload_cli("run", "Make the failing test pass; the server hangs", "--repo", str(sample_repo),
+                           env={**fm.env(), **env})
+    assert slow.returncode == 0, slow.stderr
+    assert re.search(r"waiting for the model: nothing from http://127\.0\.0\.1:\d+/v1 for \d+ s \(it is given 4 s: "
+                     r"model\.timeout\)", slow.stderr), slow.stderr
+    assert hung.returncode == 1
+    assert "sent nothing for 4 seconds; check that the server is up and not stuck, or raise model.timeout" in hung.stderr
