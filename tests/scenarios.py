@@ -189,7 +189,8 @@ def checks_after_reminder(req):
     assert "Success" in out, out
     yield say("## Summary\nFixed add (calc.py:L4-L5).\n## Testing\n- none run")  # answered by a reminder
     out = yield shell(UNITTEST)
-    yield say(report(["Fixed add (calc.py:L4-L5)."], [(" ".join(UNITTEST), "passed" if "OK" in out else "failed", out)]))
+    yield say(report(["Fixed add (calc.py:L4-L5)."],
+                     [(" ".join(UNITTEST), "passed" if "OK" in out else "failed", out)]))
 
 
 @scenario("best-of-three", variants=True)
@@ -283,13 +284,23 @@ def declare_and_prove(req):
     assert "Declared" in out and "Not accepted" not in out and "neither declared nor dismissed" not in out, out
     out = yield apply_patch(FIX_ADD)
     assert "Success" in out, out
+    yield say((yield from _run_the_three_checks("`add` returns `a + b` now (calc.py:L4-L5).")))
+    # a follow-up: one more edit, then the same checks again, without declaring them anew
+    out = yield apply_patch('*** Begin Patch\n*** Update File: calc.py\n@@ def add(a, b):\n+    """Sum of a and b."""\n'
+                            "     return a + b\n*** End Patch")
+    assert "Success" in out, out
+    yield say((yield from _run_the_three_checks("`add` has a docstring (calc.py:L4-L6).")))
+
+
+def _run_the_three_checks(summary: str):
+    """``declare-and-prove``'s checks, each run in a spelling of its own, and the report citing each run."""
     whole = yield shell("python3 -m unittest -q 2>&1")
     one = yield shell(["python3", "-m", "unittest", "-q", "test_calc.CalcTest"])
     tools = yield shell("cd tools && python3 -m unittest -v")
-    yield say(report(["`add` returns `a + b` now (calc.py:L4-L5)."], [
+    return report([summary], [
         ("python3 -m unittest -q", "passed" if "Exit code: 0" in whole else "failed", whole),
         ("python3 -m unittest -q test_calc.CalcTest", "passed" if "Exit code: 0" in one else "failed", one),
-        ("cd tools && python3 -m unittest -q", "passed" if "Exit code: 0" in tools else "failed", tools)]))
+        ("cd tools && python3 -m unittest -q", "passed" if "Exit code: 0" in tools else "failed", tools)])
 
 
 @scenario("declare-then-skip")
@@ -323,3 +334,15 @@ def killed_then_told(req):
     out = yield shell(UNITTEST)
     yield say(report(["`add` is fixed again (calc.py:L4-L5)."],
                      [(" ".join(UNITTEST), "passed" if "Exit code: 0" in out else "failed", out)]))
+
+
+@scenario("ignore-candidates")
+def ignore_candidates(req):
+    """Fixes ``add`` and reports its proven test run without a word about AGENTS.md's candidates;
+    reminded of them, sends the same message again."""
+    yield apply_patch(FIX_ADD)
+    out = yield shell(UNITTEST)
+    message = report(["`add` is fixed (calc.py:L4-L5)."], [(" ".join(UNITTEST), "passed", out)])
+    reminder = yield say(message)
+    assert "neither declared nor dismissed" in reminder and "declare_checks" in reminder, reminder
+    yield say(message)

@@ -97,6 +97,13 @@ def test_checks_from_a_testing_instructions_block_are_declared_run_after_the_las
     assert all(c["reason"] for c in dismissed)
     # the harness ran no command of its own: no candidate runs unless the model runs it
     assert not [e for e in events if e.get("by") == "harness"]
+    # a follow-up keeps the declarations: after its edit it runs them again, and nobody has to remind it
+    followed = offload_cli("followup", record["id"], "Document add", cwd=real_world_repo,
+                           env=env(fake_model, "declare-and-prove"))
+    assert followed.returncode == 0, followed.stderr
+    record, events = record_and_events(real_world_repo)
+    assert '"""Sum of a and b."""' in offload_cli("diff", record["id"], cwd=real_world_repo).stdout
+    assert not [e for e in events if e["type"] == "note" and "told" in e]
 
 
 @pytest.mark.parametrize(("how", "reason"), [
@@ -143,3 +150,15 @@ def test_a_follow_up_of_an_interrupted_task_is_told_its_edits_are_gone(bubblewra
     followed = offload_cli("followup", task_id, "Go on.", cwd=sample_repo, env=env(fake_model, "killed-then-told"))
     assert followed.returncode == 0, followed.stderr
     assert "return a + b" in offload_cli("diff", task_id, cwd=sample_repo).stdout
+
+
+def test_candidates_left_undecided_are_asked_about_once_and_never_run(bubblewrap, fake_model, real_world_repo):
+    proc = offload_cli("run", "Make the failing test pass", "--repo", str(real_world_repo), "--json",
+                       env=env(fake_model, "ignore-candidates"))
+    assert proc.returncode == 0, proc.stderr  # the one check reported is proven
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    (note,) = [e for e in events if e["type"] == "note" and "told" in e]
+    assert "Candidates 1, 2, 3, 4, 5 of the list" in note["told"], note
+    assert [e["arguments"] for e in events if e["type"] == "tool.call"] == [
+        e["arguments"] for e in events if e["type"] == "tool.call" and not e.get("by")]
+    assert len([e for e in events if e["type"] == "tool.call"]) == 2  # the patch and the model's own run

@@ -151,7 +151,7 @@ def _notes(context: str, command: str, before: str = "") -> tuple[str, ...]:
 
 
 def _clip(text: str, limit: int = 160) -> str:
-    text = " ".join(text.replace("`", "").split())
+    text = " ".join(text.replace("`", "").replace("**", "").split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -15,7 +15,8 @@ import shlex
 from dataclasses import dataclass
 
 _REDIRECT = re.compile(r"^(?:\d*|&)(?:>>?|>&|<|&>>?)$")
-_QUIET_FLAGS = re.compile(r"^(?:-q+|-v+|--quiet|--verbose|-x|--exitfirst|--no-header|--tb=\S+|--color=\S+|-b|--buffer)$")
+_QUIET_FLAGS = re.compile(r"^(?:-q+|-v+|--quiet|--verbose|-x|--exitfirst|--no-header|--tb=\S+|--color=\S+|-b|"
+                          r"--buffer)$")
 _SHELLS = ("bash", "sh", "zsh", "dash")
 
 

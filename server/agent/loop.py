@@ -152,6 +152,11 @@ class _Agent:
         self.deadline = time.monotonic() + budget.max_minutes * 60
         self.book = None if read_only else CheckBook(sandbox.snapshot.path, sandbox.snapshot.subdir)
         declare = bool(self.book and self.book.files)
+        for call in (c for item in prior for c in item.get("calls", ()) if c.name == "declare_checks" and declare):
+            try:  # a follow-up keeps what the earlier runs declared and dismissed
+                self.book.declare(json.loads(call.arguments))
+            except (json.JSONDecodeError, AttributeError, TypeError):
+                pass  # the earlier run was told what was wrong with it
         self.tools = Tools(sandbox, read_only, lambda call_id, chunk: emit("tool.output", {"id": call_id,
                                                                                            "chunk": chunk}), self.stop,
                            self.book if declare else None)

@@ -117,7 +117,8 @@ def tool_specs(read_only: bool = False, freeform: bool = False, declare: bool = 
     `declare` adds declare_checks (a Code task under an AGENTS.md)."""
     if read_only:
         return [SHELL, UPDATE_PLAN]
-    return [SHELL, APPLY_PATCH_FREEFORM if freeform else APPLY_PATCH, UPDATE_PLAN] + ([DECLARE_CHECKS] if declare else [])
+    tools = [SHELL, APPLY_PATCH_FREEFORM if freeform else APPLY_PATCH, UPDATE_PLAN]
+    return tools + [DECLARE_CHECKS] if declare else tools
 
 
 def schema_problem(value, schema: dict, where: str = "") -> str | None:
