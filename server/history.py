@@ -13,6 +13,7 @@ import json
 import shlex
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .terminal import BOLD, CYAN, DIM, GREEN, RED, YELLOW, Out, diff_styles
@@ -24,6 +25,20 @@ CHECK_STYLE = {"passed": GREEN, "failed": RED, "blocked": YELLOW, "unverified": 
 PLAN_MARK = {"completed": "[x]", "in_progress": "[>]", "pending": "[ ]"}
 
 
+@dataclass
+class _Output:
+    """A command's output as it streams: its whole lines, the line still being written, and how
+    many lines are on the screen already."""
+
+    lines: list[str] = field(default_factory=list)
+    partial: str = ""
+    shown: int = 0
+
+    def add(self, text: str) -> None:
+        *whole, self.partial = (self.partial + text).split("\n")
+        self.lines += whole
+
+
 class History:
     """Prints events one at a time; it keeps what a later event refers back to (a result's call,
     a check's chunks)."""
@@ -32,23 +47,24 @@ class History:
         self.out, self.full = out, full
         # keyed by (attempt, id): the attempts of a best-of-N task are separate conversations
         self.calls: dict[tuple, dict] = {}  # tool.call events, by call id
-        self.streamed: dict[tuple, list[str]] = {}  # a command's output as it streamed, by call id
+        self.streamed: dict[tuple, _Output] = {}  # a running command's output, by call id
         self.exits: dict[tuple, int | None] = {}  # each output chunk's exit code, by chunk id
         self.shown: tuple | None = None  # the call whose lines came last
-        self.setup: list[str] = []  # the setup script's output since its last status
+        self.setup = _Output()  # the setup script's output since its last status
         self.attempt: int | None = None
         self.prefix = ""
 
     def show(self, event: dict) -> None:
         kind, self.attempt = event.get("type"), event.get("attempt")
+        self.prefix = "" if self.attempt is None else f"#{self.attempt} "
         if kind == "tool.output":
-            self.streamed.setdefault((self.attempt, event.get("id")), []).append(str(event.get("chunk", "")))
+            self._streaming(event)
             return
         if kind == "setup" and "output" in event:
-            self.setup.append(str(event["output"]))
+            self.setup.add(str(event["output"]))
             return
-        self._end_setup()
-        self.prefix = "" if self.attempt is None else f"#{self.attempt} "
+        self._end_output(self.setup)
+        self.setup = _Output()
         render = getattr(self, "_" + str(kind).replace(".", "_"), None)
         if render is None:
             rest = {k: v for k, v in event.items() if k not in ("t", "type", "attempt")}
@@ -65,21 +81,34 @@ class History:
     def _stamp(self, event: dict) -> str:
         return time.strftime("%H:%M:%S", time.localtime(event.get("t", 0)))
 
-    def _output(self, text: str) -> None:
-        """A command's output, indented; its head and tail unless the whole was asked for."""
-        lines = text.rstrip("\n").split("\n") if text.strip() else []
-        if not self.full and len(lines) > HEAD + TAIL + 1:
-            lines = [*lines[:HEAD], f"… {len(lines) - HEAD - TAIL} lines omitted (--full shows them) …",
-                     *lines[-TAIL:]]
+    def _output_lines(self, lines: list[str]) -> None:
         for line in lines:
             if not self.full and len(line) > WIDTH:
                 line = f"{line[:WIDTH]}… ({len(line) - WIDTH} more characters)"
             self._line(f"    {line}", DIM)
 
-    def _end_setup(self) -> None:
-        if self.setup:
-            self._output("".join(self.setup))
-            self.setup = []
+    def _streaming(self, e: dict) -> None:
+        """A piece of a running command's output: its first lines are shown as they come (all of
+        them with `full`), the last ones when it ends."""
+        key = (self.attempt, e.get("id"))
+        if key != self.shown and key in self.calls:
+            self._call(self.calls[key], whole=False)  # other events came between: say whose output this is
+        self.shown = key
+        output = self.streamed.setdefault(key, _Output())
+        output.add(str(e.get("chunk", "")))
+        end = len(output.lines) if self.full else min(HEAD, len(output.lines))
+        self._output_lines(output.lines[output.shown:end])
+        output.shown = max(output.shown, end)
+
+    def _end_output(self, output: _Output) -> None:
+        """The rest of an output: all of it, or what is left of its head, the count omitted, and its tail."""
+        lines = output.lines + ([output.partial] if output.partial else [])
+        if self.full or len(lines) <= HEAD + TAIL + 1:
+            self._output_lines(lines[output.shown:])
+        else:
+            self._output_lines(lines[output.shown:HEAD])
+            self._line(f"    … {len(lines) - HEAD - TAIL} lines omitted (--full shows them) …", DIM)
+            self._output_lines(lines[-TAIL:])
 
     # ---- events, by type -----------------------------------------------------------------------
     def _state(self, e: dict) -> None:
@@ -159,14 +188,19 @@ class History:
         if text.startswith("Chunk: "):
             text = text.split("\n", 1)[1] if "\n" in text else ""
         if "exit_code" in e:
+            output = self.streamed.pop(call_id, None)
+            if output is None:  # no output streamed: the one the model got
+                output = _Output()
+                output.add(text.split("Output:\n", 1)[-1])
+            self._end_output(output)
             ended = " · timed out" if e.get("timed_out") else " · killed" if e.get("killed") else ""
             self._line(f"  exit {e['exit_code']} · {e.get('duration', 0):.2f} s{ended} · {e.get('chunk')}",
                        GREEN if e["exit_code"] == 0 else RED)
-            streamed = self.streamed.pop(call_id, None)
-            self._output("".join(streamed) if streamed is not None else text.split("Output:\n", 1)[-1])
         elif not (e.get("name") == "update_plan" and "plan" in e):
             self._line(f"  result · {e.get('chunk')}", DIM)
-            self._output(text)
+            output = _Output()
+            output.add(text)
+            self._end_output(output)
 
     def _plan(self, e: dict) -> None:
         self._line("  plan" + (f": {e['explanation']}" if e.get("explanation") else ""), BOLD)

@@ -53,6 +53,13 @@ def waits(req):
     yield say(report(["Looked (calc.py:L4-L5)."], [(" ".join(UNITTEST), "failed" if "FAILED" in out else "passed")]))
 
 
+@scenario("streams")
+def streams(req):
+    """A command that says it started, then runs for a minute: something to watch, then cancel."""
+    out = yield shell(["sh", "-c", "echo started; sleep 60; echo done"])
+    yield say(report(["Waited."], [("sleep 60", "passed" if out.startswith("Exit code: 0") else "failed")]))
+
+
 @pytest.fixture(scope="session")
 def bubblewrap():
     try:
@@ -65,7 +72,7 @@ def bubblewrap():
 def model():
     """The stand-in with this file's scenarios; any other name (a priced one, say) plays the tour."""
     RELEASE.clear()
-    with FakeModel(default=tour, scenarios=[tour, waits]) as fake:
+    with FakeModel(default=tour, scenarios=[tour, waits, streams]) as fake:
         yield fake
     RELEASE.set()
     assert not fake.errors, fake.errors
@@ -168,6 +175,29 @@ def test_follow_shows_a_running_task_as_it_goes_and_ends_with_it(bubblewrap, mod
     text = "".join(seen) + rest
     assert "running: working with waits" in text and "## Summary" in rest
     assert rest.rstrip().endswith("finished: the model finished")
+
+
+def test_follow_shows_a_command_s_output_as_it_comes_and_a_cancel_ends_both(bubblewrap, model, sample_repo):
+    run = subprocess.Popen([sys.executable, "-m", "offload.server.cli", "run", "Wait", "--repo", str(sample_repo),
+                            "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                           env={**os.environ, **env(model, "streams")})
+    try:
+        task = json.loads(run.stdout.readline())["task"]
+        follow = subprocess.Popen([sys.executable, "-m", "offload.server.cli", "show", task, "-f"],
+                                  stdout=subprocess.PIPE, text=True, cwd=sample_repo)
+        for line in follow.stdout:
+            if line == "    started\n":
+                break
+        # the command runs on, and its follower with it
+        assert run.poll() is None and follow.poll() is None
+        cancel = offload_cli("cancel", task, cwd=sample_repo)
+        assert cancel.returncode == 0 and f"cancelling {task}" in cancel.stdout
+        rest = follow.stdout.read()
+        assert follow.wait(timeout=60) == 0
+        assert run.wait(timeout=60) == 1
+    finally:
+        run.kill()
+    assert "done" not in rest and rest.rstrip().endswith("cancelled: cancelled by the user")
 
 
 def test_follow_ends_when_the_process_running_the_task_dies(bubblewrap, model, sample_repo):
