@@ -149,3 +149,8 @@ def test_a_command_fits_its_template_with_placeholders_filled(template, command,
 def test_candidates_are_listed_once_in_file_order():
     files = [AgentsFile("AGENTS.md", ".", "Run `make test`.\n```\nmake test\nmake lint\n```\n")]
     assert [c.command for c in candidates(files)] == ["make test", "make lint"]
+
+
+def test_an_indented_block_is_code_but_a_list_items_indented_paragraph_is_not():
+    files = [AgentsFile("AGENTS.md", ".", "Run these:\n\n    make test\n    make lint\n\n- An item\n\n    make deploy\n")]
+    assert [(c.command, c.line) for c in candidates(files)] == [("make test", 3), ("make lint", 4)]

@@ -183,33 +183,44 @@ def candidates(files: list[AgentsFile]) -> list[Candidate]:
 
 def _read_file(file: AgentsFile) -> list[Candidate]:
     out: list[Candidate] = []
-    fence, fence_lang, heading, intro, comment, pending = None, "", "", "", "", ""
+    fence, lang, heading, intro, comment, pending = None, "", "", "", "", ""
+    indented = blank = listed = False  # in an indented code block; after a blank line; in a list
+
+    def code(number: int, line: str) -> None:
+        """One line of a code block: a comment, part of a continued command, or a command."""
+        nonlocal comment, pending
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            return
+        line, pending = pending + line, ""
+        if not line or line.startswith(("#", "//", "REM ")):
+            comment = line  # a comment line speaks of the command after it
+            return
+        command, _, trailing = re.sub(r"^(?:\$|>|PS>|%)\s+", "", line).partition(" #")
+        command = command.strip()
+        required = lang == "checks" or heading == "checks"
+        if required or _command_like(command):
+            out.append(_candidate(file, number, line, command, trailing.strip(), comment, f"{intro} {heading}",
+                                  required))
+        comment = ""
+
     for number, raw in enumerate(file.text.splitlines(), 1):
         line = raw.strip()
         if fence:
             if line.startswith(fence) and not line.strip(fence[0]):
                 fence = None
-            elif fence_lang in _SHELL_FENCES and line.endswith("\\"):
-                pending += line[:-1] + " "
-            elif fence_lang in _SHELL_FENCES:
-                line, pending = pending + line, ""
-                if not line or line.startswith(("#", "//", "REM ")):
-                    comment = line  # a comment line speaks of the command after it
-                    continue
-                command, _, trailing = re.sub(r"^(?:\$|>|PS>|%)\s+", "", line).partition(" #")
-                command = command.strip()
-                required = fence_lang == "checks" or heading == "checks"
-                if required or _command_like(command):
-                    out.append(_candidate(file, number, line, command, trailing.strip(), comment,
-                                          f"{intro} {heading}", required))
-                comment = ""
+            elif lang in _SHELL_FENCES:
+                code(number, line)
             continue
-        if m := _FENCE.match(raw):
-            fence, fence_lang, comment = m.group(1), m.group(2).lower(), ""
+        if line and raw.startswith(("    ", "\t")) and (indented or blank) and not listed:
+            indented, lang = True, ""  # a CommonMark indented code block
+            code(number, line)
+        elif m := _FENCE.match(raw):
+            fence, lang, comment, pending = m.group(1), m.group(2).lower(), "", ""
         elif m := _HEADING.match(raw):
-            heading, intro = m.group(2).strip().lower().strip(":"), ""
+            heading, intro, listed = m.group(2).strip().lower().strip(":"), "", False
         elif line:
-            intro = line
+            intro, listed = line, bool(re.match(r"([-*+]|\d+[.)])\s", line)) or listed and raw[:1].isspace()
             strict = _STRICT_BULLET.match(raw) if heading == "checks" else None
             for span in _SPAN.finditer(raw):
                 command = span.group(1).strip()
@@ -218,6 +229,9 @@ def _read_file(file: AgentsFile) -> list[Candidate]:
                     context, before = _sentence(raw, span.start(), span.end())
                     out.append(_candidate(file, number, line, command, context, before,
                                           f"{before} {context} {heading}", required))
+        if line:
+            indented = indented and raw.startswith(("    ", "\t"))
+        blank = not line
     return out
 
 
