@@ -20,8 +20,8 @@ from .terminal import BOLD, CYAN, DIM, GREEN, RED, YELLOW, Out, diff_styles
 
 HEAD = TAIL = 10  # lines kept at each end of a long output
 WIDTH = 400  # characters kept of one output line
-STATE_STYLE = {"finished": GREEN, "failed": RED, "cancelled": YELLOW}
-CHECK_STYLE = {"passed": GREEN, "failed": RED, "blocked": YELLOW, "unverified": YELLOW, "not run": RED}
+STATE_STYLE = {"finished": (GREEN,), "failed": (RED,), "cancelled": (YELLOW,)}
+CHECK_STYLE = {"passed": (GREEN,), "failed": (RED,), "blocked": (YELLOW,), "unverified": (YELLOW,), "not run": (RED,)}
 PLAN_MARK = {"completed": "[x]", "in_progress": "[>]", "pending": "[ ]"}
 
 
@@ -65,17 +65,20 @@ class History:
             return
         self._end_output(self.setup)
         self.setup = _Output()
-        render = getattr(self, "_" + str(kind).replace(".", "_"), None)
-        if render is None:
-            rest = {k: v for k, v in event.items() if k not in ("t", "type", "attempt")}
-            self._line(f"  {kind}: {json.dumps(rest, ensure_ascii=False)}", DIM)
-        else:
-            render(event)
+        try:
+            getattr(self, "_on_" + str(kind).replace(".", "_"), self._as_is)(event)
+        except (KeyError, TypeError, ValueError, AttributeError):  # a shape this viewer does not know
+            self._as_is(event)
         if kind != "tool.call":
             self.shown = None
 
+    def _as_is(self, e: dict) -> None:
+        """An event of a type (or shape) without its own rendering: its fields, as they are."""
+        rest = {k: v for k, v in e.items() if k not in ("t", "type", "attempt")}
+        self._line(f"  {e.get('type')}: {json.dumps(rest, ensure_ascii=False, default=str)}", DIM)
+
     def _line(self, text: str, *styles: str) -> None:
-        for line in text.split("\n") or [""]:
+        for line in text.split("\n"):
             self.out.line(self.prefix + line, *styles)
 
     def _stamp(self, event: dict) -> str:
@@ -111,24 +114,24 @@ class History:
             self._output_lines(lines[-TAIL:])
 
     # ---- events, by type -----------------------------------------------------------------------
-    def _state(self, e: dict) -> None:
+    def _on_state(self, e: dict) -> None:
         reason = f": {e['reason']}" if e.get("reason") else ""
-        self._line(f"{self._stamp(e)} {e.get('state')}{reason}", BOLD, *filter(None, [STATE_STYLE.get(e.get("state"))]))
+        self._line(f"{self._stamp(e)} {e.get('state')}{reason}", BOLD, *STATE_STYLE.get(e.get("state"), ()))
 
-    def _sandbox(self, e: dict) -> None:
+    def _on_sandbox(self, e: dict) -> None:
         warm = ", warm" if e.get("warm") else ""
         self._line(f"  sandbox {e.get('sandbox')} ({e.get('backend')}{warm}), base {str(e.get('base'))[:12]}", DIM)
 
-    def _setup(self, e: dict) -> None:
+    def _on_setup(self, e: dict) -> None:
         self._line(f"  setup: {e.get('text') or e.get('status')}")
 
-    def _note(self, e: dict) -> None:
+    def _on_note(self, e: dict) -> None:
         self._line(f"  note: {e.get('text')}", DIM)
 
-    def _error(self, e: dict) -> None:
+    def _on_error(self, e: dict) -> None:
         self._line(f"  error: {e.get('error')}", RED)
 
-    def _model_reply(self, e: dict) -> None:
+    def _on_model_reply(self, e: dict) -> None:
         cost = f" · ${e['cost_usd']:.4f}" if isinstance(e.get("cost_usd"), (int, float)) else ""
         self._line("")
         self._line(f"{self._stamp(e)} step {e.get('step')} · {e.get('input_tokens', 0)} in / "
@@ -138,23 +141,23 @@ class History:
         if str(e.get("text") or "").strip():
             self._line("\n".join(f"  {line}" for line in str(e["text"]).strip("\n").split("\n")))
 
-    def _model_wait(self, e: dict) -> None:
+    def _on_model_wait(self, e: dict) -> None:
         self._line(f"  {e.get('text')}", DIM)
 
-    def _model_call_failed(self, e: dict) -> None:
+    def _on_model_call_failed(self, e: dict) -> None:
         self._line(f"  model call failed (step {e.get('step')}): {e.get('error')}", YELLOW)
 
-    def _model_error(self, e: dict) -> None:
+    def _on_model_error(self, e: dict) -> None:
         self._line(f"  model error (step {e.get('step')}): {e.get('error')}", RED)
 
-    def _context(self, e: dict) -> None:
+    def _on_context(self, e: dict) -> None:
         hidden = e.get("hidden") or []
-        self._line(f"  context: {len(hidden)} older output(s) hidden from the model ({', '.join(hidden)})", DIM)
+        self._line(f"  context: {len(hidden)} older output(s) hidden from the model ({', '.join(map(str, hidden))})", DIM)
 
-    def _loop(self, e: dict) -> None:
+    def _on_loop(self, e: dict) -> None:
         self._line(f"  stopped a loop: {e.get('name')} called {e.get('repeats')} times in a row", RED)
 
-    def _tool_call(self, e: dict) -> None:
+    def _on_tool_call(self, e: dict) -> None:
         self.calls[self.attempt, e.get("id")] = e
         self._call(e, whole=True)
         self.shown = (self.attempt, e.get("id"))
@@ -179,7 +182,7 @@ class History:
         elif name != "update_plan":
             self._line(f"  {name} {e.get('arguments', '')}", BOLD)
 
-    def _tool_result(self, e: dict) -> None:
+    def _on_tool_result(self, e: dict) -> None:
         call_id = (self.attempt, e.get("id"))
         self.exits[self.attempt, e.get("chunk")] = e.get("exit_code")
         if call_id != self.shown and call_id in self.calls:
@@ -202,23 +205,23 @@ class History:
             output.add(text)
             self._end_output(output)
 
-    def _plan(self, e: dict) -> None:
+    def _on_plan(self, e: dict) -> None:
         self._line("  plan" + (f": {e['explanation']}" if e.get("explanation") else ""), BOLD)
         for item in e.get("plan") or []:
             if isinstance(item, dict):
                 self._line(f"    {PLAN_MARK.get(item.get('status'), '[?]')} {item.get('step')}")
 
-    def _commit(self, e: dict) -> None:
+    def _on_commit(self, e: dict) -> None:
         self._line(f"  commit {str(e.get('commit'))[:12]}", DIM)
 
-    def _citations(self, e: dict) -> None:
+    def _on_citations(self, e: dict) -> None:
         """The final message's citations that do not hold (its checks come with the `checks` event)."""
         for c in e.get("citations") or []:
             if isinstance(c, dict) and c.get("kind") != "check" and not c.get("ok"):
                 self._line(f"  citation {c.get('citation')}: {c.get('reason')}", YELLOW)
         self._line(f"  citations: {e.get('checked', 0)} checked, {e.get('flagged', 0)} flagged", DIM)
 
-    def _checks(self, e: dict) -> None:
+    def _on_checks(self, e: dict) -> None:
         """Each check with its proof: the runs it cites and how they exited, or why it does not count."""
         passed = bool(e.get("passed"))
         self._line("  checks: " + ("passed" if passed else "not passed"), BOLD, GREEN if passed else RED)
@@ -226,7 +229,7 @@ class History:
             if not isinstance(c, dict):
                 continue
             status, source = str(c.get("status")), f"  ({c['source']})" if c.get("source") else ""
-            self._line(f"    {status:<10} {c.get('check')}{source}", *filter(None, [CHECK_STYLE.get(status)]))
+            self._line(f"    {status:<10} {c.get('check')}{source}", *CHECK_STYLE.get(status, ()))
             runs = ", ".join(f"{chunk} exited {self.exits.get((self.attempt, chunk), '?')}"
                              for chunk in c.get("chunks") or [])
             if c.get("reason"):
@@ -234,33 +237,33 @@ class History:
             elif runs:
                 self._line(f"               proof: {runs}", DIM)
 
-    def _checks_offered(self, e: dict) -> None:
+    def _on_checks_offered(self, e: dict) -> None:
         self._line("  checks offered to the model", DIM)
         for c in e.get("candidates") or []:
             if isinstance(c, dict):
                 self._line(f"    {c.get('candidate')}. {c.get('command')}  ({c.get('file')}:{c.get('line')})", DIM)
 
-    def _agent_end(self, e: dict) -> None:
+    def _on_agent_end(self, e: dict) -> None:
         cost = f" · ${e['cost_usd']:.4f}" if isinstance(e.get("cost_usd"), (int, float)) else " · cost not known"
         self._line(f"  {e.get('outcome')}: {e.get('reason')} · {e.get('steps')} steps · "
                    f"{e.get('input_tokens', 0)} in / {e.get('output_tokens', 0)} out tokens "
                    f"({e.get('cached_tokens', 0)} cached){cost}", BOLD)
 
-    def _followup(self, e: dict) -> None:
+    def _on_followup(self, e: dict) -> None:
         rejected = f" ({len(e['rejected'])} rejected hunk(s) undone)" if e.get("rejected") else ""
         self._line("")
         self._line(f"{self._stamp(e)} follow-up{rejected}: {e.get('prompt')}", BOLD)
 
-    def _review(self, e: dict) -> None:
+    def _on_review(self, e: dict) -> None:
         self._line(f"  review: {e.get('decision')} {len(e.get('hunks') or [])} hunk(s)")
 
-    def _applied(self, e: dict) -> None:
+    def _on_applied(self, e: dict) -> None:
         self._line(f"{self._stamp(e)} applied to the checkout: {', '.join(map(str, e.get('files') or []))}", BOLD)
 
-    def _discarded(self, e: dict) -> None:
+    def _on_discarded(self, e: dict) -> None:
         self._line(f"{self._stamp(e)} discarded", BOLD)
 
-    def _attempt_chosen(self, e: dict) -> None:
+    def _on_attempt_chosen(self, e: dict) -> None:
         self._line(f"{self._stamp(e)} attempt {e.get('chosen')} chosen", BOLD)
 
 
