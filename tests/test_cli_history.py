@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -138,6 +139,15 @@ def test_show_log_tells_every_step(bubblewrap, model, sample_repo):
 
     full = offload_cli("show", task, "--log", "--full", cwd=sample_repo).stdout
     assert "".join(f"    {n}\n" for n in range(1, 101)) in full and "omitted" not in full
+
+    # events of a type or shape this version does not know (a later version wrote them) are shown as they are
+    log = Path(os.environ["XDG_STATE_HOME"]) / "offload" / "tasks" / task / "events.jsonl"
+    with log.open("a") as f:
+        f.write(json.dumps({"t": 1, "type": "future.thing", "x": 1}) + "\n")
+        f.write(json.dumps({"t": 1, "type": "tool.result", "id": "z", "exit_code": 0, "duration": None}) + "\n")
+    later = offload_cli("show", task, "--log", cwd=sample_repo)
+    assert later.returncode == 0, later.stderr
+    assert '  future.thing: {"x": 1}\n' in later.stdout and '  tool.result: {"id": "z"' in later.stdout
 
 
 def test_tasks_prints_one_line_per_task_whatever_the_prompt(bubblewrap, model, sample_repo):
