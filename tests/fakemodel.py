@@ -761,7 +761,8 @@ def _refuse(req: Request) -> None:
     if "deepseek-reasoning" in q:
         last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
         for i, m in enumerate(messages):
-            if i > last_user and m.get("role") == "assistant" and m.get("tool_calls") and not m.get("reasoning_content"):
+            tool_turn = i > last_user and m.get("role") == "assistant" and m.get("tool_calls")
+            if tool_turn and not m.get("reasoning_content"):
                 raise _Refusal(400, {"error": {"message": "Missing `reasoning_content` field in the assistant "
                                                           f"message at message index {i}.",
                                                "type": "invalid_request_error", "param": None,

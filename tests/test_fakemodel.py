@@ -174,13 +174,16 @@ def test_the_next_move_depends_on_the_tool_output(mode):
 
 
 def real_tools(repo):
-    """Just enough of the agent's tools, real processes included, to carry the shared scenarios."""
+    """Just enough of the agent's tools, real processes included, to carry the shared scenarios;
+    each output names its chunk, as the agent's do, for the final message to cite."""
+    chunks = iter(range(1, 1000))
 
     def tool(name, arguments):
         args = json.loads(arguments)
         if name == "shell":
             p = subprocess.run(args["command"], cwd=repo, capture_output=True, text=True)
-            return f"Exit code: {p.returncode}\nWall time: 0.1 seconds\nOutput:\n{p.stdout}{p.stderr}"
+            return (f"Chunk: c{next(chunks)}\nExit code: {p.returncode}\nWall time: 0.1 seconds\nOutput:\n"
+                    f"{p.stdout}{p.stderr}")
         path = repo / re.search(r"\*\*\* Update File: (.+)", args["input"]).group(1)
         old = "\n".join(l[1:] for l in args["input"].splitlines() if l.startswith("-"))
         new = "\n".join(l[1:] for l in args["input"].splitlines() if l.startswith("+"))

@@ -113,7 +113,8 @@ def test_azure_urls():
 
 
 def error(body):
-    return openai.APIError("An error occurred during streaming", request=httpx2.Request("POST", "http://x/v1"), body=body)
+    request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    return openai.APIError("An error occurred during streaming", request=request, body=body)
 
 
 def test_the_servers_own_words_whatever_the_shape_of_its_error():

@@ -12,7 +12,7 @@ import pytest
 from offload.sandbox.errors import SandboxError
 from offload.server.doctor import probe_bubblewrap
 from tests.conftest import offload_cli, part_missing
-from tests.fakemodel import FakeModel, apply_patch, call, hang, say, scenario, shell
+from tests.fakemodel import QUIRKS, FakeModel, apply_patch, call, hang, say, scenario, shell
 from tests.scenarios import FIX_ADD, UNITTEST, chunk_of, output_text, report
 
 # server: (its quirks, the APIs it offers)
@@ -132,4 +132,10 @@ def test_a_slow_model_is_waited_for_visibly_and_a_hung_one_reported(bubblewrap, 
     assert re.search(r"waiting for the model: nothing from http://127\.0\.0\.1:\d+/v1 for \d+ s \(it is given 4 s: "
                      r"model\.timeout\)", slow.stderr), slow.stderr
     assert hung.returncode == 1
-    assert "sent nothing for 4 seconds; check that the server is up and not stuck, or raise model.timeout" in hung.stderr
+    assert "sent nothing for 4 seconds; check that the server is up and not stuck" in hung.stderr
+    assert "or raise model.timeout" in hung.stderr
+
+
+def test_every_quirk_the_stand_in_knows_is_played_here_or_in_test_model_setup():
+    played = set().union(*(quirks for quirks, _ in SERVERS.values())) | set(NO_TOOLS) | {"ollama-models"}
+    assert played == set(QUIRKS)

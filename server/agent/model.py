@@ -236,14 +236,9 @@ class ModelClient:
                 await asyncio.sleep(delay)
                 continue
             except ModelError as e:
-                took = round(time.monotonic() - tried, 3)
-                failed.append(Attempt(str(e)[:300], Usage(), self.cost(Usage()), took))
-                e.attempts[:0] = failed
-                if retries:
-                    e.args = (f"{e} (after {_retries(retries)})",)
-                raise
-            for call in reply.calls:
-                call.arguments = arguments_text(call.arguments)
+                failed.append(Attempt(str(e)[:300], Usage(), self.cost(Usage()), round(time.monotonic() - tried, 3)))
+                after = f" (after {_retries(retries)})" if retries else ""
+                raise ModelError(f"{e}{after}", failed, e.context_overflow) from None
             unique_ids(reply.calls, taken)
             reply.cost_usd, reply.failed = self.cost(reply.usage), failed
             reply.duration = time.monotonic() - started
@@ -337,7 +332,10 @@ class ModelClient:
 
     def _optional(self) -> set[str]:
         """The optional parameters this client sends to this server."""
-        sent = {"stream_options"} if self.api == "chat" and self.stream else {"store"} if self.api == "responses" else set()
+        if self.api == "responses":
+            sent = {"store"}
+        else:
+            sent = {"stream_options"} if self.stream else set()
         return sent - self.refused
 
     async def listed(self) -> list[dict]:
@@ -406,9 +404,9 @@ class ModelClient:
                         reasoning.append(thought)
                     for tc in delta.tool_calls or []:
                         received += partial.add(tc)
-        except (openai.APIConnectionError, openai.APITimeoutError) as e:
-            if isinstance(e, openai.APITimeoutError):
-                raise
+        except openai.APITimeoutError:
+            raise  # silent past model.timeout: reported, not asked again
+        except openai.APIConnectionError as e:
             raise _Retry(f"the model's reply broke off mid-stream ({e.__cause__ or e})",
                          self._usage(sent, received)) from e
         if finish is None:
@@ -451,9 +449,9 @@ class ModelClient:
                     elif event.type in ("response.failed", "error"):
                         error = getattr(getattr(event, "response", None), "error", None) or event
                         self._failed(error, self._usage(sent, received))
+            except openai.APITimeoutError:
+                raise
             except openai.APIConnectionError as e:
-                if isinstance(e, openai.APITimeoutError):
-                    raise
                 raise _Retry(f"the model's reply broke off mid-stream ({e.__cause__ or e})",
                              self._usage(sent, received)) from e
             if response is None:
