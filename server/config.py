@@ -10,8 +10,6 @@ import json
 import os
 import re
 import tomllib
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +184,9 @@ def load_config(repo: Path | None = None, overrides: dict | None = None, env: di
 
 def _get(url: str, timeout: float, body: dict | None = None):
     """The JSON a URL answers (POSTing `body` when given), or None when nothing sensible answers."""
+    import urllib.error  # HTTP loads only when a model is looked for: the CLI's queries start faster
+    import urllib.request
+
     data = None if body is None else json.dumps(body).encode()
     try:
         with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=timeout) as response:
