@@ -852,7 +852,7 @@ class _Handler(BaseHTTPRequestHandler):
         _refuse(req)
         name, fn = model.resolve(req.model)
         plan = _Replay(model, name, fn, req).plan()
-        once = (name, req.prompt, plan.index)
+        once = (name, req.prompt)  # a conversation meets each of these once
         if "groq-tool-use-failed" in req.quirks and isinstance(plan.move, list) and model._take(("groq", *once), 1):
             raise _Refusal(400, {"error": {"message": "Failed to call a function. Please adjust your prompt. See "
                                            "'failed_generation' for more details.", "type": "invalid_request_error",

@@ -88,6 +88,13 @@ def test_the_fix_through_each_server(request, bubblewrap, server, api, stream, s
     if server == "mistral" and stream:
         assert fm.refusals and fm.refusals[0].startswith("422")  # refused once, then never sent again
         assert sum(r.body.get("stream_options") is not None for r in fm.requests) == 1
+    if server == "groq":
+        assert len(fm.refusals) == 1 and "tool_use_failed" in fm.refusals[0]  # asked again, and it passed
+    if server == "vllm" and api == "responses":  # apply_patch offered freeform, then as a function
+        assert any(t["type"] == "custom" for t in fm.requests[0].tools)
+        assert not any(t["type"] == "custom" for t in fm.requests[-1].tools)
+    if server == "deepseek":
+        assert any(m.get("reasoning_content") for m in fm.requests[-1].body["messages"])
     if server == "azure":
         assert all(r.headers.get("api-key") == "sk-stand-in" for r in fm.requests)
         assert all(r.query.get("api-version") for r in fm.requests) == (api == "chat")
