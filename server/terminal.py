@@ -47,10 +47,6 @@ class Out:
         text = self.text(text)
         return f"\033[{';'.join(styles)}m{text}\033[0m" if self.colour and styles and text else text
 
-    def write(self, text: str) -> None:
-        """Untrusted text, made safe."""
-        self.stream.write(self.text(text))
-
     def line(self, text: str = "", *styles: str) -> None:
         self.stream.write(self.paint(text, *styles) + "\n")
 

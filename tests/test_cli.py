@@ -38,8 +38,8 @@ def test_control_characters_are_shown_not_obeyed_on_a_terminal():
     Out(screen).line(hostile)
     assert screen.getvalue() == escape(hostile) + "\n"
     piped = io.StringIO()
-    Out(piped).write(hostile)
-    assert piped.getvalue() == hostile  # a file or a pipe gets the bytes as they are
+    Out(piped).line(hostile)
+    assert piped.getvalue() == hostile + "\n"  # a file or a pipe gets the text as it is
 
 
 def test_the_live_display_escapes_what_a_task_says():
