@@ -186,6 +186,7 @@ QUIRKS = {
     # llama.cpp server
     "llamacpp-reparse": "past calls' arguments are parsed again: 500 for one that is not JSON (llama.cpp#25510)",
     "llamacpp-no-jinja": "started without --jinja: 500 'tools param requires --jinja flag'",
+    "llamacpp-no-stream-tools": "older builds: 500 'Cannot use tools with stream' (llama.cpp before PR 12379)",
     # LiteLLM
     "litellm-object-arguments": "arguments as a JSON object on its ollama_chat path (litellm#37792)",
     # Gemini's OpenAI compatibility layer
@@ -722,6 +723,8 @@ def _refuse(req: Request) -> None:
     if req.tools and "llamacpp-no-jinja" in q:
         raise _Refusal(500, {"error": {"code": 500, "message": "tools param requires --jinja flag",
                                        "type": "server_error"}})
+    if req.tools and req.stream and "llamacpp-no-stream-tools" in q:
+        raise _Refusal(500, {"error": {"code": 500, "message": "Cannot use tools with stream", "type": "server_error"}})
     if "lmstudio-no-model" in q:
         raise _Refusal(404, {"error": {"message": "No models loaded. Please load a model in the developer page or "
                                                   "use the `lms load` command.", "type": "invalid_request_error",
@@ -828,7 +831,9 @@ class _Handler(BaseHTTPRequestHandler):
         model = self.server.model
         names = model.model_names()
         if req.path == "/v1/models":
-            self._json(200, {"object": "list", "data": [_model_card(n) for n in names]})
+            # vLLM says how long a context each model takes
+            extra = {"max_model_len": 32768} if any(q.startswith("vllm-") for q in model.quirks) else {}
+            self._json(200, {"object": "list", "data": [{**_model_card(n), **extra} for n in names]})
         elif req.path.startswith("/v1/models/"):
             name = req.path.removeprefix("/v1/models/")
             if name not in names:

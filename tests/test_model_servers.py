@@ -105,6 +105,7 @@ NO_TOOLS = {
     "ollama-no-tools": ("fix-through-quirks:latest does not support tools", "ollama pull qwen2.5-coder:7b"),
     "vllm-no-auto-tool-choice": ('"auto" tool choice requires', "start vLLM with --enable-auto-tool-choice"),
     "llamacpp-no-jinja": ("tools param requires --jinja flag", "start llama-server with --jinja"),
+    "llamacpp-no-stream-tools": ("Cannot use tools with stream", "or set model.stream = false"),
     "lmstudio-no-model": ("No models loaded", "load a model in LM Studio (lms load MODEL"),
 }
 

@@ -78,3 +78,9 @@ def test_doctor_names_a_model_without_tool_support():
         checks = doctor(fm.env())
     assert not checks["model"]["ok"] and "does not support tools" in checks["model"]["detail"]
     assert "ollama pull qwen2.5-coder:7b" in checks["model"]["detail"]
+
+
+def test_doctor_tells_the_context_window_where_the_server_says_it():
+    with FakeModel(scenarios=[probe], quirks={"vllm-reparse"}) as fm:  # vLLM lists max_model_len
+        checks = doctor(fm.env())
+    assert checks["model"]["ok"] and checks["model"]["detail"].endswith("answers; context window 32768 tokens")

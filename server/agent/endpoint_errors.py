@@ -40,7 +40,7 @@ NO_TOOLS = [
     (r"requires --jinja|--jinja",
      "start llama-server with --jinja (and a model whose chat template supports tools)"),
     (r"cannot use tools with stream",
-     "update llama.cpp (newer builds stream tool calls), or set model.stream = false"),
+     "update llama.cpp (builds since its PR 12379 stream tool calls), or set model.stream = false"),
     (r"does not support tools",
      "set model.name to a model that can call tools (ollama list; e.g. qwen2.5-coder:7b, llama3.1, "
      "mistral-nemo), or pull one: ollama pull qwen2.5-coder:7b"),
