@@ -128,9 +128,8 @@ async def _run_task(args: argparse.Namespace, kind: str) -> int:
         if kind == "code":
             out.diff(manager.diff(record["id"]))
         _print_attempts(record, err)
-        if record["state"] != "finished":
-            _error(f"task {record['id']} {record['state']}: {record['reason']}")
-    if record["state"] != "finished":
+    if record["state"] != "finished":  # said on stderr with --json too: the exit code alone says nothing
+        _error(f"task {record['id']} {record['state']}: {record['reason']}")
         return EXIT_FAILED
     if kind == "code" and not checks_passed(record["checks"]):
         _error(f"task {record['id']} finished, but its checks are not proven: {checks_problem(record['checks'])}")

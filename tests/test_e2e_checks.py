@@ -125,9 +125,9 @@ def test_a_forged_pass_never_exits_0_nor_shows_as_passed(bubblewrap, fake_model,
 
 
 def test_a_declared_check_not_run_after_the_last_edit_fails_the_task(bubblewrap, fake_model, real_world_repo):
-    proc = offload_cli("run", "Make the failing test pass", "--repo", str(real_world_repo),
+    proc = offload_cli("run", "Make the failing test pass", "--repo", str(real_world_repo), "--json",
                        env=env(fake_model, "declare-then-skip"))
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # with --json too, stderr says why
     assert "`python3 -m unittest -q` — not run: no run of it since the last edit" in proc.stderr, proc.stderr
     record, events = record_and_events(real_world_repo)
     assert [c["status"] for c in record["checks"] if c["kind"] in ("testing", "declared")] == ["unverified", "not run"]
@@ -162,3 +162,9 @@ def test_candidates_left_undecided_are_asked_about_once_and_never_run(bubblewrap
     assert [e["arguments"] for e in events if e["type"] == "tool.call"] == [
         e["arguments"] for e in events if e["type"] == "tool.call" and not e.get("by")]
     assert len([e for e in events if e["type"] == "tool.call"]) == 2  # the patch and the model's own run
+
+
+def test_a_task_that_fails_says_why_on_stderr_with_json_too(bubblewrap, fake_model, sample_repo):
+    proc = offload_cli("run", "Make the failing test pass", "--repo", str(sample_repo), "--json",
+                       env={**env(fake_model, "fix-failing-test"), "OFFLOAD_BUDGET_MAX_STEPS": "1"})
+    assert proc.returncode == 1 and "failed: step budget reached" in proc.stderr, proc.stderr

@@ -102,3 +102,12 @@ def test_a_follow_up_keeps_what_earlier_runs_proved():
 ])
 def test_the_steps_an_exit_status_vouches_for(command, expected):
     assert steps(command) == expected
+
+
+def test_best_of_n_counts_passes_as_the_exit_code_does():
+    from offload.server.agent.loop import AgentResult
+    from offload.server.tasks.attempts import check_counts
+
+    checks = [{"status": s} for s in ("passed", "unverified", "not run", "failed", "dismissed", "blocked")]
+    assert check_counts(AgentResult("completed", "", checks=checks)) == (1, 3)
+    assert not checks_passed(checks) and checks_passed(checks[:1] + checks[4:5])
