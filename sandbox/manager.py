@@ -24,6 +24,7 @@ from .channel import ExecResult
 from .errors import SandboxError
 from .image import DEFAULT_IMAGE
 from .layer import parse_size
+from .result import ChangedFile, RefusedChange, receive
 from .snapshot import Snapshot, take_snapshot
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,10 @@ COMMAND_ENV = {
     "GIT_CONFIG_KEY_0": "safe.directory",
     "GIT_CONFIG_VALUE_0": "*",
 }
+
+
+EXPORT_TIMEOUT = 1800.0  # seconds for git to pack the change: 20,000 files or a 100 MB file take a few
+MAX_CHANGE = 8 << 30  # a pack this large is refused rather than filling the host's disk
 
 
 @dataclass
@@ -71,16 +76,6 @@ class WarmKey(NamedTuple):
     engine: str  # the Docker engine's URL as configured ("" the default one; "" on bubblewrap)
     image: str | None  # None on bubblewrap
     home: Path | None  # a cached setup's home, below the sandbox's
-
-
-@dataclass(frozen=True)
-class ChangedFile:
-    """One file of a sandbox's result, with both sides for a three-way merge."""
-
-    path: str
-    status: str  # "added" | "modified" | "deleted"
-    base: bytes | None
-    result: bytes | None
 
 
 @dataclass
@@ -152,22 +147,28 @@ class Sandbox:
             self.git("commit", "-q", "--no-verify", "-m", message)
             return self.git("rev-parse", "HEAD").output.strip()
 
-    def diff(self) -> str:
-        """The committed and uncommitted change against the base, as a unified diff."""
-        self.git("add", "-A")
-        return self.git("diff", "--cached", "--binary", self.snapshot.base).output
+    def export(self, dest: Path) -> list[ChangedFile]:
+        """Bring the change home: commit what is left, have git here write a pack of the commits on
+        top of the base, and let the host's git check it into the result repository `dest`
+        (result.py). Returns the changed files; a change that fails the checks raises RefusedChange."""
 
-    def export(self) -> list[ChangedFile]:
-        """Every changed file with its base and result content."""
-        self.git("add", "-A")
-        listing = self.git("diff", "--cached", "--name-status", "--no-renames", "-z", self.snapshot.base).output
-        fields = listing.split("\0")
-        changes = []
-        for status, path in zip(fields[0::2], fields[1::2]):
-            kind = {"A": "added", "D": "deleted"}.get(status, "modified")
-            result = None if kind == "deleted" else self.runner.read_file(path)
-            changes.append(ChangedFile(path, kind, self.snapshot.base_file(path), result))
-        return changes
+        def write_pack(path: Path) -> str:
+            self.commit("Uncommitted work")
+            head = self.git("rev-parse", "--verify", "HEAD^{commit}").output.strip()
+            if head == self.snapshot.base:
+                return head
+            with open(path, "wb") as pack:
+                made = self.runner.run(
+                    ["git", "pack-objects", "--stdout", "--revs", "-q"], cwd=self.backend.workspace,
+                    env=dict(COMMAND_ENV), stdin=f"{head}\n^{self.snapshot.base}\n", timeout=EXPORT_TIMEOUT,
+                    max_output=MAX_CHANGE, binary=True, on_output=pack.write)
+            if made.output_limited:
+                raise RefusedChange(f"the change is over {MAX_CHANGE >> 30} GiB; nothing of it was taken")
+            if made.exit_code != 0:
+                raise SandboxError(f"git pack-objects failed in the sandbox: {made.output.strip()}")
+            return head
+
+        return receive(write_pack, self.snapshot.base, self.snapshot.path / ".git", dest)
 
     def destroy(self) -> None:
         self.backend.destroy()

@@ -16,6 +16,7 @@ from offload.sandbox.image import DEFAULT_IMAGE
 from offload.sandbox.manager import SandboxConfig, SandboxManager
 from offload.server import config as cfg
 
+from tests.changes import changes_of
 from tests.conftest import offload_cli, part_missing
 from tests.engines import Dockerd, SshEngine
 from tests.test_sandbox_backends import make_manager  # noqa: F401 (a fixture)
@@ -236,4 +237,4 @@ def test_an_engine_reached_over_ssh(ssh_engine, make_manager, sample_repo):
     assert result.exit_code == 1 and "FAILED" in result.output  # the sample's real failing test, over ssh
     sandbox.write_file("calc.py", sandbox.read_file("calc.py").replace(b"a - b", b"a + b"))
     assert sandbox.run(["python3", "-m", "unittest", "-q"]).exit_code == 0
-    assert [c.path for c in sandbox.export()] == ["calc.py"]
+    assert [c.path for c in changes_of(sandbox)] == ["calc.py"]

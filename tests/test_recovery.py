@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from offload.sandbox import owner
-from tests.conftest import offload_cli
+from tests.conftest import ROOT, offload_cli
 from tests.lsp_wire import StdioServer
 
 pytestmark = pytest.mark.docker
@@ -217,11 +217,13 @@ def test_a_task_queued_when_its_server_was_killed_is_listed_and_a_follow_up_runs
 SAVER = """
 import sys
 from offload.server.tasks.store import TaskStore
-from offload.sandbox.manager import ChangedFile
+from pathlib import Path
+from tests.changes import one_change
 store = TaskStore(sys.argv[1])
+change = one_change(Path(sys.argv[3]), "a.py", b"a" * 50_000, b"b" * 50_000)
 for n in range(300):
     store.save({"id": "t1", "created": 1, "state": "running", "writer": sys.argv[2], "n": n, "pad": "x" * 50_000})
-    store.save_changes("t1", [ChangedFile("a.py", "modified", b"a" * 50_000, b"b" * n)], "d" * 50_000)
+    store.save_changes("t1", [change])
 """
 
 
@@ -230,14 +232,15 @@ def test_a_task_saved_by_two_processes_at_once_is_never_read_half_written(tmp_pa
     from offload.server.tasks.store import TaskStore
     store = TaskStore(tmp_path)
     store.create({"id": "t1", "created": 1, "state": "queued"})
-    writers = [subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path), name], stderr=subprocess.PIPE, text=True)
+    writers = [subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path), name, str(tmp_path / name)],
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT)
                for name in ("worker", "editor")]
     reads = 0
     while any(w.poll() is None for w in writers) or reads == 0:
         record = store.load("t1")
         assert record is not None and record["id"] == "t1"
         changes = store.changes("t1")
-        assert changes == [] or changes[0].base == b"a" * 50_000
+        assert changes == [] or changes[0].base == b"a" * 50_000 and store.diff("t1").count("\n") > 3
         reads += 1
     assert [w.wait() for w in writers] == [0, 0], [w.stderr.read() for w in writers]
     assert store.load("t1")["n"] == 299

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-from offload.sandbox.manager import ChangedFile
+import pytest
+
 from offload.server.tasks.review import accept, hunks, locate
+from tests.changes import one_change
 
 BASE = b"".join(f"line {i}\n".encode() for i in range(1, 21))
 RESULT = (BASE.replace(b"line 2\n", b"line two\n").replace(b"line 10\n", b"line 10\nnew line\n")
           .replace(b"line 18\n", b""))
-CHANGE = ChangedFile("f.txt", "modified", BASE, RESULT)
 
 
-def test_hunks_are_found_with_stable_ids():
+@pytest.fixture(scope="module")
+def CHANGE(tmp_path_factory):
+    return one_change(tmp_path_factory.mktemp("change"), "f.txt", BASE, RESULT)
+
+
+def test_hunks_are_found_with_stable_ids(CHANGE, tmp_path):
     found = hunks(CHANGE)
     assert [h.id for h in found] == ["f.txt#1", "f.txt#2", "f.txt#3"]
     assert [(h.removed, h.added) for h in found] == [(1, 1), (0, 1), (1, 0)]
 
 
-def test_each_hunk_applies_alone_and_in_any_order():
+def test_each_hunk_applies_alone_and_in_any_order(CHANGE, tmp_path):
     first, second, third = hunks(CHANGE)
     only_third = accept(CHANGE, [third], BASE).content
     assert b"line 18\n" not in only_third and b"line two" not in only_third
@@ -26,7 +32,7 @@ def test_each_hunk_applies_alone_and_in_any_order():
     assert then_second == RESULT
 
 
-def test_a_hunk_merges_around_a_user_edit_and_conflicts_when_they_overlap():
+def test_a_hunk_merges_around_a_user_edit_and_conflicts_when_they_overlap(CHANGE, tmp_path):
     first, second, _ = hunks(CHANGE)
     user = BASE.replace(b"line 15\n", b"line 15 (user)\n")
     merged = accept(CHANGE, [second], user)
@@ -35,16 +41,16 @@ def test_a_hunk_merges_around_a_user_edit_and_conflicts_when_they_overlap():
     assert accept(CHANGE, [first], clash).conflict
 
 
-def test_added_and_deleted_files_are_one_hunk():
-    added = ChangedFile("new.txt", "added", None, b"a\nb\n")
+def test_added_and_deleted_files_are_one_hunk(CHANGE, tmp_path):
+    added = one_change(tmp_path / "a", "new.txt", None, b"a\nb\n")
     (hunk,) = hunks(added)
     assert accept(added, [hunk], None).content == b"a\nb\n"
-    deleted = ChangedFile("old.txt", "deleted", b"x\n", None)
+    deleted = one_change(tmp_path / "d", "old.txt", b"x\n", None)
     (hunk,) = hunks(deleted)
     assert accept(deleted, [hunk], b"x\n").content is None
 
 
-def test_locate_follows_lines_the_user_moved():
+def test_locate_follows_lines_the_user_moved(CHANGE, tmp_path):
     _, second, _ = hunks(CHANGE)
     shifted = b"header 1\nheader 2\n" + BASE
     assert locate(second, BASE, shifted) == (12, 12)

@@ -15,6 +15,7 @@ from offload.sandbox import docker_backend
 from offload.sandbox.errors import SandboxError
 from offload.sandbox.manager import SandboxConfig, SandboxManager
 from offload.server.doctor import probe_bubblewrap
+from tests.changes import changes_of, diff_of
 from tests.conftest import offload_cli, part_missing
 
 BACKENDS = [pytest.param("docker", marks=pytest.mark.docker), "bubblewrap"]
@@ -138,9 +139,9 @@ def test_commit_diff_and_export_show_the_change(sandbox):
     commit = sandbox.commit("Fix add")
     assert commit and sandbox.run(["git", "log", "-1", "--format=%H %s"]).output.strip() == f"{commit} Fix add"
     assert sandbox.commit("nothing") is None
-    diff = sandbox.diff()
+    diff = diff_of(sandbox)
     assert "-    return a - b" in diff and "+    return a + b" in diff and "+new" in diff
-    changes = {c.path: c for c in sandbox.export()}
+    changes = {c.path: c for c in changes_of(sandbox)}
     assert {p: c.status for p, c in changes.items()} == {"calc.py": "modified", "notes.txt": "added",
                                                         "README.md": "deleted"}
     assert changes["calc.py"].result == calc and b"return a - b" in changes["calc.py"].base
@@ -176,7 +177,7 @@ def test_two_sandboxes_from_one_snapshot_do_not_see_each_other(make_manager, sam
     assert first.read_file("only-second.txt") is None
     assert second.run(["cat", "/tmp/mine"]).exit_code != 0
     assert first.commit("first") and second.commit("second")
-    assert first.diff() != second.diff()
+    assert diff_of(first) != diff_of(second)
 
 
 def test_destroy_leaves_nothing_behind(make_manager, sample_repo, backend, request):
@@ -327,7 +328,7 @@ def test_a_remote_engine_gets_the_workspace_copied_in(docker_engine, make_manage
     sandbox = manager.create(snapshot, local=False)
     assert sandbox.backend.volume is None and sandbox.backend.directory is None
     sandbox.write_file("calc.py", b"changed\n")
-    assert sandbox.commit("change") and "+changed" in sandbox.diff()
+    assert sandbox.commit("change") and "+changed" in diff_of(sandbox)
     reader = manager.create(snapshot, read_only=True, local=False)
     reader.run(["sh", "-c", "echo x >> calc.py; rm -f README.md"])
     assert reader.run(["git", "status", "--porcelain"]).output.strip() == ""

@@ -22,6 +22,7 @@ from offload.sandbox.manager import SandboxConfig, SandboxManager
 from offload.sandbox.pool import WarmPool
 from offload.server import config as cfg
 from offload.server.tasks.manager import TaskManager
+from tests.changes import changes_of, diff_of
 from tests.test_sandbox_backends import (  # noqa: F401  (fixtures)
     backend,
     bubblewrap,
@@ -59,8 +60,8 @@ def test_a_claimed_warm_sandbox_works_like_a_cold_one(make_manager, sample_repo,
     sandbox.write_file("calc.py", b"def add(a, b):\n    return a + b\n")
     sandbox.run(["sh", "-c", "echo new > added.txt"])
     assert sandbox.commit("the fix") is not None
-    assert "+    return a + b" in sandbox.diff() and "added.txt" in sandbox.diff()
-    assert {(c.path, c.status) for c in sandbox.export()} == {("calc.py", "modified"), ("added.txt", "added")}
+    assert "+    return a + b" in diff_of(sandbox) and "added.txt" in diff_of(sandbox)
+    assert {(c.path, c.status) for c in changes_of(sandbox)} == {("calc.py", "modified"), ("added.txt", "added")}
     listed = {s["offload.sandbox"]: s for s in manager.list()}
     assert listed[sandbox.id]["offload.task"] == "t-warm" and listed[sandbox.id]["offload.tree"] == snapshot.tree
     assert (sample_repo / "added.txt").exists() is False  # the checkout is never written
@@ -78,7 +79,7 @@ def test_the_pool_refills_after_each_claim_and_a_sandbox_is_used_once(make_manag
     listing = second.run(["sh", "-c", "ls -a . /tmp ~"]).output
     assert "leftover.txt" not in listing and "scratch" not in listing and "dotfile" not in listing
     assert second.run(["sh", "-c", "cat leftover.txt /tmp/scratch ~/dotfile"]).exit_code != 0
-    assert second.diff() == ""
+    assert diff_of(second) == ""
 
 
 def test_a_read_only_claim_cannot_write_its_workspace(make_manager, sample_repo):
@@ -204,7 +205,7 @@ def test_a_warm_sandbox_gets_the_cached_setup_like_a_cold_one(backend, sample_re
         for sandbox in (cold, warm):
             assert sandbox.run(["sh", "-c", "cat deps/lib.txt ~/.setup-home"]).output == "setup\nhome\n"
         warm.run(["sh", "-c", "echo more >> deps/lib.txt && echo '# x' >> calc.py"])
-        assert [c.path for c in warm.export()] == ["calc.py"]  # what setup added stays out of the change
+        assert [c.path for c in changes_of(warm)] == ["calc.py"]  # what setup added stays out of the change
     finally:
         manager.close()
         if backend == "docker":

@@ -17,6 +17,7 @@ from offload.sandbox.manager import SandboxConfig, SandboxManager
 from offload.sandbox.setup import SetupError
 from offload.server import config as cfg
 from offload.server.tasks.manager import TaskManager
+from tests.changes import changes_of, diff_of
 from tests.conftest import git, make_repo, offload_cli
 from tests.test_sandbox_backends import BACKENDS, bubblewrap  # noqa: F401 (a fixture)
 
@@ -103,9 +104,9 @@ def test_setup_runs_once_and_later_sandboxes_start_from_its_result(managers, rep
             assert output(sandbox, "cat /usr/local/bin/setup-tool") == "tool\n"
     # the agent phase owns what setup left, and its additions never show in the task's change
     output(second, "echo more >> deps/lib.txt && echo more >> ~/.setup-home && echo \"print('x')\" >> app.py")
-    assert second.diff().count("diff --git") == 1 and "app.py" in second.diff()
-    assert [c.path for c in second.export()] == ["app.py"]
-    assert first.diff() == "" and first.export() == []
+    assert diff_of(second).count("diff --git") == 1 and "app.py" in diff_of(second)
+    assert [c.path for c in changes_of(second)] == ["app.py"]
+    assert diff_of(first) == "" and changes_of(first) == []
     assert output(first, "cat deps/lib.txt") == "setup\n"  # one sandbox's writes stay its own
 
 
@@ -180,7 +181,7 @@ def test_on_an_engine_that_cannot_mount_this_host_the_image_holds_the_whole_resu
         assert statuses(events) == ["running", "ran", "stored"]
         assert output(sandbox, "cat deps/lib.txt ~/.setup-home /usr/local/bin/setup-tool") == "setup\nhome\ntool\n"
         assert output(sandbox, "cat app.py") == "print('app')\n"
-        assert sandbox.diff() == ""
+        assert diff_of(sandbox) == ""
         again, events = create(manager, repo, local=False)
         assert statuses(events) == ["cached"] and output(again, "cat ~/.runs") == "run\n"
     finally:

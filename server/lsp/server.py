@@ -27,6 +27,7 @@ from pygls.uris import from_fs_path
 from .. import config as cfg
 from ..agent.loop import preview
 from ..tasks.manager import TaskError, TaskManager
+from ..tasks.checkout import Checkout, CheckoutError
 from ..tasks.merge import Merged
 from ..tasks.review import locate
 from . import wire
@@ -289,8 +290,11 @@ class OffloadServer(LanguageServer):
         uri = _uri(root, path)
         if uri in self.workspace.text_documents:
             return self.workspace.get_text_document(uri).source.encode()
-        file = root / path
-        return file.read_bytes() if file.is_file() else None
+        try:
+            entry = Checkout(root).read(path)  # never through a symlink of the checkout
+        except CheckoutError:  # a directory, or behind a symlink: the merge names the clash
+            return None
+        return None if entry is None or entry.symlink else entry.data
 
     def publish_review(self, task_id: str | None = None, uri: str | None = None) -> None:
         """An Information diagnostic over each pending hunk and a Warning on each check still failing,
@@ -594,11 +598,13 @@ async def apply(ls: OffloadServer, *args):
         manager.choose_attempt(record["id"], arg["attempt"])
         ls.publish_review(record["id"])  # the chosen attempt's hunks replace the old ones
     merged = manager.merge(record["id"], lambda path: ls.current_bytes(root, path))
-    conflicts = [m.path for m in merged if m.conflict]
+    conflicts = [m.clash or m.path for m in merged if m.conflict]
     if conflicts:
         raise CommandError("your files changed where the task changed them; nothing was applied. "
                            "Conflicts: " + ", ".join(conflicts))
-    edit = ls.workspace_edit(root, merged)
+    if disk := [m for m in merged if m.disk]:  # binary files, symlinks, exec bits: no text edit carries them
+        manager.write(record["id"], disk)
+    edit = ls.workspace_edit(root, [m for m in merged if not m.disk and not m.skipped])
     ls.spawn(ls.send_edit(record["id"], edit))
     return {"taskId": record["id"], "files": [m.path for m in merged if not m.unchanged]}
 
@@ -619,7 +625,10 @@ async def accept_hunk(ls: OffloadServer, *args):
     record = manager.get(task_id)
     root = Path(record["repo"])
     merged = manager.merge_hunks(record["id"], hunk_ids, lambda path: ls.current_bytes(root, path))
-    ls.spawn(ls.send_edit(record["id"], ls.workspace_edit(root, merged), hunk_ids))
+    if disk := [m for m in merged if m.disk]:  # binary files, symlinks, exec bits: no text edit carries them
+        manager.write(record["id"], disk)
+    ls.spawn(ls.send_edit(record["id"], ls.workspace_edit(root, [m for m in merged if not m.disk and not m.skipped]),
+                          hunk_ids))
     return {"taskId": record["id"], "hunkIds": hunk_ids, "paths": [m.path for m in merged]}
 
 

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import os
+import posixpath
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from offload.sandbox import owner
 from offload.sandbox.errors import SandboxError
+from offload.sandbox.result import EXECUTABLE, SYMLINK, ChangedFile, RefusedChange
 from offload.sandbox.snapshot import find_root, load_snapshot
 
 from .. import config as cfg
@@ -28,13 +31,14 @@ from . import attempts
 from .attempts import MAX_ATTEMPTS
 from .failures import failure_locations
 from .merge import Merged
+from .checkout import Checkout, CheckoutError, Entry, Write
 from .review import Hunk, accept, hunks, with_hunks
 from .store import TaskStore
 from .worker import Worker
 
 if TYPE_CHECKING:  # the agent and the sandboxes (the model's and Docker's SDKs) load when a task runs,
     # so that the CLI's queries start at once
-    from offload.sandbox.manager import ChangedFile, SandboxConfig, SandboxManager
+    from offload.sandbox.manager import SandboxConfig, SandboxManager
 
     from ..agent.loop import AgentResult
 
@@ -250,13 +254,18 @@ class TaskManager:
         return closed
 
     def _restore(self, record: dict, sandbox) -> None:
-        """Put the task's work back into a fresh sandbox, without the hunks the user rejected."""
+        """Put the task's work back into a fresh sandbox, without the hunks the user rejected:
+        bytes, exec bits and symlinks as the task left them."""
         for path, (change, chosen) in self._kept_hunks(record["id"]).items():
             content = with_hunks(change, chosen)
+            taken = change.result_mode if chosen else change.base_mode
             if content is None:
                 sandbox.runner.delete_file(path)
+            elif taken == SYMLINK:
+                sandbox.runner.delete_file(path)
+                sandbox.runner.run(["ln", "-s", "--", os.fsdecode(content), path], cwd=sandbox.backend.workspace)
             else:
-                sandbox.runner.write_file(path, content)
+                sandbox.runner.write_file(path, content, 0o755 if taken == EXECUTABLE else 0o644)
         sandbox.commit("Work so far")
 
     def _launch(self, record: dict, followup: str | None = None,
@@ -430,7 +439,13 @@ class TaskManager:
             finally:
                 await model.close()
             if record["kind"] == "code" and result.outcome in ("completed", "budget"):
-                return result, await asyncio.to_thread(sandbox.export), await asyncio.to_thread(sandbox.diff)
+                try:
+                    changes = await asyncio.to_thread(sandbox.export, self.store.new_result(record["id"]))
+                except RefusedChange as e:
+                    emit("error", {"error": f"the sandbox's change was refused: {e}"})
+                    return replace(result, outcome="failed",
+                                   reason=f"the sandbox's change was refused, nothing of it is kept: {e}"), None, ""
+                return result, changes, ""
             return result, None, ""
         finally:
             await asyncio.to_thread(sandboxes.destroy, sandbox.id)
@@ -441,7 +456,7 @@ class TaskManager:
                       input_tokens=result.input_tokens, output_tokens=result.output_tokens,
                       cost_usd=result.cost_usd, checks=result.checks, plan=result.plan)
         if changes is not None:
-            self.store.save_changes(record["id"], changes, diff)
+            self.store.save_changes(record["id"], changes)
             self.store.save_review(record["id"], {})  # new hunks, new decisions
             record["changes"] = [{"path": c.path, "status": c.status} for c in changes]
         if record["kind"] == "code":
@@ -460,7 +475,8 @@ class TaskManager:
                 continue
             result, changes, diff = outcome
             if changes is not None:
-                self.store.save_changes(record["id"], changes, diff, attempt=number)
+                self.store.save_changes(record["id"], changes, attempt=number)
+                diff = self.store.diff(record["id"], number)
             state = {"completed": "finished", "cancelled": "cancelled"}.get(result.outcome, "failed")
             summaries.append(attempts.summary(
                 number, state, result.reason, result, diff,
@@ -482,8 +498,7 @@ class TaskManager:
     def _choose(self, record: dict, number: int) -> None:
         """Make attempt `number` the task's change: the one reviewed, applied and followed up on."""
         chosen = record["attempt_results"][number - 1]
-        self.store.save_changes(record["id"], self.store.changes(record["id"], number),
-                                self.store.diff(record["id"], number))
+        self.store.save_changes(record["id"], self.store.changes(record["id"], number))
         self.store.save_review(record["id"], {})
         record.update(attempt=number, **{k: chosen[k] for k in ("message", "checks", "commit", "plan",
                                                                  "changes", "failures")})
@@ -541,21 +556,56 @@ class TaskManager:
 
     def merge(self, task_id: str, read_current: Callable[[str], bytes | None] | None = None,
               attempt: int | None = None) -> list[Merged]:
-        """Every hunk not rejected, merged three ways onto the files as they are now; naming another
-        attempt of a best-of-N task chooses it first."""
+        """Every hunk not rejected, merged three ways onto the files as they are now (`read_current`
+        gives an editor's unsaved text); naming another attempt of a best-of-N task chooses it first."""
         if attempt is not None:
             self.choose_attempt(task_id, attempt)
         record = self.get(task_id)
         if record["state"] != "finished":
             raise TaskError(f"task {record['id']} is {record['state']}; only a finished task can be applied")
-        root = Path(record["repo"])
+        checkout = Checkout(Path(record["repo"]))
+        return [self._merge_one(checkout, change, chosen, read_current)
+                for change, chosen in self._kept_hunks(record["id"]).values()]
 
-        def from_disk(path: str) -> bytes | None:
-            file = root / path
-            return file.read_bytes() if file.is_file() else None
-
-        read = read_current or from_disk
-        return [accept(change, chosen, read(path)) for path, (change, chosen) in self._kept_hunks(record["id"]).items()]
+    @staticmethod
+    def _merge_one(checkout: Checkout, change: ChangedFile, chosen: list[Hunk],
+                   read_current: Callable[[str], bytes | None] | None) -> Merged:
+        """One file's merge, with what a write needs: its mode, whether it is a symlink, and why
+        it can't be written (a clash in the checkout, a symlink pointing out of the repository)."""
+        path = change.path
+        try:
+            current = checkout.read(path)
+        except CheckoutError as e:
+            return Merged(path, None, conflict=True, clash=str(e))
+        expect = current.digest() if current else None
+        if read_current is not None and (current is None or not current.symlink):
+            text = read_current(path)  # the editor's buffer wins over the disk for a text file
+            current = None if text is None else Entry(text, current.mode if current else 0o644)
+        mode_of = change.result_mode if chosen else change.base_mode
+        if change.status == "added" and current is None and chosen and mode_of != SYMLINK and read_current is None:
+            return Merged(path, None, mode=_new_mode(mode_of), expect=expect, source=change.copy_result,
+                          disk=True)  # written whole, straight from the result: the size does not matter
+        if change.symlink or change.binary:
+            wanted, base = with_hunks(change, chosen), change.base
+            same = current is not None and wanted is not None and current.data == wanted \
+                and current.symlink == (mode_of == SYMLINK)
+            at_base = current is None if base is None else (
+                current is not None and current.data == base and current.symlink == (change.base_mode == SYMLINK))
+            merged = Merged(path, wanted, unchanged=same, conflict=not (same or at_base), disk=True)
+        elif current is not None and current.symlink:
+            return Merged(path, current.data, conflict=True, clash=f"{path} is a symlink in your checkout")
+        else:
+            merged = accept(change, chosen, None if current is None else current.data)
+        merged.expect, merged.symlink = expect, mode_of == SYMLINK and merged.content is not None
+        if merged.symlink and (why := _outward(path, merged.content)):
+            merged.skipped, merged.conflict = why, False
+        elif merged.content is not None and not merged.symlink:
+            merged.mode = _new_mode(mode_of) if current is None or current.symlink else current.mode
+            if chosen and change.base_mode and change.result_mode and change.base_mode != change.result_mode:
+                merged.mode = _exec_bits(merged.mode, change.result_mode == EXECUTABLE)
+            if current is not None and merged.mode != current.mode:
+                merged.unchanged, merged.disk = False, True  # a text edit can't set an exec bit
+        return merged
 
     def _kept_hunks(self, task_id: str) -> dict[str, tuple[ChangedFile, list[Hunk]]]:
         """Each changed file with the hunks the user has not rejected (possibly none)."""
@@ -576,7 +626,13 @@ class TaskManager:
         """Every hunk of a finished task with its review status: pending, accepted or rejected."""
         record = self.get(task_id)
         review = self.store.review(record["id"])
-        return [(h, review.get(h.id, "pending"), c) for c in self.store.changes(record["id"]) for h in hunks(c)]
+        return [(h, review.get(h.id, "pending"), c) for c in self._changes(record) for h in hunks(c)]
+
+    def _changes(self, record: dict) -> list[ChangedFile]:
+        """The task's change, its files as a checkout of the user's repository writes them (line
+        endings and filters from its .gitattributes and config), so they meet the files on disk."""
+        root = Path(record["repo"])
+        return self.store.changes(record["id"], worktree=root if (root / ".git").exists() else None)
 
     def _pending(self, task_id: str, hunk_ids: list[str]) -> list[tuple[Hunk, ChangedFile]]:
         """The named hunks of a finished task, each still waiting for a decision, or a TaskError."""
@@ -601,7 +657,11 @@ class TaskManager:
         chosen: dict[str, tuple[ChangedFile, list[Hunk]]] = {}
         for hunk, change in self._pending(task_id, hunk_ids):
             chosen.setdefault(change.path, (change, []))[1].append(hunk)
-        merged = [accept(change, hunks, read_current(path)) for path, (change, hunks) in chosen.items()]
+        record = self.get(task_id)
+        checkout = Checkout(Path(record["repo"]))
+        merged = [self._merge_one(checkout, change, hunks, read_current) for change, hunks in chosen.values()]
+        if clashes := [m.clash for m in merged if m.clash]:
+            raise TaskError("nothing was applied: " + "; ".join(clashes))
         if conflicts := [m.path for m in merged if m.conflict]:
             raise TaskError(f"your edits overlap the chosen hunks in {', '.join(conflicts)}; nothing was applied")
         return merged
@@ -633,24 +693,64 @@ class TaskManager:
         return record
 
     def apply(self, task_id: str, attempt: int | None = None) -> list[Merged]:
-        """Write the merged change into the checkout; nothing is written when any file conflicts."""
+        """Write the merged change into the checkout: every file or none (see `write`)."""
         record = self.get(task_id)
+        unfinished = Checkout(Path(record["repo"])).recover(self._journal(record))  # an apply killed earlier
         merged = self.merge(task_id, attempt=attempt)
-        conflicts = [m.path for m in merged if m.conflict]
-        if conflicts:
-            raise TaskError("your files changed where the task changed them; nothing was applied. Conflicts: "
-                            + ", ".join(conflicts))
-        root = Path(record["repo"])
-        for m in merged:
-            target = root / m.path
-            if m.content is None:
-                target.unlink(missing_ok=True)
-            elif not m.unchanged:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(m.content)
-        self._emit(record, "applied", {"files": [m.path for m in merged]})
+        self.write(task_id, merged, unfinished)
         self.accepted_all(record["id"])
         return merged
+
+    def write(self, task_id: str, merged: list[Merged], unfinished: list[str] = ()) -> None:
+        """Write merged files into the checkout through checkout.Checkout: never through a symlink,
+        never outside it, every file or none. Nothing is written when any file conflicts or
+        clashes; a symlink pointing out of the repository is named and left out."""
+        record = self.get(task_id)
+        if clashes := [m.clash for m in merged if m.clash]:
+            raise TaskError("nothing was applied: " + "; ".join(clashes))
+        if conflicts := [m.path for m in merged if m.conflict]:
+            raise TaskError("your files changed where the task changed them; nothing was applied. Conflicts: "
+                            + ", ".join(conflicts))
+        writes = [Write(m.path, None if m.content is None and m.source is None else
+                        Entry(m.content or b"", m.mode or 0o644, m.symlink, m.source), m.expect)
+                  for m in merged if not m.unchanged and not m.skipped]
+        try:
+            Checkout(Path(record["repo"])).apply(writes, self._journal(record))
+        except CheckoutError as e:
+            raise TaskError(str(e)) from e
+        self._emit(record, "applied", {"files": [w.path for w in writes],
+                                       **({"skipped": {m.path: m.skipped for m in merged if m.skipped}}
+                                          if any(m.skipped for m in merged) else {}),
+                                       **({"unfinished": list(unfinished)} if unfinished else {})})
+
+    def _journal(self, record: dict) -> Path:
+        """One apply journal per checkout, whichever task: a killed apply is finished by the next."""
+        digest = hashlib.sha256(os.fsencode(record["repo"])).hexdigest()[:16]
+        return self.store.root.parent / "applies" / f"{digest}.json"
+
+
+def _new_mode(git_mode: str | None) -> int:
+    """A new file's permission bits, as git's checkout gives them: 0666 or 0777 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if git_mode == EXECUTABLE else 0o666) & ~umask
+
+
+def _exec_bits(mode: int, executable: bool) -> int:
+    """`mode` with the execute bits set where it can read (chmod +x as git does it), or cleared."""
+    return mode | (mode & 0o444) >> 2 if executable else mode & ~0o111
+
+
+def _outward(path: str, target: bytes) -> str | None:
+    """Why a symlink the task made must not be created in the checkout: it leads out of the
+    repository or into its .git. None when it stays inside."""
+    text = os.fsdecode(target)
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), text))
+    if text.startswith("/") or resolved == ".." or resolved.startswith("../"):
+        return f"a symlink to {text!r}, outside the repository: shown, never applied"
+    if any(part.lower() == ".git" for part in resolved.split("/")):
+        return f"a symlink to {text!r}, into .git: shown, never applied"
+    return None
 
 
 def _sandbox_config(config: cfg.Config) -> SandboxConfig:

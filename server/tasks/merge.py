@@ -19,6 +19,13 @@ class Merged:
     content: bytes | None  # None: delete the file
     conflict: bool = False
     unchanged: bool = False  # the current text already equals the result
+    mode: int | None = None  # the file's permission bits, when it is written
+    symlink: bool = False  # `content` is a symlink's target
+    disk: bool = False  # no text edit can carry it (binary, symlink, exec bit): Offload writes it itself
+    skipped: str | None = None  # shown, never written (a symlink pointing out of the repository)
+    clash: str | None = None  # the checkout holds something the change cannot be written over
+    expect: str | None = None  # the checkout's entry when this was merged (checkout.Entry.digest)
+    source: object = None  # streams `content` when it is too large to hold (a file added whole)
 
 
 def merge_file(path: str, base: bytes | None, result: bytes | None, current: bytes | None) -> Merged:

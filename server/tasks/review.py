@@ -10,12 +10,9 @@ from __future__ import annotations
 import difflib
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from offload.sandbox.result import ChangedFile
 
 from .merge import Merged, merge_file
-
-if TYPE_CHECKING:
-    from offload.sandbox.manager import ChangedFile
 
 
 @dataclass(frozen=True)
@@ -40,7 +37,13 @@ class Hunk:
 
 
 def _lines(data: bytes | None) -> list[str]:
-    return [] if data is None else data.decode("utf-8", errors="replace").splitlines(keepends=True)
+    """Lines that encode back to exactly `data`: bytes that are not UTF-8 (a Latin-1 file) survive
+    as surrogates, so review and apply never alter a byte they were not asked to."""
+    return [] if data is None else data.decode("utf-8", "surrogateescape").splitlines(keepends=True)
+
+
+def _bytes(lines) -> bytes:
+    return "".join(lines).encode("utf-8", "surrogateescape")
 
 
 @functools.lru_cache(maxsize=128)
@@ -51,7 +54,9 @@ def _opcodes(a: bytes | None, b: bytes | None) -> tuple[tuple[str, int, int, int
 
 
 def hunks(change: ChangedFile) -> list[Hunk]:
-    """The hunks of one changed file; an added or deleted file is one hunk."""
+    """The hunks of one changed file; an added, deleted, binary or symlink change is one hunk."""
+    if change.symlink or change.binary:
+        return [Hunk(f"{change.path}#1", change.path, 0, (), ())]
     return list(_hunks(change.path, change.base, change.result))
 
 
@@ -74,10 +79,12 @@ def with_hunks(change: ChangedFile, chosen: list[Hunk]) -> bytes | None:
         return None  # accepting the whole of a deleted file deletes it
     if change.base is None and not chosen:
         return None  # an added file with nothing accepted stays absent
+    if change.symlink or change.binary:
+        return change.result if chosen else change.base
     lines = _lines(change.base)
     for hunk in sorted(chosen, key=lambda h: h.base_start, reverse=True):
         lines[hunk.base_start: hunk.base_start + len(hunk.base_lines)] = hunk.result_lines
-    return "".join(lines).encode()
+    return _bytes(lines)
 
 
 def accept(change: ChangedFile, chosen: list[Hunk], current: bytes | None) -> Merged:

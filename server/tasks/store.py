@@ -2,8 +2,10 @@
 
 `$XDG_STATE_HOME/offload/tasks/<id>/` holds `events.jsonl` (every event, appended and
 flushed one line at a time, so a killed process loses nothing already emitted), `task.json`
-(the summary) and `changes.json` (both sides of every changed file, for applying later even
-when the sandbox is gone). Every file but the log is replaced whole, never written in place:
+(the summary), `changes.json` (every changed file by its blob ids and modes) and `diff.patch`;
+the bytes live in a result repository under `results/` (the sandbox's commits, checked by git
+on the way in: offload.sandbox.result), so they are there for review and apply long after the
+sandbox is gone. Every file but the log is replaced whole, never written in place:
 another process (an editor window, the CLI, the task worker) reading it sees the old or the
 new, never half of one. A best-of-N task keeps each attempt's
 change under `attempts/<n>/`; the top-level change is the chosen attempt's.
@@ -11,16 +13,14 @@ change under `attempts/<n>/`; the top-level change is the chosen attempt's.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the sandbox manager loads Docker's SDK: only reading a change needs it
-    from offload.sandbox.manager import ChangedFile
+from offload.sandbox.result import ChangedFile, diff_text  # light: git and the standard library
 
 
 class TaskStore:
@@ -72,29 +72,34 @@ class TaskStore:
         """Where a change lives: the task's own (the chosen one), or one attempt's."""
         return self.dir(task_id) if attempt is None else self.dir(task_id) / "attempts" / str(attempt)
 
-    def save_changes(self, task_id: str, changes: list[ChangedFile], diff: str, attempt: int | None = None) -> None:
-        def enc(data: bytes | None) -> str | None:
-            return None if data is None else base64.b64encode(data).decode()
+    def new_result(self, task_id: str) -> Path:
+        """A fresh place for one run's result repository: readers of the last one keep it."""
+        return self.dir(task_id) / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.git"
 
+    def save_changes(self, task_id: str, changes: list[ChangedFile], attempt: int | None = None) -> None:
+        """Record a run's change (its files, its readable diff); the bytes stay in its repository."""
         where = self._results(task_id, attempt)
         where.mkdir(parents=True, exist_ok=True)
-        _replace(where / "changes.json", json.dumps(
-            [{"path": c.path, "status": c.status, "base": enc(c.base), "result": enc(c.result)} for c in changes]
-        ))
-        _replace(where / "diff.patch", diff)
+        repo = changes[0].repo if changes else None
+        tmp = where / f".diff.patch.{os.getpid()}.{threading.get_ident()}.tmp"
+        if repo is not None:
+            diff_text(repo, tmp)
+        else:
+            tmp.write_bytes(b"")
+        os.replace(tmp, where / "diff.patch")
+        _replace(where / "changes.json", json.dumps({
+            "repo": os.path.relpath(repo, self.dir(task_id)) if repo else None,
+            "files": [c.as_dict() for c in changes]}))
 
-    def changes(self, task_id: str, attempt: int | None = None) -> list[ChangedFile]:
-        from offload.sandbox.manager import ChangedFile
-
+    def changes(self, task_id: str, attempt: int | None = None, worktree: Path | None = None) -> list[ChangedFile]:
+        """The recorded change; with `worktree` (the user's git work tree), its files read as a
+        checkout there would write them."""
         path = self._results(task_id, attempt) / "changes.json"
         if not path.exists():
             return []
-
-        def dec(text: str | None) -> bytes | None:
-            return None if text is None else base64.b64decode(text)
-
-        return [ChangedFile(c["path"], c["status"], dec(c["base"]), dec(c["result"]))
-                for c in json.loads(path.read_text())]
+        saved = json.loads(path.read_text())
+        repo = self.dir(task_id) / saved["repo"] if saved["repo"] else None
+        return [ChangedFile(**c, repo=repo, worktree=worktree) for c in saved["files"]]
 
     def review(self, task_id: str) -> dict[str, str]:
         """Each reviewed hunk's decision: "accepted" or "rejected"."""
@@ -105,8 +110,9 @@ class TaskStore:
         _replace(self.dir(task_id) / "review.json", json.dumps(review))
 
     def diff(self, task_id: str, attempt: int | None = None) -> str:
+        """The readable diff; bytes that are not UTF-8 (a Latin-1 file's lines) as U+FFFD."""
         path = self._results(task_id, attempt) / "diff.patch"
-        return path.read_text(encoding="utf-8") if path.exists() else ""
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
 
 
 def _replace(path: Path, text: str) -> None:

@@ -1,0 +1,278 @@
+"""A sandbox's change, brought home as git objects and checked before anything reads it.
+
+Everything that comes out of a sandbox is attacker-controlled. So the change does not travel as
+paths and bytes relayed by the runner: git in the sandbox writes a pack of the commits made on
+top of the base, the host's own git indexes it with `--strict` (git's fsck: no `.`, `..`, empty
+or `.git` names in any spelling git knows, sane modes, well-formed objects) into a bare
+repository of the task's, and every entry of the diff is checked again here (no gitlinks, no
+paths into `.git`). Only then are the changed files listed, each by its blob ids and modes; their
+bytes are read from that repository on demand, exactly, whatever their size or encoding.
+
+The result repository is self-contained for what review and apply need: while indexing it
+borrows the snapshot's objects (an alternate), then copies in the base side of every changed path
+(the trees along it and its blob) and drops the alternate, so an evicted snapshot breaks nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import SandboxError
+
+ZERO = re.compile(r"^0+$")
+OID = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+FILE, EXECUTABLE, SYMLINK, TREE, GITLINK = "100644", "100755", "120000", "040000", "160000"
+BLOB_MODES = (FILE, EXECUTABLE, SYMLINK)
+# Characters HFS+ ignores in names: ".g\u200cit" is ".git" there (git's fsck knows them too).
+_HFS_IGNORED = dict.fromkeys([*range(0x200C, 0x2010), *range(0x202A, 0x202F), *range(0x206A, 0x2070), 0xFEFF])
+
+
+class RefusedChange(SandboxError):
+    """The sandbox's change failed validation; nothing of it may be used."""
+
+
+@dataclass(eq=False)
+class ChangedFile:
+    """One changed path of a task's result: both sides by blob id and mode (None when absent).
+    `base` and `result` read the bytes from the result repository — as the user's checkout would
+    have them when `worktree` is its git work tree (line endings, filters: .gitattributes and
+    core.autocrlf honoured), else exactly as git stores them."""
+
+    path: str  # os.fsdecode of git's bytes: a name that is not UTF-8 round-trips to the same bytes
+    status: str  # "added" | "modified" | "deleted"
+    base_mode: str | None = None
+    result_mode: str | None = None
+    base_oid: str | None = None
+    result_oid: str | None = None
+    repo: Path | None = None
+    worktree: Path | None = None
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def base(self) -> bytes | None:
+        return self._blob(self.base_oid)
+
+    @property
+    def result(self) -> bytes | None:
+        return self._blob(self.result_oid)
+
+    @property
+    def symlink(self) -> bool:
+        return SYMLINK in (self.base_mode, self.result_mode)
+
+    @property
+    def binary(self) -> bool:
+        """As git decides: a NUL byte in the first 8000 bytes of either side."""
+        return any(data is not None and b"\0" in data[:8000] for data in (self.base, self.result))
+
+    def _blob(self, oid: str | None) -> bytes | None:
+        if oid is None:
+            return None
+        if oid not in self._cache:
+            if len(self._cache) >= 2:  # both sides at most: a change of big files stays bounded
+                self._cache.clear()
+            filtered = self.worktree if not self.symlink else None
+            self._cache[oid] = read_blob(self.repo, oid, self.path, filtered)
+        return self._cache[oid]
+
+    def copy_result(self, out: BinaryIO) -> None:
+        """Stream the result's bytes (as `result` has them) into `out`, without holding them."""
+        _reader(self.repo, None if self.symlink else self.worktree).read(self.result_oid, self.path, out)
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "status": self.status, "base_mode": self.base_mode,
+                "result_mode": self.result_mode, "base_oid": self.base_oid, "result_oid": self.result_oid}
+
+
+def _git(repo: Path, *args: str, stdin=None, input: bytes | None = None, env: dict | None = None,
+         check: str | None = None) -> bytes:
+    proc = subprocess.run(["git", "-C", str(repo), *args], input=input, stdin=stdin, capture_output=True,
+                          env={**os.environ, "GIT_CONFIG_NOSYSTEM": "1", **(env or {})})
+    if proc.returncode != 0:
+        raise (RefusedChange if check == "refuse" else SandboxError)(
+            f"{check if check and check != 'refuse' else 'git ' + args[0]} failed: "
+            f"{proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout
+
+
+def read_blob(repo: Path, oid: str, path: str | None = None, worktree: Path | None = None) -> bytes:
+    """A blob of `repo`; with `worktree`, as a checkout of that work tree would write it at `path`."""
+    return _reader(repo, worktree).read(oid, path or "")
+
+
+class _BlobReader:
+    """One `git cat-file --batch` process reading many blobs: a process per file would cost
+    minutes on a 20,000-file change. With a work tree it runs there, borrowing the result's
+    objects, with `--filters`: git's own checkout conversion (LFS pointers stay pointers)."""
+
+    def __init__(self, repo: Path, worktree: Path | None) -> None:
+        env = {**os.environ, "GIT_LFS_SKIP_SMUDGE": "1"}
+        argv = ["git", "-C", str(repo), "cat-file", "--batch", "-z"]
+        if worktree is not None:
+            env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = str(repo / "objects")
+            argv = ["git", "-C", str(worktree), "cat-file", "--batch", "--filters", "-z"]
+        self.filters = worktree is not None
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, env=env)
+        self.lock = threading.Lock()
+
+    def read(self, oid: str, path: str, out: BinaryIO | None = None) -> bytes:
+        request = f"{oid} ".encode() + os.fsencode(path) if self.filters else oid.encode()
+        with self.lock:
+            try:
+                self.proc.stdin.write(request + b"\0")
+                self.proc.stdin.flush()
+                header = self.proc.stdout.readline().split()
+            except (OSError, ValueError) as e:
+                raise SandboxError(f"reading {path or oid} from the task's result failed: {e}") from e
+            if len(header) != 3 or header[1] != b"blob":
+                raise SandboxError(f"the task's result has no blob {oid} for {path!r}: "
+                                   f"{b' '.join(header).decode(errors='replace')}")
+            size, chunks = int(header[2]), []
+            while size:
+                chunk = self.proc.stdout.read(min(size, 1 << 20))
+                if not chunk:
+                    raise SandboxError(f"reading {path or oid} from the task's result broke off")
+                size -= len(chunk)
+                out.write(chunk) if out is not None else chunks.append(chunk)
+            self.proc.stdout.read(1)  # the newline after the contents
+            return b"".join(chunks)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+_readers: OrderedDict[tuple, _BlobReader] = OrderedDict()
+_readers_lock = threading.Lock()
+
+
+def _reader(repo: Path, worktree: Path | None) -> _BlobReader:
+    """A reader per (result, work tree), the few most recent kept running."""
+    key = (str(repo), str(worktree) if worktree else None)
+    with _readers_lock:
+        reader = _readers.get(key)
+        if reader is None or reader.proc.poll() is not None:
+            reader = _readers[key] = _BlobReader(repo, worktree)
+        _readers.move_to_end(key)
+        while len(_readers) > 8:
+            _readers.popitem(last=False)[1].close()
+        return reader
+
+
+def unsafe_path(path: bytes) -> str | None:
+    """Why a path from the sandbox must not be written into a checkout, or None when it may."""
+    if not path or path.startswith(b"/"):
+        return "an empty or absolute path"
+    for part in path.split(b"/"):
+        if part in (b"", b".", b".."):
+            return f"a {part.decode() or 'empty'!r} component"
+        name = unicodedata.normalize("NFC", part.decode("utf-8", "replace")).translate(_HFS_IGNORED).lower()
+        # Windows drops trailing dots and spaces, and knows ".git" by its short name too
+        if name.rstrip(". ") in (".git", "git~1") or name.startswith(".git:"):
+            return "a .git component"
+    return None
+
+
+def receive(pack_writer: Callable[[Path], str], base: str, snapshot_git: Path, dest: Path) -> list[ChangedFile]:
+    """Make `dest` the task's result repository and list the change in it.
+
+    `pack_writer(path)` writes the sandbox's pack there and returns the commit the sandbox names
+    as its result; `base` is the snapshot's base commit, found in `snapshot_git` (a .git dir)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    _git(dest, "init", "-q", "--bare")
+    alternates = dest / "objects" / "info" / "alternates"
+    alternates.write_text(f"{snapshot_git / 'objects'}\n")
+    incoming = dest / "incoming.pack"
+    try:
+        head = pack_writer(incoming).strip()
+        if not OID.match(head):
+            raise RefusedChange(f"the sandbox named {head[:80]!r} as its result, not a commit id")
+        if head == base:
+            return _finish(dest, snapshot_git, base, head, [])
+        with open(incoming, "rb") as pack:
+            _git(dest, "index-pack", "--strict", "--fix-thin", "--stdin", stdin=pack, check="refuse")
+        kind = _git(dest, "cat-file", "-t", head, check="refuse").strip()
+        if kind != b"commit":
+            raise RefusedChange(f"the sandbox's result {head[:12]} is a {kind.decode(errors='replace')}, not a commit")
+        entries = list(_diff(dest, base, head))
+    finally:
+        incoming.unlink(missing_ok=True)
+    changes, base_side = checked_changes(dest, entries)
+    return _finish(dest, snapshot_git, base, head, changes, base_side)
+
+
+def checked_changes(repo: Path, entries: list[tuple]) -> tuple[list[ChangedFile], set[str]]:
+    """The changed files of diff entries (see `_diff`), each checked, and the base-side objects
+    they need; RefusedChange on the first entry that is not a file, executable or symlink at a
+    safe path."""
+    changes, base_side = [], set()
+    for old_mode, new_mode, old_oid, new_oid, status, path in entries:
+        for mode in {old_mode, new_mode} - {None}:
+            if mode not in (*BLOB_MODES, TREE):
+                what = "a submodule (gitlink)" if mode == GITLINK else f"mode {mode}"
+                raise RefusedChange(f"{os.fsdecode(path)!r} is {what}; only files, executables and symlinks "
+                                    "come back from a sandbox")
+        if reason := unsafe_path(path):
+            raise RefusedChange(f"the change holds a path with {reason}: {path[:200]!r}")
+        if old_oid:
+            base_side.add(old_oid)
+        if TREE in (old_mode, new_mode):
+            continue
+        changes.append(ChangedFile(
+            os.fsdecode(path), {"A": "added", "D": "deleted"}.get(status, "modified"),
+            old_mode, new_mode, old_oid, new_oid, repo))
+    return changes, base_side
+
+
+def list_changes(repo: Path) -> list[ChangedFile]:
+    """The checked change between a result repository's base and result refs."""
+    return checked_changes(repo, list(_diff(repo, "refs/offload/base", "refs/offload/result")))[0]
+
+
+def _finish(dest: Path, snapshot_git: Path, base: str, head: str, changes: list[ChangedFile],
+            base_side: set[str] = frozenset()) -> list[ChangedFile]:
+    """Copy the base side of the change in from the snapshot (trusted: the host made it), then
+    stand alone."""
+    wanted = "\n".join(sorted(base_side | {base, f"{base}^{{tree}}"})) + "\n"
+    oids = _git(snapshot_git, "cat-file", "--batch-check=%(objectname)", input=wanted.encode())
+    pack = _git(snapshot_git, "pack-objects", "--stdout", "-q", input=oids)
+    _git(dest, "index-pack", "--stdin", input=pack)
+    (dest / "objects" / "info" / "alternates").unlink()
+    _git(dest, "update-ref", "refs/offload/base", base)
+    _git(dest, "update-ref", "refs/offload/result", head)
+    return changes
+
+
+def _diff(repo: Path, base: str, head: str) -> Iterator[tuple]:
+    """Raw diff entries between two commits, trees along the way included (-t), paths as bytes."""
+    out = _git(repo, "diff-tree", "-r", "-t", "-z", "--no-renames", "--raw", base, head, check="refuse")
+    fields = out.split(b"\0")
+    for meta, path in zip(fields[0::2], fields[1::2]):
+        old_mode, new_mode, old_oid, new_oid, status = meta.lstrip(b":").decode().split(" ")
+        yield (None if ZERO.match(old_mode) else old_mode, None if ZERO.match(new_mode) else new_mode,
+               None if ZERO.match(old_oid) else old_oid, None if ZERO.match(new_oid) else new_oid,
+               status[:1], path)
+
+
+def diff_text(repo: Path, out: Path) -> None:
+    """The change as a readable patch (renames found, binary files summarised by git), streamed
+    to `out` without holding it in memory."""
+    with open(out, "wb") as f:
+        proc = subprocess.run(["git", "-C", str(repo), "diff-tree", "-p", "-M", "--no-color", "--no-ext-diff",
+                               "--no-textconv", "refs/offload/base", "refs/offload/result"],
+                              stdout=f, stderr=subprocess.PIPE, env={**os.environ, "GIT_CONFIG_NOSYSTEM": "1"})
+    if proc.returncode != 0:
+        raise SandboxError(f"git diff-tree failed: {proc.stderr.decode(errors='replace').strip()}")
