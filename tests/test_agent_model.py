@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from offload.server.agent import model as model_module
 from offload.server.agent import pricing
 from offload.server.agent.model import ModelClient, ModelError
 from tests.agent_support import MODES, client
@@ -194,12 +195,16 @@ def two_calls(req):
     yield say("Done.")
 
 
-def test_an_optional_parameter_refused_is_dropped_once_and_for_good():
+def test_an_optional_parameter_refused_is_dropped_once_and_for_good(monkeypatch):
     """Mistral answers stream_options with a 422 (avante.nvim#2347): left out from then on."""
+    monkeypatch.setattr(model_module, "_REFUSED", {})  # this test's endpoints only
     with FakeModel(default=two_calls, quirks={"mistral-stream-options"}) as fm:
         replies = steps(client(fm, "chat", True, max_retries=0), 3)
     assert replies[-1].text == "Done." and len(fm.refusals) == 1 and fm.refusals[0].startswith("422")
     assert [r.body.get("stream_options") is not None for r in fm.requests] == [True, False, False, False]
+    with FakeModel(default=two_calls, quirks={"mistral-stream-options"}, port=fm.port) as again:
+        steps(client(again, "chat", True, max_retries=0), 1)  # the next task's client knows the endpoint
+    assert again.refusals == [] and again.requests[0].body.get("stream_options") is None
 
 
 @pytest.mark.parametrize("api,stream", MODES)

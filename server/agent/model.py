@@ -30,6 +30,9 @@ MAX_RETRY_AFTER = 300.0  # a Retry-After longer than this is not waited out
 WAIT_NOTICE = 15.0  # seconds without a word from the server before the wait is told (sooner for short timeouts)
 AZURE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
 AZURE_API_VERSION = "2024-10-21"  # the GA version deployment URLs get when neither they nor model.api_version name one
+# Optional parameters each endpoint refused, for every client of this process: a task after the
+# first does not meet the refusal again.
+_REFUSED: dict[str, set[str]] = {}
 
 
 @dataclass
@@ -189,13 +192,13 @@ class ModelClient:
         self.wait_notice = min(WAIT_NOTICE, timeout / 4)  # told well before the server is given up on
         self.freeform_patch = freeform_patch and api == "responses"  # custom tools exist on Responses only
         self.keyless = api_key in ("", "not-needed")
-        self.refused: set[str] = set()  # optional parameters this server refused: never sent again
         self.heard = 0.0  # when the server last sent anything
         options = endpoint_options(base_url, "" if self.keyless else api_key, api_version)
         # the key goes in one header only: Azure's when it is there
         self.headers = {"Authorization": openai.omit} if options["default_headers"] else {}
         self.client = openai.AsyncOpenAI(api_key=api_key or "not-needed", max_retries=0,
                                          timeout=openai.Timeout(timeout, connect=min(timeout, 10.0)), **options)
+        self.refused = _REFUSED.setdefault(self.endpoint, set())  # optional parameters never sent here again
 
     @property
     def endpoint(self) -> str:
