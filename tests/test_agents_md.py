@@ -154,3 +154,11 @@ def test_candidates_are_listed_once_in_file_order():
 def test_an_indented_block_is_code_but_a_list_items_indented_paragraph_is_not():
     files = [AgentsFile("AGENTS.md", ".", "Run these:\n\n    make test\n    make lint\n\n- An item\n\n    make deploy\n")]
     assert [(c.command, c.line) for c in candidates(files)] == [("make test", 3), ("make lint", 4)]
+
+
+def test_a_check_dismissed_after_its_declaration_is_no_longer_declared(tmp_path):
+    (tmp_path / "AGENTS.md").write_text("Run `make test` and `make lint`.\n")
+    book = CheckBook(tmp_path)
+    book.declare({"checks": [{"candidate": 1, "command": "make test"}, {"candidate": 2, "command": "make lint"}]})
+    book.declare({"dismissed": [{"candidate": 2, "reason": "no code changed"}]})
+    assert [c.command for c in book.must_run()] == ["make test"] and book.undecided() == []

@@ -113,6 +113,9 @@ class CheckBook:
             if number:
                 self.dismissed[number] = item["reason"].strip()
                 self.decided.add(number)
+                cand = self.candidates[number - 1]
+                self.declared = [c for c in self.declared if (c.file, c.line) != (file.name, line)
+                                 or not agents_md.fits(cand.command, c.command)]
             else:
                 self.decided.update(n for n, c in enumerate(self.candidates, 1)
                                     if c.file == file.name and c.command in item["source"])
@@ -126,7 +129,7 @@ class CheckBook:
         if dismissed:
             reply.append(f"Dismissed: {len(dismissed)}.")
         if errors:
-            reply.append("Not accepted (nothing else changed):\n" + "\n".join(f"- {e}" for e in errors))
+            reply.append("Not accepted:\n" + "\n".join(f"- {e}" for e in errors))
         if left := self.undecided():
             reply.append("Candidates neither declared nor dismissed yet: " + ", ".join(map(str, left)) + ".")
         event = {"declared": [self._as_dict(c) for c in accepted], "dismissed": dismissed, "errors": errors}
