@@ -6,6 +6,10 @@ in exactly the shapes the openai SDK parses, and plays *scenarios*: generator fu
 ``yield`` is the model's next move and evaluates to the tool output the client sent back. A scenario
 reacts to real tool output, so a broken tool path fails the test instead of passing on a script.
 
+With ``quirks`` it plays the documented deviations of real servers (``QUIRKS``: text tool calls,
+unkeyed parallel calls, refusals of ids or parameters, content-filter chunks, errors mid-stream…),
+each named after the server that has them, so that the client is tested against each.
+
 The server keeps no conversation state: each request re-runs its scenario from the start and feeds
 it the tool outputs found in the request's own history. Concurrent conversations and client
 retries therefore just work; only the count of faults already fired lives on the server.

@@ -20,7 +20,7 @@ import pytest
 from openai import OpenAI
 
 from tests import scenarios
-from tests.fakemodel import (FakeModel, apply_patch, call, cut, drop, empty, fail, hang, load_scenarios, say,
+from tests.fakemodel import (QUIRKS, FakeModel, apply_patch, call, cut, drop, empty, fail, hang, load_scenarios, say,
                              scenario, shell, update_plan)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -530,3 +530,10 @@ def test_close_cuts_idle_keep_alive_connections():
     with pytest.raises(openai.APIConnectionError):
         turn(client, "chat", start("chat", "q"))
     assert not any(t.name == f"fakemodel:{fm.port}" for t in threading.enumerate())
+
+
+def test_quirks_are_named_after_known_servers_only():
+    with pytest.raises(ValueError, match="unknown quirks \\['vllm-everything'\\]; known: ollama-index-0"):
+        FakeModel(quirks={"vllm-everything"})
+    assert all(name.split("-")[0] in ("ollama", "lmstudio", "vllm", "llamacpp", "litellm", "gemini", "mistral",
+                                      "deepseek", "azure", "openrouter", "groq") for name in QUIRKS)
