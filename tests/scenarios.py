@@ -346,3 +346,29 @@ def ignore_candidates(req):
     reminder = yield say(message)
     assert "neither declared nor dismissed" in reminder and "declare_checks" in reminder, reminder
     yield say(message)
+
+
+@scenario("cite-before-rejection")
+def cite_before_rejection(req):
+    """The two-hunk change with its passing tests; asked to follow up after a hunk was rejected, it
+    reports the same run again instead of running the tests on the files as they now are."""
+    out = yield apply_patch("*** Begin Patch\n*** Update File: calc.py\n@@ def add(a, b):\n-    return a - b\n"
+                            "+    return a + b\n@@ def multiply(a, b):\n+    # the product of a and b\n"
+                            "     return a * b\n*** End Patch")
+    assert "Success" in out, out
+    tests = yield shell(UNITTEST)
+    followup = yield say(report(["Fixed `add` and documented `multiply` (calc.py:L4-L10)."],
+                                [(" ".join(UNITTEST), "passed", tests)]))
+    assert "rejected" in followup, followup
+    yield say(report(["Nothing more to change (calc.py:L4-L5)."], [(" ".join(UNITTEST), "passed", tests)]))
+
+
+@scenario("run-the-script")
+def run_the_script(req):
+    """Runs the shell script in the prompt's ```sh block as one command, then reports: the tests of
+    the return path make a sandbox's change of any shape (binaries, symlinks, 20,000 files, crafted
+    git objects) with it."""
+    script = re.search(r"```sh\n(.*?)```", req.prompt, re.S).group(1)
+    out = yield shell(script, timeout_ms=600_000)
+    status = "passed" if "Exit code: 0" in out else "failed"
+    yield say(report(["Ran the script."], [("the script", status)]))

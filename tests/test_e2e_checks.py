@@ -168,3 +168,20 @@ def test_a_task_that_fails_says_why_on_stderr_with_json_too(bubblewrap, fake_mod
     proc = offload_cli("run", "Make the failing test pass", "--repo", str(sample_repo), "--json",
                        env={**env(fake_model, "fix-failing-test"), "OFFLOAD_BUDGET_MAX_STEPS": "1"})
     assert proc.returncode == 1 and "failed: step budget reached" in proc.stderr, proc.stderr
+
+
+def test_a_run_before_a_follow_up_rebuilt_the_workspace_proves_nothing(bubblewrap, fake_model, sample_repo):
+    from offload.server.tasks.manager import TaskManager
+
+    (sample_repo / "AGENTS.md").unlink()
+    commit(sample_repo, "no agents file")
+    proc = offload_cli("run", "Fix add", "--repo", str(sample_repo), env=env(fake_model, "cite-before-rejection"))
+    assert proc.returncode == 0, proc.stderr
+    record, _ = record_and_events(sample_repo)
+    manager = TaskManager()
+    comment = [h.id for h, _, _ in manager.hunks(record["id"]) if "product" in "".join(h.result_lines)]
+    manager.reject(record["id"], comment)  # as the editor's Reject does
+    followed = offload_cli("followup", record["id"], "Anything else?", cwd=sample_repo,
+                           env=env(fake_model, "cite-before-rejection"))
+    assert followed.returncode == 1, followed.stderr
+    assert "c2 ran before the workspace was rebuilt for a follow-up" in followed.stderr, followed.stderr

@@ -111,3 +111,11 @@ def test_best_of_n_counts_passes_as_the_exit_code_does():
     checks = [{"status": s} for s in ("passed", "unverified", "not run", "failed", "dismissed", "blocked")]
     assert check_counts(AgentResult("completed", "", checks=checks)) == (1, 3)
     assert not checks_passed(checks) and checks_passed(checks[:1] + checks[4:5])
+
+
+def test_outputs_before_a_rebuilt_workspace_prove_nothing():
+    earlier = [{"chunk": "c1", "call_id": "a", "name": "apply_patch", "files": ["calc.py"]},
+               {"chunk": "c2", "call_id": "b", "name": "shell", "exit_code": 0, "command": UNITTEST, "directory": "."},
+               {"role": "user", "content": "follow up", "rebuilt": True}]
+    ((status, reason),) = verdicts("- `python3 -m unittest -q` passed [c2]", Chunks(earlier)).values()
+    assert status == "unverified" and "c2 ran before the workspace was rebuilt for a follow-up" in reason

@@ -28,16 +28,22 @@ class Chunks:
     """The citable outputs of a task, numbered c1, c2, … in the order they were produced, with what
     each was: a command run (the steps it vouches for, its exit code) or another tool's output.
 
-    A follow-up starts from the `earlier` runs' tool outputs and numbers on after the highest of
-    them, so that every id names one output in the task's whole log.
+    A follow-up starts from the `earlier` runs' conversation, in order: their outputs (items with a
+    `chunk`), numbering on after the highest, so that every id names one output in the task's whole
+    log; an item marked `rebuilt` (the workspace was rebuilt after it, without rejected hunks or an
+    interrupted run's edits) counts as an edit, so that the outputs before it prove no check.
     """
 
     def __init__(self, earlier: Iterable[dict] = (), root: str = "/workspace") -> None:
         self.meta: dict[str, dict] = {}
         self.root = root
         self.last = self.last_edit = 0
-        for item in sorted(earlier, key=lambda i: _number(i["chunk"])):
-            self._record(item["chunk"], item)
+        self.rebuilt = False  # whether the last edit is a rebuilt workspace rather than an edit's output
+        for item in earlier:
+            if item.get("chunk"):
+                self._record(item["chunk"], item)
+            if item.get("rebuilt"):
+                self.last_edit, self.rebuilt = self.last, True
 
     def add(self, **meta) -> str:
         """Records the next output: `call`, `name`, and for a command `exit_code`, `command` and
@@ -54,8 +60,8 @@ class Chunks:
                             # as a model writes a command it ran: the arguments joined, unquoted
                             "plain": _plain(" ".join(command) if isinstance(command, list) else command) if ran else ""}
         self.last = max(self.last, number)
-        if meta.get("files"):
-            self.last_edit = max(self.last_edit, number)
+        if meta.get("files") and number > self.last_edit:
+            self.last_edit, self.rebuilt = number, False
         return chunk
 
     def after_edit(self, chunk: str) -> bool:
@@ -133,6 +139,8 @@ def _disproof(chunk: str, command: str, claimed: list[Step], any_directory: bool
         return f"{chunk} ran `{ran}`, not `{' && '.join(s.text for s in claimed)}`"
     if meta["exit_code"] != 0:
         return f"{chunk} exited {meta['exit_code']}"
+    if not chunks.after_edit(chunk) and chunks.rebuilt:
+        return f"{chunk} ran before the workspace was rebuilt for a follow-up (without rejected hunks or lost edits)"
     if not chunks.after_edit(chunk):
         return f"{chunk} ran before the last edit (c{chunks.last_edit})"
     return ""

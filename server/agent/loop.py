@@ -161,8 +161,7 @@ class _Agent:
                                                                                            "chunk": chunk}), self.stop,
                            self.book if declare else None)
         self.specs = tool_specs(read_only, model.freeform_patch, declare)
-        self.chunks = Chunks((item for item in prior if item.get("chunk")),  # tool outputs, and checks Offload ran
-                             root=sandbox.backend.workspace)
+        self.chunks = Chunks(prior, root=sandbox.backend.workspace)
         self.subdir = posixpath.normpath(sandbox.snapshot.subdir or ".")
         self.result = AgentResult("failed", "", cost_usd=model.cost(Usage()))
         self.history: list[dict] = []

@@ -196,7 +196,11 @@ class TaskManager:
         if record.get("interrupted"):
             text += "\n\n" + self._after_interruption(record)
         prior = self.conversation(record["id"])
-        self._emit(record, "followup", {"prompt": prompt, "text": text, "rejected": [h.id for h in rejected]})
+        rebuilt = bool(rejected or record.get("interrupted"))  # the files differ from what earlier outputs show
+        if rebuilt and prior:
+            prior[-1]["rebuilt"] = True
+        self._emit(record, "followup", {"prompt": prompt, "text": text, "rejected": [h.id for h in rejected],
+                                        "rebuilt": rebuilt})
         record.update(discarded=False, interrupted=False, owner=owner.current())
         self._set_state(record, "queued", "follow-up")
         self._launch(record, text, prior)
@@ -228,7 +232,8 @@ class TaskManager:
             if kind == "state" and event["state"] == "queued" and not history:
                 history.append({"role": "user", "content": record["prompt"]})
             elif kind == "followup" or (kind == "note" and "told" in event):
-                history.append({"role": "user", "content": event.get("told") or event["text"]})
+                history.append({"role": "user", "content": event.get("told") or event["text"],
+                                **({"rebuilt": True} if event.get("rebuilt") else {})})
             elif kind == "model.reply":
                 calls = [ToolCall(c["id"], c["name"], c["arguments"], c.get("custom", False))
                          for c in event.get("calls", [])]
