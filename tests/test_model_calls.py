@@ -25,6 +25,9 @@ SHELL = {"name": "shell", "arguments": {"command": ["ls"]}}
     f"I'll list the files.\n```json\n{json.dumps(SHELL)}\n```",  # fenced
     json.dumps({"name": "shell", "parameters": {"command": ["ls"]}}),  # Llama 3.1's spelling
     json.dumps({"type": "function", "function": {"name": "shell", "arguments": json.dumps({"command": ["ls"]})}}),
+    f"Let me look around first.\n{json.dumps(SHELL)}",  # prose, then the call on a line of its own
+    f"[TOOL_CALLS][{json.dumps(SHELL)}]",  # Mistral's marker, left by a server's parser
+    f"<|python_tag|>{json.dumps(SHELL)}<|eom_id|>",  # Llama 3.1's
 ])
 def test_a_call_written_as_text_becomes_a_call(text):
     rest, calls = text_calls(text, TOOLS)

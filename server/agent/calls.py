@@ -96,20 +96,24 @@ def _complete(arguments: str) -> bool:
         return False
 
 
-_TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
-_FENCED = re.compile(r"```(?:json|tool_call)?\s*\n(.*?)\n\s*```", re.S)
+# Where models put calls they write as text: hermes `<tool_call>` tags, fenced blocks, and the
+# markers of Mistral (`[TOOL_CALLS]`) and Llama 3.1 (`<|python_tag|>`) that a server's parser left.
+_WRAPPED = [re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S),
+            re.compile(r"```(?:json|tool_call)?\s*\n(.*?)\n\s*```", re.S),
+            re.compile(r"(?:\[TOOL_CALLS\]|<\|python_tag\|>)\s*(.*?)\s*(?:<\|eom_id\|>|$)", re.S)]
 
 
 def text_calls(text: str, tools: set[str]) -> tuple[str, list[tuple[str, str]]]:
     """Tool calls a model wrote as text, and the text without them.
 
     qwen2.5-coder on Ollama (ollama#12174) and vLLM's hermes parser while streaming
-    (vllm#31871) leave `{"name": …, "arguments": …}` in `content`, bare, in `<tool_call>` tags,
-    or in a fenced block. Only objects naming a tool offered count, so prose about JSON stays prose.
+    (vllm#31871) leave `{"name": …, "arguments": …}` in `content`: bare (alone, or on lines of
+    their own among prose), in tags, or in a fenced block. Only objects naming a tool offered
+    count, so prose about JSON stays prose.
     """
     found: list[tuple[str, str]] = []
     rest = text
-    for pattern in (_TAGGED, _FENCED):
+    for pattern in _WRAPPED:
         for match in pattern.finditer(text):
             calls = _calls_in(match.group(1), tools)
             if calls:
@@ -117,8 +121,13 @@ def text_calls(text: str, tools: set[str]) -> tuple[str, list[tuple[str, str]]]:
                 rest = rest.replace(match.group(0), "")
         if found:
             return rest.strip(), found
-    calls = _calls_in(text.strip(), tools)
-    return ("", calls) if calls else (text, [])
+    if calls := _calls_in(text.strip(), tools):
+        return "", calls
+    lines = text.splitlines()
+    found = [call for line in lines for call in _calls_in(line.strip(), tools)]
+    if not found:
+        return text, []
+    return "\n".join(line for line in lines if not _calls_in(line.strip(), tools)).strip(), found
 
 
 def _calls_in(blob: str, tools: set[str]) -> list[tuple[str, str]]:
