@@ -128,3 +128,5 @@ def test_the_servers_own_words_whatever_the_shape_of_its_error():
     assert "stream_options" in nested and "Extra inputs are not permitted" in nested  # Mistral's 422
     assert detail(error({"detail": "Not Found"})) == "Not Found"
     assert detail(error(None)) == "An error occurred during streaming"
+    page = detail(error("<html>\n<body>\n" + "<h1>502 Bad Gateway</h1>\n" * 100 + "</body></html>"))
+    assert page.startswith("<html> <body> <h1>502 Bad Gateway</h1>") and len(page) == 600 and page.endswith("…")

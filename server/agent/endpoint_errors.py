@@ -60,7 +60,9 @@ def detail(e: openai.OpenAIError) -> str:
         message = body
     if message is None or message == "":
         return str(e)
-    return message if isinstance(message, str) else json.dumps(message, separators=(",", ":"))[:600]
+    text = message if isinstance(message, str) else json.dumps(message, separators=(",", ":"))
+    text = " ".join(text.split())  # a proxy's HTML page, say, on one line
+    return text if len(text) <= 600 else text[:599] + "…"
 
 
 def overflow(text: str) -> bool:
