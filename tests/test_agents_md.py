@@ -162,3 +162,12 @@ def test_a_check_dismissed_after_its_declaration_is_no_longer_declared(tmp_path)
     book.declare({"checks": [{"candidate": 1, "command": "make test"}, {"candidate": 2, "command": "make lint"}]})
     book.declare({"dismissed": [{"candidate": 2, "reason": "no code changed"}]})
     assert [c.command for c in book.must_run()] == ["make test"] and book.undecided() == []
+
+
+@pytest.mark.parametrize(("command", "flagged"), [
+    ("npm ci", True), ("pnpm install", True), ("cargo insta accept", True), ("yarn test:watch", True),
+    ("npx prettier --write .", True), ("make ci", False), ("ruff format --check .", False), ("pytest", False),
+])
+def test_commands_that_change_files_or_never_end_are_flagged(command, flagged):
+    (cand,) = candidates([AgentsFile("AGENTS.md", ".", f"Run `{command}`.\n")])
+    assert any("likely not a check" in n for n in cand.notes) is flagged

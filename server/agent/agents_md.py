@@ -45,8 +45,9 @@ _WARNING = re.compile(r"\b(?:never|don'?t|do not|avoid|wrong|must not|should not
                       r"instead of|deprecated|broken)\b", re.IGNORECASE)
 _CONDITION = re.compile(r"\b(?:if|when|whenever|after|only|unless|once)\b", re.IGNORECASE)
 _FORGET = re.compile(r"\b(?:never|don'?t|do not)\s+(?:forget|skip)\b", re.IGNORECASE)
-_NOT_A_CHECK = re.compile(r"(?:^|\s)(?:install|add|ci|i|update|upgrade|accept|review|publish|release|deploy|dev|"
-                          r"serve|start|clean|init|--fix|--write|-w|fix|format|fmt|migrate|bump)(?=\s|$)|watch")
+_NOT_A_CHECK = re.compile(r"(?:^|\s)(?:install|add|update|upgrade|accept|review|publish|release|deploy|dev|serve|"
+                          r"start|clean|init|--fix|--write|-w|fix|format|fmt|migrate|bump)(?=\s|$)|watch|"
+                          r"\b(?:npm|pnpm|yarn|bun)\s+(?:ci|i)\b")
 _IS_CHECK = re.compile(r"--check\b|--diff\b|--dry-run\b|--frozen-lockfile")
 _DIRECTORY = re.compile(r"\b(?:from|inside|within)\s+(?:the\s+)?`?((?:\.{0,2}/)?[\w.-]+(?:/[\w.-]*)*)`?"
                         r"|\bin\s+(?:the\s+)?`?((?:\.{0,2}/)?[\w.-]+(?:/[\w.-]*)*)`?\s+(?:directory|folder|package)\b",
