@@ -171,3 +171,9 @@ def test_a_check_dismissed_after_its_declaration_is_no_longer_declared(tmp_path)
 def test_commands_that_change_files_or_never_end_are_flagged(command, flagged):
     (cand,) = candidates([AgentsFile("AGENTS.md", ".", f"Run `{command}`.\n")])
     assert any("likely not a check" in n for n in cand.notes) is flagged
+
+
+def test_a_code_lines_comment_goes_along_with_its_command():
+    text = "```bash\npytest -q   # the unit tests\nmake lint  # only if you touched C code\n```\n"
+    assert [c.notes for c in candidates([AgentsFile("AGENTS.md", ".", text)])] == [
+        ("“the unit tests”",), ("condition: “only if you touched C code”",)]

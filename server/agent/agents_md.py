@@ -15,7 +15,7 @@ import bisect
 import os
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .commands import steps
@@ -201,8 +201,10 @@ def _read_file(file: AgentsFile) -> list[Candidate]:
         command = command.strip()
         required = lang == "checks" or heading == "checks"
         if required or _command_like(command):
-            out.append(_candidate(file, number, line, command, trailing.strip(), comment, f"{intro} {heading}",
-                                  required))
+            cand = _candidate(file, number, line, command, trailing.strip(), comment, f"{intro} {heading}", required)
+            if trailing.strip() and not cand.notes:  # "# the unit tests": what the file says it is for
+                cand = replace(cand, notes=(f"“{_clip(trailing)}”",))
+            out.append(cand)
         comment = ""
 
     for number, raw in enumerate(file.text.splitlines(), 1):
