@@ -112,32 +112,54 @@ def read_blob(repo: Path, oid: str, path: str | None = None, worktree: Path | No
 
 class _BlobReader:
     """One `git cat-file --batch` process reading many blobs: a process per file would cost
-    minutes on a 20,000-file change. With a work tree it runs there, borrowing the result's
-    objects, with `--filters`: git's own checkout conversion (LFS pointers stay pointers)."""
+    minutes on a 20,000-file change. With a work tree, a file whose attributes or config ask for
+    a conversion (line endings, a filter, an encoding) is read through git's own checkout
+    conversion there (`cat-file --filters`, LFS pointers kept as pointers), the rest as stored."""
+
+    ATTRIBUTES = ("text", "eol", "filter", "ident", "working-tree-encoding")
 
     def __init__(self, repo: Path, worktree: Path | None) -> None:
-        env = {**os.environ, "GIT_LFS_SKIP_SMUDGE": "1"}
-        argv = ["git", "-C", str(repo), "cat-file", "--batch", "-z"]
-        if worktree is not None:
-            env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = str(repo / "objects")
-            argv = ["git", "-C", str(worktree), "cat-file", "--batch", "--filters", "-z"]
-        self.filters = worktree is not None
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, env=env)
+        self.repo, self.worktree = repo, worktree
+        self.proc = subprocess.Popen(["git", "-C", str(repo), "cat-file", "--batch"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self.lock = threading.Lock()
+        self.attributes = None
+        self.convert_all = False
+        if worktree is not None:
+            autocrlf = subprocess.run(["git", "-C", str(worktree), "config", "--type=bool", "core.autocrlf"],
+                                      capture_output=True, text=True).stdout.strip()
+            self.convert_all = autocrlf == "true"
+            self.attributes = subprocess.Popen(
+                ["git", "-C", str(worktree), "check-attr", "--stdin", "-z", *self.ATTRIBUTES],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+    def _converted(self, path: str) -> bool:
+        """Whether a checkout at `path` would change the blob's bytes."""
+        if self.convert_all:
+            return True
+        self.attributes.stdin.write(os.fsencode(path) + b"\0")
+        self.attributes.stdin.flush()
+        values = [self._field() for _ in range(3 * len(self.ATTRIBUTES))][2::3]  # path, name, value
+        return any(v not in (b"unspecified", b"unset") for v in values)
+
+    def _field(self) -> bytes:
+        out = bytearray()
+        while (byte := self.attributes.stdout.read(1)) not in (b"\0", b""):
+            out += byte
+        return bytes(out)
 
     def read(self, oid: str, path: str, out: BinaryIO | None = None) -> bytes:
-        request = f"{oid} ".encode() + os.fsencode(path) if self.filters else oid.encode()
         with self.lock:
+            if self.attributes is not None and path and self._converted(path):
+                return self._filtered(oid, path, out)
             try:
-                self.proc.stdin.write(request + b"\0")
+                self.proc.stdin.write(oid.encode() + b"\n")
                 self.proc.stdin.flush()
                 header = self.proc.stdout.readline().split()
             except (OSError, ValueError) as e:
                 raise SandboxError(f"reading {path or oid} from the task's result failed: {e}") from e
             if len(header) != 3 or header[1] != b"blob":
-                raise SandboxError(f"the task's result has no blob {oid} for {path!r}: "
-                                   f"{b' '.join(header).decode(errors='replace')}")
+                raise SandboxError(f"the task's result has no blob {oid} for {path!r}")
             size, chunks = int(header[2]), []
             while size:
                 chunk = self.proc.stdout.read(min(size, 1 << 20))
@@ -148,9 +170,22 @@ class _BlobReader:
             self.proc.stdout.read(1)  # the newline after the contents
             return b"".join(chunks)
 
+    def _filtered(self, oid: str, path: str, out: BinaryIO | None) -> bytes:
+        env = {**os.environ, "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(self.repo / "objects"), "GIT_LFS_SKIP_SMUDGE": "1"}
+        proc = subprocess.run(["git", "-C", str(self.worktree), "cat-file", "--filters", f"--path={path}", oid],
+                              capture_output=True, env=env)
+        if proc.returncode != 0:
+            raise SandboxError(f"converting {path} as your checkout would failed: "
+                               f"{proc.stderr.decode(errors='replace').strip()}")
+        if out is not None:
+            out.write(proc.stdout)
+            return b""
+        return proc.stdout
+
     def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait()
+        for proc in filter(None, (self.proc, self.attributes)):
+            proc.stdin.close()
+            proc.wait()
 
 
 _readers: OrderedDict[tuple, _BlobReader] = OrderedDict()

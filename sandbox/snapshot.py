@@ -57,7 +57,7 @@ def _git(args: list[str], cwd: Path, env: dict | None = None, stdin: bytes | Non
     proc = subprocess.run(["git", *args], cwd=cwd, env=full_env, input=stdin, capture_output=True)
     if proc.returncode != 0:
         raise SandboxError(f"git {' '.join(args[:2])} failed in {cwd}: {proc.stderr.decode(errors='replace').strip()}")
-    return proc.stdout.decode().strip()
+    return proc.stdout.decode(errors="surrogateescape").strip()  # file names need not be UTF-8
 
 
 def find_root(directory: Path) -> tuple[Path, bool]:
@@ -170,7 +170,8 @@ def _copy_objects(root: Path, work: Path, tree: str) -> None:
     """Copy the objects of `tree` from the user's repository into `work`."""
     objects = _git(["rev-list", "--objects", tree], cwd=root)
     pack = subprocess.run(
-        ["git", "pack-objects", "--stdout", "-q"], cwd=root, input=(objects + "\n").encode(), capture_output=True
+        ["git", "pack-objects", "--stdout", "-q"], cwd=root, input=(objects + "\n").encode(errors="surrogateescape"),
+        capture_output=True
     )
     if pack.returncode != 0:
         raise SandboxError(f"git pack-objects failed: {pack.stderr.decode(errors='replace')}")

@@ -251,6 +251,12 @@ class Request:
         return "responses" if self.path.endswith("/responses") else None
 
     @property
+    def calls_as_text(self) -> bool:
+        """Whether the server, as its quirks have it, answers with the model's calls written as text."""
+        return self.api == "chat" and ("ollama-text-calls" in self.quirks or
+                                       ("vllm-hermes-text" in self.quirks and self.stream))
+
+    @property
     def model(self) -> str:
         return str(self._get("model", ""))
 
@@ -550,10 +556,6 @@ def _as_text(req: Request, r: _Reply) -> _Reply:
     return _Reply((r.text or "") + text, [], r.tag, r.input_tokens, "stop", r.reasoning)
 
 
-def _text_calls(req: Request) -> bool:
-    return "ollama-text-calls" in req.quirks or ("vllm-hermes-text" in req.quirks and req.stream)
-
-
 def _wire_call(req: Request, cid: str, c: ToolCall) -> dict:
     arguments: Any = c.arguments
     if "litellm-object-arguments" in req.quirks:
@@ -568,7 +570,7 @@ def _wire_call(req: Request, cid: str, c: ToolCall) -> dict:
 
 
 def _chat_json(req: Request, r: _Reply) -> dict:
-    if _text_calls(req):
+    if req.calls_as_text:
         r = _as_text(req, r)
     message: dict[str, Any] = {"role": "assistant", "content": r.text, "refusal": None}
     if r.calls:
@@ -584,7 +586,7 @@ def _chat_json(req: Request, r: _Reply) -> dict:
 def _chat_events(req: Request, r: _Reply) -> list[str]:
     with_usage = bool((req._get("stream_options") or {}).get("include_usage"))
     created = int(time.time())
-    if _text_calls(req):
+    if req.calls_as_text:
         r = _as_text(req, r)
 
     def chunk(delta: dict | None, finish: str | None = None) -> dict:

@@ -5,6 +5,7 @@ streamed and not, Chat and Responses where the server offers both. A server that
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -48,7 +49,7 @@ def bubblewrap():
 def fix_through_quirks(req):
     """fix-failing-test with what trips clients up: first a call whose arguments are botched (where
     the server passes calls as calls), then two calls at once."""
-    if not req.quirks & {"ollama-text-calls", "vllm-hermes-text"}:
+    if not req.calls_as_text:
         out = yield call("shell", '{"command": ["python3", "-m", "unittest"')
         assert "not valid JSON" in out, out
     tests, grep = yield [shell(UNITTEST), shell(["grep", "-n", "return a - b", "calc.py"])]
@@ -88,6 +89,9 @@ def test_the_fix_through_each_server(request, bubblewrap, server, api, stream, s
     if server == "mistral" and stream:
         assert fm.refusals and fm.refusals[0].startswith("422")  # refused once, then never sent again
         assert sum(r.body.get("stream_options") is not None for r in fm.requests) == 1
+    if quirks & {"vllm-reparse", "llamacpp-reparse"} and not fm.requests[0].calls_as_text:
+        # the botched call went back as an object holding its text
+        assert any("unparsed_arguments" in json.dumps(r.body) for r in fm.requests)
     if server == "groq":
         assert len(fm.refusals) == 1 and "tool_use_failed" in fm.refusals[0]  # asked again, and it passed
     if server == "vllm" and api == "responses":  # apply_patch offered freeform, then as a function

@@ -27,6 +27,13 @@ class Merged:
     expect: str | None = None  # the checkout's entry when this was merged (checkout.Entry.digest)
     source: object = None  # streams `content` when it is too large to hold (a file added whole)
 
+    @property
+    def action(self) -> str:
+        """What applying does to the file, in a word."""
+        if self.skipped or self.unchanged:
+            return "skipped" if self.skipped else "unchanged"
+        return "deleted" if self.content is None and self.source is None else "written"
+
 
 def merge_file(path: str, base: bytes | None, result: bytes | None, current: bytes | None) -> Merged:
     if current == result:

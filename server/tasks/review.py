@@ -55,9 +55,10 @@ def _opcodes(a: bytes | None, b: bytes | None) -> tuple[tuple[str, int, int, int
 
 def hunks(change: ChangedFile) -> list[Hunk]:
     """The hunks of one changed file; an added, deleted, binary or symlink change is one hunk."""
-    if change.symlink or change.binary:
-        return [Hunk(f"{change.path}#1", change.path, 0, (), ())]
-    return list(_hunks(change.path, change.base, change.result))
+    found = [] if change.symlink or change.binary else list(_hunks(change.path, change.base, change.result))
+    if not found:  # a symlink, a binary file, an exec bit: the change is one piece
+        found = [Hunk(f"{change.path}#1", change.path, 0, (), ())]
+    return found
 
 
 @functools.lru_cache(maxsize=128)

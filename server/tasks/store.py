@@ -48,7 +48,8 @@ class TaskStore:
     def append(self, task_id: str, kind: str, data: dict) -> dict:
         event = {"t": round(time.time(), 3), "type": kind, **data}
         line = json.dumps(event, ensure_ascii=False) + "\n"
-        with self._lock, open(self.dir(task_id) / "events.jsonl", "a", encoding="utf-8") as f:
+        with self._lock, open(self.dir(task_id) / "events.jsonl", "a", encoding="utf-8",
+                                     errors="backslashreplace") as f:  # a name that is not UTF-8: \udcXX, still JSON
             f.write(line)
         return event
 
