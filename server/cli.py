@@ -236,7 +236,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     merged = TaskManager().apply(args.id, args.attempt)
     out = Out(sys.stdout)
     for m in merged:
-        out.line(f"{'deleted' if m.content is None else 'unchanged' if m.unchanged else 'updated'}  {m.path}")
+        out.line(f"{m.action:9}  {m.path}" + (f"  ({m.skipped})" if m.skipped else ""))
     return 0
 
 
