@@ -371,7 +371,7 @@ class ModelClient:
 
     async def _chat(self, history: list[dict], tools: list[dict]) -> Reply:
         specs = [{"type": "function", "function": {k: v for k, v in t.items() if k != "type"}}
-                 for t in (_as_function(t) if t.get("type") == "custom" else t for t in tools)]
+                 for t in tools if t.get("type", "function") == "function"]
         kwargs = {"model": self.name, "messages": _chat_messages(history), "tools": specs,
                   "extra_headers": self.headers}
         sent = len(json.dumps(kwargs["messages"])) + len(json.dumps(specs))
