@@ -17,6 +17,12 @@ disk (ENOSPC) rather than wake the OOM killer, which would pick the runner.
 
 Run as root, the sandbox user is the host's uid 0 without capabilities, as in a rootful Docker
 container; so, as Docker does, the kernel's global settings under /proc are made read-only.
+
+Hardening beyond the namespaces: a seccomp filter close to Docker's (seccomp.py); the runner is
+the sandbox's pid 1 (`--as-pid-1`), since bwrap's own init would hold the channel where any
+command could write to it; and nothing inside names a host path or holds the host's environment
+(the overlays' options name their directories relative to the layer, and everything is spawned
+from `/`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
-from . import layer, owner
+from . import layer, owner, seccomp
 from .channel import RunnerClient, local_transport, runner_source
 from .errors import SandboxError
 from .image import SANDBOX_UID, SANDBOX_USER
@@ -49,24 +55,30 @@ _PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "asound")
 _PROC_HIDDEN = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats", "timer_stats")
 
 # The outer shell runs on the host; the inner one as root of a fresh user namespace (that is,
-# as the caller), where it may mount a tmpfs and the overlay. $1 is the sandbox directory, $2
-# the snapshot (and the cached setup layer below it), or "" for a warm sandbox, whose workspace is
+# as the caller), where it may mount a tmpfs and the overlay. $1 is the sandbox directory, $2 the
+# workspace overlay's options (relative to the layer), or "" for a warm sandbox, whose workspace is
 # mounted on ws when it is claimed (`claim`) and reaches bwrap's namespace by propagation; $3 the
-# tmpfs size, $4 the cached setup home or "". bwrap's stderr is dropped: the sandbox could write to it.
+# tmpfs size, $4 the home overlay's options (over a cached setup home) or "". The identity files
+# are bound from the tmpfs, so their host path is nowhere in the sandbox's mount table; fd 9 is the
+# seccomp filter. bwrap's stderr is dropped: the sandbox could write to it.
 _SETUP = """set -e
 layer=$1/layer
 mount -t tmpfs -o "size=$3,mode=0755" offload "$layer"
-mkdir "$layer/upper" "$layer/work" "$layer/ws" "$layer/home" "$layer/tmp" "$layer/shm"
+cd "$layer"
+mkdir upper work ws home tmp shm
+cp "$1/passwd" "$1/group" .
 if [ -n "$2" ]; then
-  mount -t overlay overlay -o "lowerdir=$2,upperdir=$layer/upper,workdir=$layer/work" "$layer/ws"
+  mount -t overlay overlay -o "$2" ws
 else
-  mkdir "$layer/empty"
-  mount --make-shared "$layer"
+  mkdir empty
+  mount --make-shared .
 fi
 if [ -n "$4" ]; then
-  mkdir "$layer/home-upper" "$layer/home-work"
-  mount -t overlay overlay -o "lowerdir=$4,upperdir=$layer/home-upper,workdir=$layer/home-work" "$layer/home"
+  mkdir home-upper home-work
+  mount -t overlay overlay -o "$4" home
 fi
+exec 9<"$1/seccomp.bpf"
+cd /
 shift 4
 exec 2>/dev/null
 exec "$@"
@@ -243,6 +255,7 @@ def available() -> None:
     """Raise a SandboxError naming the fix unless this host can run bubblewrap sandboxes."""
     if not sys.platform.startswith("linux"):
         raise SandboxError("the bubblewrap backend needs Linux; use sandbox.backend = \"docker\"")
+    seccomp.program()  # an architecture it has no filter for
     for tool, package in (("bwrap", "bubblewrap"), ("unshare", "util-linux"), ("prlimit", "util-linux"),
                           ("nsenter", "util-linux")):
         if shutil.which(tool) is None:
@@ -254,7 +267,8 @@ def _bwrap_argv(directory: Path, network: bool, rlimits: list[str], read_only: b
                 binds: dict[str, str] | None = None) -> list[str]:
     layer = directory / "layer"
     argv = ["bwrap", "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-            "--disable-userns", "--die-with-parent", "--new-session", "--hostname", "offload"]
+            "--disable-userns", "--die-with-parent", "--new-session", "--as-pid-1", "--hostname", "offload",
+            "--seccomp", "9"]
     if network:
         argv.append("--share-net")
     for name in _SYSTEM_DIRS:
@@ -266,7 +280,7 @@ def _bwrap_argv(directory: Path, network: bool, rlimits: list[str], read_only: b
     for name in _ETC + (_ETC_NETWORK if network else ()):
         argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     for name in ("passwd", "group"):
-        argv += ["--ro-bind", str(directory / name), f"/etc/{name}"]
+        argv += ["--ro-bind", str(layer / name), f"/etc/{name}"]
     argv += ["--proc", "/proc"]
     for name in _PROC_READ_ONLY:
         if os.path.exists(f"/proc/{name}"):
@@ -282,6 +296,13 @@ def _bwrap_argv(directory: Path, network: bool, rlimits: list[str], read_only: b
     for key, value in RUNNER_ENV.items():
         argv += ["--setenv", key, value]
     return argv + ["--", *rlimits, host_python(), "-I", "-u", "-c", runner_source(), "--root", WORKSPACE]
+
+
+def _overlay(where: Path, lowers: list[Path], upper: str | None = None, work: str | None = None) -> str:
+    """Overlay options naming each directory relative to the layer `where`, the mount's working
+    directory: the sandbox's mount table shows them, and must not show the host's paths."""
+    options = "lowerdir=" + ":".join(os.path.relpath(layer.overlay_path(p), where) for p in lowers)
+    return options + (f",upperdir={upper},workdir={work}" if upper else "")
 
 
 def _write_identity(directory: Path) -> None:
@@ -312,21 +333,24 @@ def create(
     it may write (a setup's export). Without a snapshot the sandbox is warm: its workspace comes when
     it is claimed (`claim`)."""
     available()
-    lower = ":".join(layer.overlay_path(p) for p in (snapshot_path, *lowers)) if snapshot_path else ""
     memory_bytes, disk_bytes = layer.parse_size(memory), layer.parse_size(disk)
     all_labels = {**labels, "offload.sandbox": sandbox_id, "offload.created": str(int(time.time())),
                   "offload.backend": "bubblewrap", owner.LABEL: owner.label()}
     directory = layer.sandbox_dir(cache_dir, sandbox_id, all_labels)
     (directory / "layer").mkdir()
     _write_identity(directory)
+    (directory / "seccomp.bpf").write_bytes(seccomp.program())
+    where = directory / "layer"
+    workspace = _overlay(where, [snapshot_path, *lowers], "upper", "work") if snapshot_path else ""
+    home = _overlay(where, [home_lower], "home-upper", "home-work") if home_lower else ""
     cgroups = _Cgroups.make(sandbox_id, memory_bytes + disk_bytes, pids, cpus)
     # Without cgroups: rlimits set inside the sandbox's user namespace, so NPROC counts only its processes.
     rlimits = [] if cgroups else ["prlimit", f"--as={memory_bytes}", f"--nproc={pids}", "--"]
-    outer = 'set -e\nexec 2>"$1/setup.log"\necho $$ > "$1/pid"\n'
+    outer = 'set -e\ncd /\nexec 2>"$1/setup.log"\necho $$ > "$1/pid"\n'
     outer += "".join(f"echo $$ > {shlex.quote(str(f))}\n" for f in (cgroups.procs_files() if cgroups else []))
     outer += f'exec unshare -Urm sh -c {shlex.quote(_SETUP)} offload-sandbox "$@"\n'
-    argv = ["sh", "-c", outer, "offload-sandbox", str(directory), lower, str(disk_bytes),
-            layer.overlay_path(home_lower) if home_lower else "", *_bwrap_argv(directory, network, rlimits, read_only, binds)]
+    argv = ["sh", "-c", outer, "offload-sandbox", str(directory), workspace, str(disk_bytes), home,
+            *_bwrap_argv(directory, network, rlimits, read_only, binds)]
     sandbox = BwrapSandbox(sandbox_id, directory, None, cgroups)
     try:
         transport = _SPAWNER.submit(local_transport, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}).result()
@@ -348,9 +372,11 @@ def claim(sandbox: BwrapSandbox, snapshot_path: Path, labels: dict, read_only: b
     if pid is None:
         raise SandboxError("the warm bubblewrap sandbox has stopped")
     where = sandbox.directory / "layer"
-    options = layer.workspace_options(where, [snapshot_path, *lowers], read_only)
-    proc = subprocess.run(["nsenter", "-t", str(pid), "-U", "-m", "--preserve-credentials",
-                           "mount", "-t", "overlay", "overlay", "-o", options, str(where / "ws")],
+    # read-only: no upper layer, so the kernel keeps the whole overlay read-only (two lowers needed)
+    options = (_overlay(where, [snapshot_path, *lowers, where / "empty"]) if read_only
+               else _overlay(where, [snapshot_path, *lowers], "upper", "work"))
+    proc = subprocess.run(["nsenter", "-t", str(pid), "-U", "-m", "--preserve-credentials", "sh", "-c",
+                           'cd "$0" && exec mount -t overlay overlay -o "$1" ws', str(where), options],
                           capture_output=True, text=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
     if proc.returncode != 0:
         raise SandboxError(f"could not mount the workspace of the warm sandbox: {proc.stderr.strip()}")

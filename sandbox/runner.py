@@ -6,6 +6,11 @@ timeout, a cancel or the host going away kills the whole command: the Docker API
 exec, and an exec's process outlives a client that disconnects. Stdlib only and self-contained,
 because it is shipped into images we do not control (Debian bookworm's python3 3.11 at least).
 
+Commands run as the runner's own uid, so the runner guards itself (`harden`): it is not dumpable,
+which makes its /proc entries root's and refuses ptrace to its uid (nothing in the sandbox can
+read its memory or open its channel), and it is the reaper of every process its commands orphan,
+so what a command leaves running (a daemon, a fork bomb) is killed when it ends (`Runner.sweep`).
+
 Requests (one JSON object a line, each with an integer "id"): exec, kill, read, write, delete,
 ping. Events: out, exit, result, error. See offload.sandbox.channel for the host side.
 """
@@ -15,6 +20,7 @@ import base64
 import binascii
 import codecs
 import contextlib
+import ctypes
 import json
 import os
 import select
@@ -31,7 +37,9 @@ COALESCE = 0.005  # small writes are gathered this long, so a chatty command sen
 TICK = 0.05  # how often a command's pump looks at its process when no output arrives
 GRACE = 2.0  # SIGTERM, then SIGKILL this much later
 DRAIN = 1.0  # after the command exits, how long a background child may keep its output open
+SWEEP_FOR = 10.0  # the most seconds a sweep keeps killing what a command left (a fork bomb refills)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
 
 
 class BadRequest(Exception):
@@ -48,6 +56,49 @@ def _field(req, name, kinds, what):
 def _signal_group(pgid, sig):
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def harden():
+    """Make this process non-dumpable and the reaper of its descendants' orphans (prctl); returns
+    what could not be done, for a warning: an image without ctypes, or a kernel that refuses."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError) as exc:
+        return [f"no prctl ({exc}): commands may trace the runner, and orphans escape its sweep"]
+    missing = []
+    for option, what in ((PR_SET_DUMPABLE, "non-dumpable: commands may trace the runner"),
+                         (PR_SET_CHILD_SUBREAPER, "subreaper: orphaned processes escape the sweep")):
+        if prctl(option, 1 if option == PR_SET_CHILD_SUBREAPER else 0, 0, 0, 0) != 0:
+            missing.append(f"not {what} ({os.strerror(ctypes.get_errno())})")
+    return missing
+
+
+def processes():
+    """Every process this runner can see: pid -> (ppid, pgid, sid, state), from /proc."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            table[int(name)] = (int(fields[1]), int(fields[2]), int(fields[3]), fields[0].decode())
+    return table
+
+
+def descendants(table, root):
+    """The pids below `root` in `table`."""
+    children = {}
+    for pid, (ppid, *_) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, ()))
+    return found
 
 
 class Command:
@@ -69,17 +120,18 @@ class Command:
     def start(self):
         self.started = time.monotonic()
         try:
-            self.proc = subprocess.Popen(
-                self.argv, cwd=self.cwd, env=self.env, start_new_session=True,
-                stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE if self.binary else subprocess.STDOUT)
+            with self.runner.spawning:  # registered before the reaper may look at it
+                self.proc = subprocess.Popen(
+                    self.argv, cwd=self.cwd, env=self.env, start_new_session=True,
+                    stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE if self.binary else subprocess.STDOUT)
+                self.pgid = self.proc.pid
+                self.runner.started(self)
         except OSError as exc:  # like a shell: a message and 127/126, not a protocol error
             self.runner.send({"id": self.id, "ev": "out", "data": f"offload-runner: cannot run {self.argv[0]!r}: {exc}\n"})
             self._send_exit(127 if isinstance(exc, FileNotFoundError) else 126, None)
             return
-        self.pgid = self.proc.pid
         self.deadline = None if self.timeout is None else self.started + self.timeout
-        self.runner.started(self)
         if self.stdin:
             threading.Thread(target=self._feed, daemon=True).start()
         self.stderr, self.stderr_reader = b"", None
@@ -156,18 +208,13 @@ class Command:
                 if self.eof:
                     poller.unregister(fd)
         self._flush(final=True)
-        if self.term_at is not None:  # members that ignore SIGTERM but already closed the pipe
-            _signal_group(self.pgid, signal.SIGKILL)
         self.runner.finished(self)
+        self.runner.sweep(self.pgid)  # before its exit is told: the next command finds the sandbox clean
         if self.stderr_reader is not None:
             self.stderr_reader.join(DRAIN)
+        self.proc.stdout.close()
         rc = self.proc.returncode
         self._send_exit(128 - rc if rc < 0 else rc, -rc if rc < 0 else None)
-        if not self.eof:  # keep a background child that holds the pipe from dying of SIGPIPE
-            while os.read(fd, CHUNK):
-                pass
-        self.proc.stdout.close()
-        self.runner.forget_group(self.pgid)
 
     def _read(self, fd):
         data = os.read(fd, CHUNK)
@@ -223,7 +270,7 @@ class Runner:
         self._out_lock = threading.Lock()
         self._lock = threading.Lock()
         self._commands = {}  # id -> Command, until its exit event
-        self._groups = set()  # pgids that may still hold processes, killed at shutdown
+        self.spawning = threading.RLock()  # held while a command starts, and while reaping or sweeping
 
     def send(self, event):
         line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
@@ -265,35 +312,63 @@ class Runner:
             self.send({"id": rid, "ev": "error", "message": f"{type(exc).__name__}: {exc}"})
 
     def shutdown(self):
-        """The host is gone: kill every group this runner started, so the sandbox stops by itself."""
+        """The host is gone: stop every command and kill whatever is left, so the sandbox stops by itself."""
         with self._lock:
             commands = list(self._commands.values())
-            groups = list(self._groups)
         for command in commands:
             command.kill()
-        for pgid in groups:
-            _signal_group(pgid, signal.SIGTERM)
         end = time.monotonic() + GRACE
         for command in commands:
             command.thread.join(max(0.0, end - time.monotonic()))
-        for pgid in groups:
-            _signal_group(pgid, signal.SIGKILL)
+        self.sweep()
 
     def started(self, command):
         with self._lock:
             self._commands[command.id] = command
-            self._groups.add(command.pgid)
 
     def finished(self, command):
         with self._lock:
             self._commands.pop(command.id, None)
 
-    def forget_group(self, pgid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, 0)
-            return
-        with self._lock:
-            self._groups.discard(pgid)
+    def sweep(self, pgid=None):
+        """Kill what ended commands left running: the processes of group or session `pgid`, and,
+        when no other command runs (or at shutdown), every descendant of the runner, where the
+        orphans of daemons and fork bombs land (`harden`). A fork bomb refills what is killed, so
+        this kills until nothing is left."""
+        me, end = os.getpid(), time.monotonic() + SWEEP_FOR
+        with self.spawning:  # no command starts meanwhile, to be taken for a leftover
+            with self._lock:
+                everything = pgid is None or not self._commands
+            while time.monotonic() < end:
+                table = processes()
+                kin = descendants(table, me) if everything else set()
+                kin |= {pid for pid, (_, group, session, _) in table.items() if pgid in (group, session)}
+                live = [pid for pid in kin if pid != me and table[pid][3] not in "ZX"]
+                if not live:
+                    break
+                for pid in live:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+                self.reap()
+            self.reap()
+
+    def reap(self):
+        """Reap the runner's zombie children that are no command's own process (those are their
+        pump's): orphans that came to it as their reaper, which would hold the pids limit."""
+        me = os.getpid()
+        with self.spawning:
+            with self._lock:
+                own = {command.proc.pid for command in self._commands.values()}
+            for pid, (ppid, _, _, state) in processes().items():
+                if ppid == me and state == "Z" and pid not in own:
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, os.WNOHANG)
+
+    def reaper(self, wakeups):
+        """Reap whenever a child ends: `wakeups` is the signal wakeup fd's pipe (SIGCHLD)."""
+        with contextlib.suppress(OSError):
+            while os.read(wakeups, 4096):
+                self.reap()
 
     # --- operations -------------------------------------------------------------------------
 
@@ -399,9 +474,16 @@ def main(argv=None):
     parser.add_argument("--stop-init", action="store_true",
                         help="stop the container's init when the channel ends: a sandbox whose owner is gone stops")
     args = parser.parse_args(argv)
+    for warning in harden():
+        print(f"offload-runner: warning: {warning}", file=sys.stderr, flush=True)
     for sig in (signal.SIGTERM, signal.SIGHUP):  # stopped from outside: still clean up
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     runner = Runner(args.root, os.fdopen(os.dup(1), "wb"))
+    wakeups, wake = os.pipe()
+    os.set_blocking(wake, False)
+    signal.set_wakeup_fd(wake, warn_on_full_buffer=False)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # the wakeup fd does the work
+    threading.Thread(target=runner.reaper, args=(wakeups,), daemon=True).start()
     os.dup2(2, 1)  # a stray print can never corrupt the channel
     os.chdir(runner.root)
     try:

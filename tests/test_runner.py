@@ -127,9 +127,66 @@ def test_a_background_child_holding_the_output_does_not_hold_the_command(client,
     r = client.run(["sh", "-c", "sleep 100 & echo $! > pid; echo started"], timeout=60)
     assert (r.exit_code, r.output, r.timed_out) == (0, "started\n", False)
     (pid,) = pids_from(root / "pid")
-    assert alive(pid)  # left running, like a terminal would, until the runner stops
-    client.close()
-    wait_for(lambda: not alive(pid))
+    assert not alive(pid)  # what a command leaves running ends with it
+
+
+DAEMON = "import os, sys, time\nif os.fork(): sys.exit(0)\nos.setsid()\nif os.fork(): os._exit(0)\n" \
+         "open('pid', 'w').write(f'{os.getpid()}\\n')\nfor fd in (0, 1, 2): os.close(fd)\ntime.sleep(100)\n"
+
+
+@pytest.mark.parametrize("escape", ["setsid", "double fork"])
+def test_what_escapes_the_group_is_killed_when_its_command_ends(client, root, escape):
+    argv = (["sh", "-c", "setsid sleep 100 > /dev/null 2>&1 & echo $! > pid"] if escape == "setsid"
+            else [sys.executable, "-c", DAEMON])
+    assert client.run(argv).exit_code == 0
+    (pid,) = pids_from(root / "pid")
+    assert not alive(pid)
+    assert client.run(["echo", "next"]).output == "next\n"
+
+
+def test_a_running_command_keeps_what_it_started_while_another_ends(client, root):
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.run, ["sh", "-c", "setsid sleep 100 & echo $! > first; wait"], timeout=60)
+        (theirs,) = pids_from(root / "first")
+        r = client.run(["sh", "-c", "sleep 100 & echo $! > second"])
+        (mine,) = pids_from(root / "second")
+        assert r.exit_code == 0 and not alive(mine)  # the ended command's own group went
+        assert alive(theirs)  # the running one's escaped child stays: it may be its server
+        client.run(["kill", str(theirs)])
+        assert first.result(timeout=10).exit_code == 0
+    assert not alive(theirs)
+
+
+ORPHANS = """
+import os, time
+runner = os.getppid()
+for _ in range(50):  # children that end at once, their parent gone before them
+    if os.fork() == 0:
+        if os.fork() == 0:
+            time.sleep(0.01)
+        os._exit(0)
+    os.wait()
+
+def zombies():
+    found = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            state, ppid = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[:2]
+        except OSError:
+            continue
+        found += state == "Z" and int(ppid) == runner
+    return found
+
+end = time.monotonic() + 10
+while zombies() and time.monotonic() < end:
+    time.sleep(0.05)
+print("zombies", zombies())
+"""
+
+
+def test_orphans_are_reaped_while_their_command_runs(client):
+    """The runner is their reaper: left as zombies they would count against the pids limit."""
+    assert client.run([sys.executable, "-c", ORPHANS]).output == "zombies 0\n"
 
 
 def test_output_flood_is_stopped_by_max_output(client):

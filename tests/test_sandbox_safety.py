@@ -248,13 +248,16 @@ time.sleep(60)
 
 
 def test_a_daemonized_process_does_not_survive_destroy(make_manager, sample_repo):
+    """Started by a command still running (one that ended takes its leftovers with it)."""
     manager = make_manager()
     sandbox = manager.create(manager.snapshot(sample_repo))
     marker = f"offload-daemon-{secrets.token_hex(6)}"
-    result = python(sandbox, DAEMON, marker)
-    assert result.exit_code == 0
+    command = ["sh", "-c", 'python3 -c "$0" "$1" && sleep 60', DAEMON, marker]
+    running = threading.Thread(target=lambda: pytest.raises(SandboxError, sandbox.run, command))
+    running.start()
     assert wait_until(lambda: host_processes_mentioning(marker)), "the daemon never started"
     manager.destroy(sandbox.id)
+    running.join()
     assert wait_until(lambda: not host_processes_mentioning(marker)), "the daemon outlived its sandbox"
 
 
