@@ -226,7 +226,7 @@ def pick_model(base_url: str, models: list[str]) -> str:
     return capable[0] if capable else ""
 
 
-def resolve_model(config: Config, env: dict | None = None) -> dict[str, str]:
+def resolve_model(config: Config, env: dict | None = None) -> dict[str, Any]:
     """The endpoint, key, model and client settings a task uses (ModelClient's arguments),
     finding a local server when none is set.
 
@@ -242,7 +242,6 @@ def resolve_model(config: Config, env: dict | None = None) -> dict[str, str]:
             models = _probe(f"http://127.0.0.1:{port}/v1")
             if models is not None:
                 base_url, listed = f"http://127.0.0.1:{port}/v1", models
-                name = name or pick_model(base_url, models)
                 break
     if not base_url and not api_key:
         raise ConfigError(
