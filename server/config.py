@@ -182,7 +182,7 @@ def load_config(repo: Path | None = None, overrides: dict | None = None, env: di
     return config
 
 
-def _get(url: str, timeout: float, body: dict | None = None):
+def fetch_json(url: str, timeout: float, body: dict | None = None):
     """The JSON a URL answers (POSTing `body` when given), or None when nothing sensible answers."""
     import urllib.error  # HTTP loads only when a model is looked for: the CLI's queries start faster
     import urllib.request
@@ -197,7 +197,7 @@ def _get(url: str, timeout: float, body: dict | None = None):
 
 def _probe(base_url: str, timeout: float = 0.4) -> list[str] | None:
     """The model ids an OpenAI-compatible server lists, or None when nothing answers."""
-    data = _get(f"{base_url}/models", timeout)
+    data = fetch_json(f"{base_url}/models", timeout)
     if not isinstance(data, dict):
         return None
     return [m["id"] for m in data.get("data") or [] if isinstance(m, dict) and "id" in m]
@@ -218,7 +218,7 @@ def pick_model(base_url: str, models: list[str]) -> str:
     root = base_url.rstrip("/").removesuffix("/v1")
     capable = []
     for name in chat:
-        shown = _get(f"{root}/api/show", 2.0, {"model": name})
+        shown = fetch_json(f"{root}/api/show", 2.0, {"model": name})
         if not isinstance(shown, dict) or not isinstance(shown.get("capabilities"), list):
             return chat[0] if chat else ""  # not Ollama: the names are all there is to go by
         if "tools" in shown["capabilities"]:

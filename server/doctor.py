@@ -90,6 +90,13 @@ PROBE = [{"role": "system", "content": "You are checking that tool calls work. A
 CONTEXT_KEYS = ("max_model_len", "context_length", "context_window", "loaded_context_length", "max_context_length")
 
 
+def _llamacpp_context(base_url: str) -> int | None:
+    """The window a llama.cpp server runs with (its /props), which its model list does not say."""
+    props = cfg.fetch_json(base_url.rstrip("/").removesuffix("/v1") + "/props", 2.0) if base_url else None
+    n_ctx = props.get("default_generation_settings", {}).get("n_ctx") if isinstance(props, dict) else None
+    return n_ctx if isinstance(n_ctx, int) else None
+
+
 async def _check_model(settings: dict, check) -> None:
     """`model`, `tools`, `streaming`: a real, tiny request with Offload's own tools, as a task sends it."""
     from .agent.model import ModelClient, ModelError
@@ -105,7 +112,8 @@ async def _check_model(settings: dict, check) -> None:
             return check("model", False, f"{where}: the server does not list this model (it lists: "
                          f"{', '.join(c.get('id', '?') for c in cards[:10])})", "set model.name (OFFLOAD_MODEL_NAME) "
                          "to one it lists")
-        context = next((card[k] for k in CONTEXT_KEYS if isinstance((card or {}).get(k), int)), None)
+        context = next((card[k] for k in CONTEXT_KEYS if isinstance((card or {}).get(k), int)), None) \
+            or _llamacpp_context(settings["base_url"])
         tools = tool_specs(freeform=client.freeform_patch)
         try:
             reply = await client.step(PROBE, tools)

@@ -840,6 +840,8 @@ class _Handler(BaseHTTPRequestHandler):
             # vLLM says how long a context each model takes
             extra = {"max_model_len": 32768} if any(q.startswith("vllm-") for q in model.quirks) else {}
             self._json(200, {"object": "list", "data": [{**_model_card(n), **extra} for n in names]})
+        elif req.path == "/props" and any(q.startswith("llamacpp-") for q in model.quirks):
+            self._json(200, {"default_generation_settings": {"n_ctx": 8192}})  # llama.cpp's window
         elif req.path.startswith("/v1/models/"):
             name = req.path.removeprefix("/v1/models/")
             if name not in names:

@@ -80,7 +80,9 @@ def test_doctor_names_a_model_without_tool_support():
     assert "ollama pull qwen2.5-coder:7b" in checks["model"]["detail"]
 
 
-def test_doctor_tells_the_context_window_where_the_server_says_it():
-    with FakeModel(scenarios=[probe], quirks={"vllm-reparse"}) as fm:  # vLLM lists max_model_len
+@pytest.mark.parametrize("quirk,window", [("vllm-reparse", 32768), ("llamacpp-reparse", 8192)])
+def test_doctor_tells_the_context_window_where_the_server_says_it(quirk, window):
+    """vLLM in its model list (max_model_len), llama.cpp in its /props."""
+    with FakeModel(scenarios=[probe], quirks={quirk}) as fm:
         checks = doctor(fm.env())
-    assert checks["model"]["ok"] and checks["model"]["detail"].endswith("answers; context window 32768 tokens")
+    assert checks["model"]["ok"] and checks["model"]["detail"].endswith(f"answers; context window {window} tokens")
