@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from offload.server.agent.calls import StreamedCalls, new_id, sendable, text_calls, unique_ids
-from offload.server.agent.endpoint_errors import detail
+from offload.server.agent.endpoint_errors import detail, refused_parameter
 from offload.server.agent.model import ToolCall, endpoint_options
 
 TOOLS = {"shell", "apply_patch", "update_plan"}
@@ -130,3 +130,13 @@ def test_the_servers_own_words_whatever_the_shape_of_its_error():
     assert detail(error(None)) == "An error occurred during streaming"
     page = detail(error("<html>\n<body>\n" + "<h1>502 Bad Gateway</h1>\n" * 100 + "</body></html>"))
     assert page.startswith("<html> <body> <h1>502 Bad Gateway</h1>") and len(page) == 600 and page.endswith("…")
+
+
+def test_an_optional_parameter_counts_as_refused_only_when_the_error_refuses_it_by_name():
+    sent = {"stream_options", "store"}
+    assert refused_parameter('{"detail":[{"type":"extra_forbidden","loc":["body","stream_options"]}]}', sent) \
+        == "stream_options"  # Mistral's 422
+    assert refused_parameter("Unrecognized request argument supplied: store", sent) == "store"
+    assert refused_parameter("Unrecognized request argument supplied: store", {"stream_options"}) is None  # not sent
+    assert refused_parameter("The model could not store the file you asked for", sent) is None
+    assert refused_parameter("Unknown model: storefront-7b", sent) is None

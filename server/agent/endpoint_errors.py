@@ -70,10 +70,15 @@ def overflow(text: str) -> bool:
     return bool(_OVERFLOW.search(text))
 
 
+_REFUSAL = re.compile(r"extra|unrecognized|unknown|unsupported|not supported|not permitted|not allowed|unexpected",
+                      re.I)
+
+
 def refused_parameter(text: str, sent: set[str]) -> str | None:
-    """The optional parameter a 400/422 names, when it names one that was sent."""
-    lowered = text.lower()
-    return next((p for p in OPTIONAL if p in sent and p in lowered), None)
+    """The optional parameter a 400/422 refuses by name, when it is one that was sent."""
+    if not _REFUSAL.search(text):
+        return None
+    return next((p for p in OPTIONAL if p in sent and re.search(rf"\b{p}\b", text)), None)
 
 
 def tool_fix(text: str) -> str | None:
