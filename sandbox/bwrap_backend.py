@@ -42,6 +42,7 @@ from . import layer, owner, seccomp
 from .channel import RunnerClient, local_transport, runner_source
 from .errors import SandboxError
 from .image import SANDBOX_UID, SANDBOX_USER
+from .snapshot import private
 
 WORKSPACE = "/workspace"
 HOME = f"/home/{SANDBOX_USER}"
@@ -336,13 +337,17 @@ def create(
     memory_bytes, disk_bytes = layer.parse_size(memory), layer.parse_size(disk)
     all_labels = {**labels, "offload.sandbox": sandbox_id, "offload.created": str(int(time.time())),
                   "offload.backend": "bubblewrap", owner.LABEL: owner.label()}
-    directory = layer.sandbox_dir(cache_dir, sandbox_id, all_labels)
-    (directory / "layer").mkdir()
+    directory = layer.sandbox_dir(private(cache_dir), sandbox_id, all_labels)
+    where = directory / "layer"
+    try:  # a path overlayfs cannot take is refused before anything runs
+        workspace = _overlay(where, [snapshot_path, *lowers], "upper", "work") if snapshot_path else ""
+        home = _overlay(where, [home_lower], "home-upper", "home-work") if home_lower else ""
+    except SandboxError:
+        shutil.rmtree(directory)
+        raise
+    where.mkdir()
     _write_identity(directory)
     (directory / "seccomp.bpf").write_bytes(seccomp.program())
-    where = directory / "layer"
-    workspace = _overlay(where, [snapshot_path, *lowers], "upper", "work") if snapshot_path else ""
-    home = _overlay(where, [home_lower], "home-upper", "home-work") if home_lower else ""
     cgroups = _Cgroups.make(sandbox_id, memory_bytes + disk_bytes, pids, cpus)
     # Without cgroups: rlimits set inside the sandbox's user namespace, so NPROC counts only its processes.
     rlimits = [] if cgroups else ["prlimit", f"--as={memory_bytes}", f"--nproc={pids}", "--"]

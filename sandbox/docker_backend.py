@@ -28,7 +28,7 @@ from . import layer, owner
 from .channel import RunnerClient, runner_source
 from .errors import SandboxError
 from .image import SANDBOX_UID, SANDBOX_USER
-from .snapshot import Snapshot, owned_copy
+from .snapshot import Snapshot, owned_copy, private
 
 WORKSPACE = "/workspace"
 HOME = f"/home/{SANDBOX_USER}"
@@ -237,7 +237,7 @@ def create(
     volume = directory = container = None
     try:
         if cache_dir is not None and overlay_problem(client, local) is None:
-            directory = layer.sandbox_dir(cache_dir, sandbox_id, all_labels)
+            directory = layer.sandbox_dir(private(cache_dir), sandbox_id, all_labels)
             all_labels["offload.directory"] = str(directory)
             written = layer.mount(directory, disk_bytes, SANDBOX_UID)
             below = [layer.overlay_path(p) for p in lowers]  # cached setup layers: the snapshot wins over them

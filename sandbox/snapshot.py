@@ -6,7 +6,8 @@ unreferenced blob and tree objects). The snapshot is materialised once per tree 
 `<cache>/snapshots/<tree>/`: a git repository whose single commit (the *base*) holds that
 tree, so sandboxes can start from it and diff against it. A Docker sandbox on this host gets a
 copy owned by its user beside it (`<tree>.uid1000`), made once: an overlay keeps the owner of
-what it copies up. The cache is bounded by `evict` (cache.py).
+what it copies up. That uid is often another local account's, so the cache is `private`: no other
+account may enter it. The cache is bounded by `evict` (cache.py).
 """
 
 from __future__ import annotations
@@ -60,6 +61,18 @@ def _git(args: list[str], cwd: Path, env: dict | None = None, stdin: bytes | Non
     return proc.stdout.decode(errors="surrogateescape").strip()  # file names need not be UTF-8
 
 
+def private(directory: str | os.PathLike) -> Path:
+    """`directory`, made if need be, that only this user may enter (0700). It holds the sandbox
+    user's copies of snapshots and sandboxes' writable layers, owned by that uid: on many machines
+    another local account's, which must neither read the next task's input nor change it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if directory.stat().st_uid != os.getuid():
+        raise SandboxError(f"{directory} belongs to another account; Offload keeps its cache in a directory of its own")
+    os.chmod(directory, 0o700)
+    return directory
+
+
 def find_root(directory: Path) -> tuple[Path, bool]:
     """The repository root containing `directory` and whether it is a git repository.
 
@@ -99,8 +112,7 @@ def take_snapshot(directory: str | os.PathLike, cache_dir: str | os.PathLike, li
     root, is_git = find_root(directory)
     subdir = os.path.relpath(directory, root)
     subdir = "" if subdir == "." else subdir
-    snapshots = Path(cache_dir) / "snapshots"
-    snapshots.mkdir(parents=True, exist_ok=True)
+    snapshots = private(private(cache_dir) / "snapshots")
     tree = _tree_of_repo(root) if is_git else None
     with tempfile.TemporaryDirectory(dir=snapshots, prefix=".new-") as tmp:
         work = Path(tmp) / "work"
@@ -132,7 +144,7 @@ def take_snapshot(directory: str | os.PathLike, cache_dir: str | os.PathLike, li
 def owned_copy(snapshot: Snapshot, uid: int, cache_dir: str | os.PathLike, limit: int | None = None) -> Path:
     """The snapshot's work tree owned by `uid`, made once beside it (needs root)."""
     target = snapshot.path.with_name(f"{snapshot.tree}.uid{uid}")
-    snapshots = snapshot.path.parent
+    snapshots = private(snapshot.path.parent)
     with locked(snapshots):
         if target.is_dir():
             os.utime(target)

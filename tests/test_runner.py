@@ -336,6 +336,17 @@ def test_without_pidfd_the_runner_falls_back_to_polling(root):
         assert c.run(["sh", "-c", "sleep 100 & echo started"]).output == "started\n"
 
 
+def test_without_prctl_the_runner_works_and_says_what_it_lacks(root, capfd):
+    """An image whose Python has no ctypes (or a kernel that refuses): the runner still serves."""
+    no_prctl = "import ctypes\ndef refuse(*args, **kwargs):\n    raise OSError('no libffi')\nctypes.CDLL = refuse\n"
+    argv = [sys.executable, "-I", "-c", no_prctl + runner_source(), "--root", str(root)]
+    with RunnerClient(*local_transport(argv)) as c:
+        assert c.run(["sh", "-c", "sleep 100 & echo $! > pid; echo ran"]).output == "ran\n"
+        (pid,) = pids_from(root / "pid")
+        assert not alive(pid)  # its own group is still killed
+    assert "offload-runner: warning: no prctl" in capfd.readouterr().err
+
+
 def test_overhead_of_true(client):
     """Reports the round trip of `true` through the runner against a bare local spawn."""
     client.run(["true"])

@@ -8,11 +8,18 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+import stat
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from offload.sandbox import seccomp
+from offload.sandbox.image import SANDBOX_UID
+from offload.sandbox.manager import SandboxConfig, SandboxManager
+from tests.conftest import part_missing
 from tests.test_sandbox_backends import host_processes_mentioning
 from tests.test_sandbox_safety import (  # noqa: F401  (fixtures)
     backend,
@@ -212,3 +219,58 @@ def test_no_host_path_or_environment_is_seen_inside(sandbox, backend, tmp_path):
             assert [line.split()[4] for line in lines] in ([], ["/workspace"]), mounts
         else:
             assert not lines, mounts
+
+
+def as_account(uid: int, script: str) -> subprocess.CompletedProcess:
+    """`script` run on this host as another local account (the sandbox user's uid is often one)."""
+    if os.geteuid() != 0:
+        part_missing("acting as another local account needs root")
+    return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "sh", "-c", script],
+                          capture_output=True, text=True, cwd="/")
+
+
+@pytest.fixture
+def open_dir():
+    """A directory every account may enter, like a home directory often is (pytest's own is private)."""
+    directory = Path(tempfile.mkdtemp(prefix="offload-open-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_no_other_account_can_reach_the_cache(backend, sample_repo, open_dir):
+    """Other accounts, the sandbox user's uid first, try to read and change a task's input (the
+    snapshot, and on Docker the sandbox user's copy of it) and to plant a file in its layer."""
+    cache = open_dir / "cache"
+    manager = SandboxManager(SandboxConfig(backend=backend), cache, owner=f"offload-test-{secrets.token_hex(4)}")
+    try:
+        sandbox = manager.create(manager.snapshot(sample_repo))
+        sandbox.run(["sh", "-c", "echo mine > new.txt"])
+        snapshot = sandbox.snapshot.path
+        inputs = [snapshot, *([snapshot.with_name(f"{snapshot.name}.uid1000")] if backend == "docker" else [])]
+        for uid in (SANDBOX_UID, 65534):
+            for tree in inputs:
+                assert tree.is_dir()
+                tried = as_account(uid, f"ls {tree}; echo changed >> {tree}/calc.py; touch {tree}/planted")
+                assert "calc.py" not in tried.stdout, tried
+                assert b"changed" not in (tree / "calc.py").read_bytes() and not (tree / "planted").exists()
+            tried = as_account(uid, f"find {cache} -name new.txt; find {cache} -name upper -exec touch '{{}}/planted' ';'")
+            assert "new.txt" not in tried.stdout and "planted" not in sandbox.run(["ls"]).output, tried
+    finally:
+        manager.close()
+    for directory in (cache, snapshot.parent):
+        st = directory.stat()
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (os.getuid(), 0o700), directory
+
+
+def test_the_task_state_is_no_other_accounts(tmp_path):
+    """Task logs hold the user's code and the model's edits; with a group-writable umask too."""
+    from offload.server.tasks.store import TaskStore
+
+    previous = os.umask(0o002)
+    try:
+        TaskStore(tmp_path / "state")
+    finally:
+        os.umask(previous)
+    st = (tmp_path / "state").stat()
+    assert stat.S_IMODE(st.st_mode) & 0o077 == 0 and st.st_uid == os.getuid()
