@@ -27,6 +27,7 @@ class TaskStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root) / "tasks"
         self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o700)  # the user's code, the model's edits and logs: no other account's
         self._lock = threading.Lock()
 
     def dir(self, task_id: str) -> Path:
