@@ -33,6 +33,7 @@ ZERO = re.compile(r"^0+$")
 OID = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 FILE, EXECUTABLE, SYMLINK, TREE, GITLINK = "100644", "100755", "120000", "040000", "160000"
 BLOB_MODES = (FILE, EXECUTABLE, SYMLINK)
+LARGE = 4 << 20  # bytes: a larger file is reviewed whole, as a binary one is
 # Characters HFS+ ignores in names: ".g\u200cit" is ".git" there (git's fsck knows them too).
 _HFS_IGNORED = dict.fromkeys([*range(0x200C, 0x2010), *range(0x202A, 0x202F), *range(0x206A, 0x2070), 0xFEFF])
 
@@ -73,13 +74,27 @@ class ChangedFile:
     @property
     def binary(self) -> bool:
         """As git decides: a NUL byte in the first 8000 bytes of either side."""
-        return any(data is not None and b"\0" in data[:8000] for data in (self.base, self.result))
+        return any(b"\0" in self._info(oid)[1] for oid in (self.base_oid, self.result_oid) if oid)
+
+    @property
+    def large(self) -> bool:
+        """Too large to review line by line (LARGE bytes): taken or left whole, never held twice."""
+        return any(self._info(oid)[0] > LARGE for oid in (self.base_oid, self.result_oid) if oid)
+
+    def _info(self, oid: str) -> tuple[int, bytes]:
+        """A blob's size and first 8000 bytes, read without holding the rest."""
+        key = ("info", oid)
+        if key not in self._cache:
+            head = _Head()
+            _reader(self.repo, None).read(oid, "", head)
+            self._cache[key] = head.size, bytes(head.data)
+        return self._cache[key]
 
     def _blob(self, oid: str | None) -> bytes | None:
         if oid is None:
             return None
         if oid not in self._cache:
-            if len(self._cache) >= 2:  # both sides at most: a change of big files stays bounded
+            if len(self._cache) >= 6:  # both sides and their heads at most: big files stay bounded
                 self._cache.clear()
             filtered = self.worktree if not self.symlink else None
             self._cache[oid] = read_blob(self.repo, oid, self.path, filtered)
@@ -110,6 +125,18 @@ def read_blob(repo: Path, oid: str, path: str | None = None, worktree: Path | No
     return _reader(repo, worktree).read(oid, path or "")
 
 
+class _Head:
+    """A sink that keeps a stream's first bytes and counts the rest."""
+
+    def __init__(self, keep: int = 8000) -> None:
+        self.data, self.size, self.keep = bytearray(), 0, keep
+
+    def write(self, chunk: bytes) -> None:
+        if len(self.data) < self.keep:
+            self.data += chunk[: self.keep - len(self.data)]
+        self.size += len(chunk)
+
+
 class _BlobReader:
     """One `git cat-file --batch` process reading many blobs: a process per file would cost
     minutes on a 20,000-file change. With a work tree, a file whose attributes or config ask for
@@ -125,6 +152,8 @@ class _BlobReader:
         self.lock = threading.Lock()
         self.attributes = None
         self.convert_all = False
+        self.known: dict[str, bool] = {}  # path -> whether a checkout converts it
+        self.pending = bytearray()
         if worktree is not None:
             autocrlf = subprocess.run(["git", "-C", str(worktree), "config", "--type=bool", "core.autocrlf"],
                                       capture_output=True, text=True).stdout.strip()
@@ -137,16 +166,18 @@ class _BlobReader:
         """Whether a checkout at `path` would change the blob's bytes."""
         if self.convert_all:
             return True
-        self.attributes.stdin.write(os.fsencode(path) + b"\0")
-        self.attributes.stdin.flush()
-        values = [self._field() for _ in range(3 * len(self.ATTRIBUTES))][2::3]  # path, name, value
-        return any(v not in (b"unspecified", b"unset") for v in values)
-
-    def _field(self) -> bytes:
-        out = bytearray()
-        while (byte := self.attributes.stdout.read(1)) not in (b"\0", b""):
-            out += byte
-        return bytes(out)
+        if path not in self.known:
+            self.attributes.stdin.write(os.fsencode(path) + b"\0")
+            self.attributes.stdin.flush()
+            wanted = 3 * len(self.ATTRIBUTES)  # path, attribute, value for each
+            while self.pending.count(b"\0") < wanted:
+                if not (chunk := self.attributes.stdout.read1(1 << 16)):
+                    raise SandboxError("git check-attr ended early")
+                self.pending += chunk
+            *fields, rest = self.pending.split(b"\0", wanted)
+            self.pending = bytearray(rest)
+            self.known[path] = any(v not in (b"unspecified", b"unset") for v in fields[2::3])
+        return self.known[path]
 
     def read(self, oid: str, path: str, out: BinaryIO | None = None) -> bytes:
         with self.lock:

@@ -291,7 +291,8 @@ class OffloadServer(LanguageServer):
         if uri in self.workspace.text_documents:
             return self.workspace.get_text_document(uri).source.encode()
         try:
-            entry = Checkout(root).read(path)  # never through a symlink of the checkout
+            with Checkout(root) as checkout:  # never through a symlink of the checkout
+                entry = checkout.read(path)
         except CheckoutError:  # a directory, or behind a symlink: the merge names the clash
             return None
         return None if entry is None or entry.symlink else entry.data

@@ -71,6 +71,7 @@ class TaskManager:
         self._sandbox_managers_lock = threading.Lock()
         self.listeners: list[Listener] = []
         self._running: dict[str, _Running] = {}
+        self._hunks: dict[str, tuple] = {}  # task id -> (its change's stamp, its hunks)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
         self._slots: asyncio.Semaphore | None = None
@@ -568,9 +569,9 @@ class TaskManager:
         record = self.get(task_id)
         if record["state"] != "finished":
             raise TaskError(f"task {record['id']} is {record['state']}; only a finished task can be applied")
-        checkout = Checkout(Path(record["repo"]))
-        return [self._merge_one(checkout, change, chosen, read_current)
-                for change, chosen in self._kept_hunks(record["id"]).values()]
+        with Checkout(Path(record["repo"])) as checkout:
+            return [self._merge_one(checkout, change, chosen, read_current)
+                    for change, chosen in self._kept_hunks(record["id"]).values()]
 
     @staticmethod
     def _merge_one(checkout: Checkout, change: ChangedFile, chosen: list[Hunk],
@@ -590,7 +591,7 @@ class TaskManager:
         if change.status == "added" and current is None and chosen and mode_of != SYMLINK and read_current is None:
             return Merged(path, None, mode=_new_mode(mode_of), expect=expect, source=change.copy_result,
                           disk=True)  # written whole, straight from the result: the size does not matter
-        if change.symlink or change.binary:
+        if change.symlink or change.large or change.binary:
             wanted, base = with_hunks(change, chosen), change.base
             same = current is not None and wanted is not None and current.data == wanted \
                 and current.symlink == (mode_of == SYMLINK)
@@ -628,10 +629,18 @@ class TaskManager:
             self.decide(task_id, pending, "accepted")
 
     def hunks(self, task_id: str) -> list[tuple[Hunk, str, ChangedFile]]:
-        """Every hunk of a finished task with its review status: pending, accepted or rejected."""
+        """Every hunk of a finished task with its review status: pending, accepted or rejected.
+        A task's hunks are computed once per recorded change (the few latest tasks kept)."""
         record = self.get(task_id)
         review = self.store.review(record["id"])
-        return [(h, review.get(h.id, "pending"), c) for c in self._changes(record) for h in hunks(c)]
+        stamp = self.store.changes_stamp(record["id"])
+        cached = self._hunks.pop(record["id"], None)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, [(h, c) for c in self._changes(record) for h in hunks(c)])
+        self._hunks[record["id"]] = cached
+        while len(self._hunks) > 8:
+            del self._hunks[next(iter(self._hunks))]
+        return [(h, review.get(h.id, "pending"), c) for h, c in cached[1]]
 
     def _changes(self, record: dict) -> list[ChangedFile]:
         """The task's change, its files as a checkout of the user's repository writes them (line
@@ -663,8 +672,8 @@ class TaskManager:
         for hunk, change in self._pending(task_id, hunk_ids):
             chosen.setdefault(change.path, (change, []))[1].append(hunk)
         record = self.get(task_id)
-        checkout = Checkout(Path(record["repo"]))
-        merged = [self._merge_one(checkout, change, hunks, read_current) for change, hunks in chosen.values()]
+        with Checkout(Path(record["repo"])) as checkout:
+            merged = [self._merge_one(checkout, change, hunks, read_current) for change, hunks in chosen.values()]
         if clashes := [m.clash for m in merged if m.clash]:
             raise TaskError("nothing was applied: " + "; ".join(clashes))
         if conflicts := [m.path for m in merged if m.conflict]:
@@ -700,7 +709,8 @@ class TaskManager:
     def apply(self, task_id: str, attempt: int | None = None) -> list[Merged]:
         """Write the merged change into the checkout: every file or none (see `write`)."""
         record = self.get(task_id)
-        unfinished = Checkout(Path(record["repo"])).recover(self._journal(record))  # an apply killed earlier
+        with Checkout(Path(record["repo"])) as checkout:
+            unfinished = checkout.recover(self._journal(record))  # an apply killed earlier is finished first
         merged = self.merge(task_id, attempt=attempt)
         self.write(task_id, merged, unfinished)
         self.accepted_all(record["id"])
@@ -720,7 +730,8 @@ class TaskManager:
                         Entry(m.content or b"", m.mode or 0o644, m.symlink, m.source), m.expect)
                   for m in merged if not m.unchanged and not m.skipped]
         try:
-            Checkout(Path(record["repo"])).apply(writes, self._journal(record))
+            with Checkout(Path(record["repo"])) as checkout:
+                checkout.apply(writes, self._journal(record))
         except CheckoutError as e:
             raise TaskError(str(e)) from e
         self._emit(record, "applied", {"files": [w.path for w in writes],

@@ -55,8 +55,9 @@ def _opcodes(a: bytes | None, b: bytes | None) -> tuple[tuple[str, int, int, int
 
 def hunks(change: ChangedFile) -> list[Hunk]:
     """The hunks of one changed file; an added, deleted, binary or symlink change is one hunk."""
-    found = [] if change.symlink or change.binary else list(_hunks(change.path, change.base, change.result))
-    if not found:  # a symlink, a binary file, an exec bit: the change is one piece
+    whole = change.symlink or change.large or change.binary
+    found = [] if whole else list(_hunks(change.path, change.base, change.result))
+    if not found:  # a symlink, a binary or large file, an exec bit: the change is one piece
         found = [Hunk(f"{change.path}#1", change.path, 0, (), ())]
     return found
 
@@ -80,7 +81,7 @@ def with_hunks(change: ChangedFile, chosen: list[Hunk]) -> bytes | None:
         return None  # accepting the whole of a deleted file deletes it
     if change.base is None and not chosen:
         return None  # an added file with nothing accepted stays absent
-    if change.symlink or change.binary:
+    if change.symlink or change.large or change.binary:
         return change.result if chosen else change.base
     lines = _lines(change.base)
     for hunk in sorted(chosen, key=lambda h: h.base_start, reverse=True):

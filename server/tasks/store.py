@@ -93,6 +93,14 @@ class TaskStore:
             "repo": os.path.relpath(repo, self.dir(task_id)) if repo else None,
             "files": [c.as_dict() for c in changes]}))
 
+    def changes_stamp(self, task_id: str) -> tuple | None:
+        """Changes when the task's recorded change does (it is replaced whole, never edited)."""
+        try:
+            st = (self.dir(task_id) / "changes.json").stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
     def changes(self, task_id: str, attempt: int | None = None, worktree: Path | None = None) -> list[ChangedFile]:
         """The recorded change; with `worktree` (the user's git work tree), its files read as a
         checkout there would write them."""
