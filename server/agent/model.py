@@ -280,8 +280,8 @@ class ModelClient:
             self.refused.add(param)
             return _Reask(param)
         if fix := errs.tool_fix(text):
-            return ModelError(f"the model endpoint {where} cannot call tools with model {self.name!r} as set up "
-                              f"({said}); {fix}")
+            return ModelError(f"the model endpoint {where} cannot serve model {self.name!r} with tools as it is set "
+                              f"up ({said}); {fix}")
         if isinstance(e, openai.AuthenticationError):
             key = "no API key is set" if self.keyless else "the API key was rejected"
             return ModelError(f"the model endpoint {where} refused the request: {key} ({said}); "
