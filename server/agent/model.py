@@ -157,10 +157,6 @@ def _as_function(tool: dict) -> dict:
             "parameters": {"type": "object", "properties": {"input": {"type": "string"}}, "required": ["input"]}}
 
 
-def _tool_names(tools: list[dict]) -> set[str]:
-    return {t.get("name") or t.get("function", {}).get("name") for t in tools}
-
-
 def endpoint_options(base_url: str, api_key: str, api_version: str = "") -> dict:
     """The openai client's base_url, query and headers for an endpoint URL.
 
@@ -366,7 +362,7 @@ class ModelClient:
     def _with_text_calls(self, text: str, calls: list[ToolCall], tools: list[dict]) -> tuple[str, list[ToolCall]]:
         if calls:
             return text, calls
-        rest, found = text_calls(text, _tool_names(tools))
+        rest, found = text_calls(text, {t["name"] for t in tools})
         return rest, [ToolCall("", name, arguments, written=True) for name, arguments in found]
 
     async def _chat(self, history: list[dict], tools: list[dict]) -> Reply:
