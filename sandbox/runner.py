@@ -474,6 +474,8 @@ def main(argv=None):
     parser.add_argument("--stop-init", action="store_true",
                         help="stop the container's init when the channel ends: a sandbox whose owner is gone stops")
     args = parser.parse_args(argv)
+    # Before 3.11, even -I puts '' (here the workspace, which commands write) first on the path.
+    sys.path[:] = [p for p in sys.path if p]
     for warning in harden():
         print(f"offload-runner: warning: {warning}", file=sys.stderr, flush=True)
     for sig in (signal.SIGTERM, signal.SIGHUP):  # stopped from outside: still clean up

@@ -254,7 +254,8 @@ def test_no_other_account_can_reach_the_cache(backend, sample_repo, open_dir):
                 tried = as_account(uid, f"ls {tree}; echo changed >> {tree}/calc.py; touch {tree}/planted")
                 assert "calc.py" not in tried.stdout, tried
                 assert b"changed" not in (tree / "calc.py").read_bytes() and not (tree / "planted").exists()
-            tried = as_account(uid, f"find {cache} -name new.txt; find {cache} -name upper -exec touch '{{}}/planted' ';'")
+            tried = as_account(uid, f"find {cache} -name new.txt; "
+                                    f"find {cache} -name upper -exec touch '{{}}/planted' ';'")
             assert "new.txt" not in tried.stdout and "planted" not in sandbox.run(["ls"]).output, tried
     finally:
         manager.close()
