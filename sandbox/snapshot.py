@@ -117,12 +117,15 @@ def take_snapshot(directory: str | os.PathLike, cache_dir: str | os.PathLike, li
     with tempfile.TemporaryDirectory(dir=snapshots, prefix=".new-") as tmp:
         work = Path(tmp) / "work"
         _git(["init", "-q", "-b", "main", str(work)], cwd=Path(tmp))
+        copied = False
         if tree is None:
             tree = _tree_from_directory(root, work)
+        elif _submodules(root, tree):
+            tree, copied = _with_submodules(root, work, tree), True
         final, made = snapshots / tree, False
 
         def materialise() -> None:
-            if is_git:
+            if is_git and not copied:
                 _copy_objects(root, work, tree)
             _check_out(work, tree)
 
@@ -188,6 +191,37 @@ def _copy_objects(root: Path, work: Path, tree: str) -> None:
     if pack.returncode != 0:
         raise SandboxError(f"git pack-objects failed: {pack.stderr.decode(errors='replace')}")
     _git(["index-pack", "--stdin"], cwd=work, stdin=pack.stdout)
+
+
+def _submodules(repo: Path, tree: str) -> list[str]:
+    """The paths of `tree`'s submodules that are checked out in `repo`."""
+    listing = _git(["ls-tree", "-r", "-z", tree], cwd=repo)
+    found = []
+    for entry in filter(None, listing.split("\0")):
+        meta, path = entry.split("\t", 1)
+        if meta.startswith("160000 ") and (repo / path / ".git").exists():
+            found.append(path)
+    return found
+
+
+def _with_submodules(repo: Path, work: Path, tree: str) -> str:
+    """`tree` with each checked-out submodule's gitlink replaced by a snapshot of its files (their
+    objects copied into `work` too): the sandbox holds what the developer's checkout holds, and a
+    change inside a submodule comes back as files of the checkout like any other."""
+    _copy_objects(repo, work, tree)
+    submodules = _submodules(repo, tree)
+    if not submodules:
+        return tree
+    index = work / ".git" / f"index-{tree}"
+    env = {"GIT_INDEX_FILE": str(index)}
+    _git(["read-tree", tree], cwd=work, env=env)
+    for path in submodules:
+        inner = _with_submodules(repo / path, work, _tree_of_repo(repo / path))
+        _git(["update-index", "--force-remove", "--", path], cwd=work, env=env)
+        _git(["read-tree", f"--prefix={path}/", inner], cwd=work, env=env)
+    combined = _git(["write-tree"], cwd=work, env=env)
+    index.unlink()
+    return combined
 
 
 def _tree_from_directory(root: Path, work: Path) -> str:

@@ -269,3 +269,23 @@ def test_a_20000_file_change_and_an_80_mb_file_arrive_whole_and_survive_a_kill_m
     with open(big, "rb") as f:
         assert all(f.read(1 << 20) == bytes([i]) * (1 << 20) for i in range(80))
     assert not list(repo.rglob(".offload-*"))
+
+
+def test_a_submodule_is_in_the_sandbox_and_changes_inside_it_come_back(backend, fake_model, tmp_path):
+    library = make_repo(tmp_path / "library")
+    (library / "lib.txt").write_text("library v1\n")
+    git(library, "add", "-A")
+    git(library, "-c", "user.name=Dev", "-c", "user.email=dev@example.com", "commit", "-q", "-m", "lib")
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(library), "vendor/library")
+    git(repo, "-c", "user.name=Dev", "-c", "user.email=dev@example.com", "commit", "-q", "-m", "submodule")
+    (repo / "vendor" / "library" / "lib.txt").write_text("library v1, with my local fix\n")  # uncommitted inside
+    record = run_script(repo, fake_model, backend,
+                        "grep -q 'my local fix' vendor/library/lib.txt && echo 'patched' >> vendor/library/lib.txt "
+                        "&& sed -i 's/a - b/a + b/' calc.py")
+    assert record["state"] == "finished", record["reason"]
+    assert {c["path"] for c in record["changes"]} == {"calc.py", "vendor/library/lib.txt"}
+    assert offload_cli("apply", record["id"], cwd=repo).returncode == 0
+    assert (repo / "vendor" / "library" / "lib.txt").read_text() == "library v1, with my local fix\npatched\n"
+    assert (repo / "vendor" / "library" / ".git").is_file()  # still the submodule's own checkout
+    assert git(repo / "vendor" / "library", "status", "--porcelain") == " M lib.txt\n"
