@@ -208,14 +208,17 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
 """
 
 
-def test_no_host_path_or_environment_is_seen_inside(sandbox, backend, tmp_path):
+@pytest.mark.parametrize("read_only", [False, True], ids=["code", "ask"])
+def test_no_host_path_or_environment_is_seen_inside(make_manager, sample_repo, backend, tmp_path, read_only):
+    manager = make_manager()
+    sandbox = manager.create(manager.snapshot(sample_repo), read_only=read_only)
     environs = python(sandbox, ENVIRONS).output
     mounts = sandbox.run(["cat", "/proc/self/mountinfo"]).output
     assert "PWD=" not in environs and "OLDPWD" not in environs, environs
     for text in host_strings(tmp_path):
         assert text not in environs, environs
         lines = [line for line in mounts.splitlines() if text in line]
-        if backend == "docker":  # what remains: the overlay the engine mounts names its directories
+        if backend == "docker":  # what remains: the workspace the engine mounts names its directories
             assert [line.split()[4] for line in lines] in ([], ["/workspace"]), mounts
         else:
             assert not lines, mounts
