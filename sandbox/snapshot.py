@@ -43,6 +43,7 @@ class Snapshot:
     tree: str  # git tree id of the snapshot
     base: str  # commit id of the base commit inside `path`
     path: Path  # the cached work tree
+    head: str | None = None  # the commit checked out in the user's repository when it was taken
 
     def base_file(self, rel: str) -> bytes | None:
         """A file's content at the base, or None when the base lacks it."""
@@ -141,7 +142,9 @@ def take_snapshot(directory: str | os.PathLike, cache_dir: str | os.PathLike, li
     if made and limit is not None:
         evict(cache_dir, limit, keep=tree)
     base = _git(["rev-parse", "HEAD"], cwd=final)
-    return Snapshot(root=root, subdir=subdir, tree=tree, base=base, path=final)
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--verify", "-q", "HEAD^{commit}"],
+                          capture_output=True, text=True).stdout.strip() if is_git else ""
+    return Snapshot(root=root, subdir=subdir, tree=tree, base=base, path=final, head=head or None)
 
 
 def owned_copy(snapshot: Snapshot, uid: int, cache_dir: str | os.PathLike, limit: int | None = None) -> Path:

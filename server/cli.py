@@ -240,6 +240,24 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_branch(args: argparse.Namespace) -> int:
+    name, commit = TaskManager().branch(args.id, args.name)
+    Out(sys.stdout).line(f"branch {name} at {commit[:12]}: the task's change on the commit it started from; "
+                         f"your working tree is untouched. Push it: git push -u origin {name}")
+    return 0
+
+
+def cmd_pr(args: argparse.Namespace) -> int:
+    import shlex
+
+    said, commands = TaskManager().pull_request(args.id, args.name)
+    out = Out(sys.stdout)
+    out.line(said)
+    for argv in commands:
+        out.line("  " + shlex.join(argv))
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     record = TaskManager().cancel(args.id)
     print(f"cancelling {record['id']}")
@@ -311,6 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--attempt", type=int, metavar="K",
                    help="apply attempt K of a best-of-N task instead of the chosen one (it becomes the chosen one)")
+    p = verb("branch", "put a finished task's change on a new branch of your repository (working tree untouched)",
+             cmd_branch)
+    p.add_argument("id")
+    p.add_argument("name", nargs="?", help="the branch's name (default: offload/<prompt words>-<id>)")
+    p = verb("pr", "push the task's branch and open a pull request with gh (or print the commands)", cmd_pr)
+    p.add_argument("id")
+    p.add_argument("name", nargs="?", help="the branch's name (default: the one `offload branch` made, or a new one)")
     p = verb("cancel", "cancel a queued or running task", cmd_cancel)
     p.add_argument("id")
     p = verb("followup", "continue an ended task with a new instruction (rejected hunks go along)", cmd_followup, True)

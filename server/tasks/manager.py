@@ -14,6 +14,7 @@ import hashlib
 import os
 import posixpath
 import secrets
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from . import attempts
 from .attempts import MAX_ATTEMPTS
 from .failures import failure_locations
 from .merge import Merged
+from .branch import BranchError, default_name, make_branch, open_pull_request
 from .checkout import Checkout, CheckoutError, Entry, Write
 from .review import Hunk, accept, hunks, with_hunks
 from .store import TaskStore
@@ -380,7 +382,7 @@ class TaskManager:
                     await asyncio.to_thread(self.sweep, sandboxes)
                 if followup is None or not record.get("tree"):  # new, or ended before its snapshot: from now
                     snapshot = await asyncio.to_thread(sandboxes.snapshot, record["directory"])
-                    record.update(base=snapshot.base, tree=snapshot.tree)
+                    record.update(base=snapshot.base, tree=snapshot.tree, head=snapshot.head)
                 else:  # continue from the same base, with the work so far minus what the user rejected
                     snapshot = load_snapshot(self.cache_dir, record["tree"], Path(record["repo"]),
                                              os.path.relpath(record["directory"], record["repo"]))
@@ -739,6 +741,35 @@ class TaskManager:
                                           if any(m.skipped for m in merged) else {}),
                                        **({"unfinished": list(unfinished)} if unfinished else {})})
 
+    def branch(self, task_id: str, name: str | None = None) -> tuple[str, str]:
+        """Put the task's change on a new branch of the user's repository (branch.py): (name, commit)."""
+        record = self.get(task_id)
+        if record["state"] != "finished" or record["kind"] != "code":
+            raise TaskError(f"task {record['id']} is {record['state']}; only a finished Code task makes a branch")
+        name = name or default_name(record)
+        try:
+            commit = make_branch(record, self.store.changes(record["id"]), name)
+        except BranchError as e:
+            raise TaskError(str(e)) from e
+        self._emit(record, "branch", {"name": name, "commit": commit})
+        return name, commit
+
+    def pull_request(self, task_id: str, name: str | None = None) -> tuple[str, list[list[str]]]:
+        """The task's branch (made now, or the one made before), pushed, and a pull request opened
+        with `gh` where it can be: what happened, and the commands left to run."""
+        record = self.get(task_id)
+        made = [e["name"] for e in self.store.events(record["id"]) if e["type"] == "branch"]
+        root = Path(record["repo"])
+        if name is None and made and subprocess.run(["git", "-C", str(root), "rev-parse", "--verify", "-q",
+                                                     f"refs/heads/{made[-1]}"], capture_output=True).returncode == 0:
+            name = made[-1]
+        else:
+            name, _ = self.branch(task_id, name)
+        try:
+            return open_pull_request(record, name)
+        except BranchError as e:
+            raise TaskError(str(e)) from e
+
     def _journal(self, record: dict) -> Path:
         """One apply journal per checkout, whichever task: a killed apply is finished by the next."""
         digest = hashlib.sha256(os.fsencode(record["repo"])).hexdigest()[:16]
@@ -780,4 +811,5 @@ def _sandbox_config(config: cfg.Config) -> SandboxConfig:
         docker_host=config.get("sandbox.docker_host") or None, docker_hosts=list(config.get("sandbox.docker_hosts")),
         setup=config.get("sandbox.setup"), setup_secrets=list(config.get("sandbox.setup_secrets")),
         setup_timeout=config.get("sandbox.setup_timeout"), warm=config.get("sandbox.warm"),
+        env=dict(config.get("sandbox.env")), ca_bundle=os.path.expanduser(config.get("sandbox.ca_bundle")),
     )
