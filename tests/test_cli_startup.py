@@ -10,7 +10,8 @@ import sys
 from tests.conftest import offload_cli
 
 HEAVY = ("openai", "docker", "paramiko", "pygls", "lsprotocol", "git", "watchfiles")
-VERBS = ("serve", "run", "ask", "tasks", "show", "diff", "apply", "cancel", "followup", "doctor", "image")
+VERBS = ("serve", "run", "ask", "tasks", "show", "diff", "apply", "cancel", "followup", "branch", "pr", "doctor",
+         "image")
 # runs the command in this process, then says how it ended and which heavy packages it loaded
 PROBE = """
 import json, sys
