@@ -480,6 +480,7 @@ class TaskManager:
                 if not isinstance(outcome, (SandboxError, cfg.ConfigError)):
                     self._emit(record, "error", {"error": f"{type(outcome).__name__}: {outcome}", "attempt": number})
                 summaries.append(attempts.summary(number, "failed", str(outcome), None, "", [], []))
+        self.store.prune_results(record["id"])
                 continue
             result, changes, diff = outcome
             if changes is not None:
@@ -509,6 +510,7 @@ class TaskManager:
         self.store.save_changes(record["id"], self.store.changes(record["id"], number))
         self.store.save_review(record["id"], {})
         record.update(attempt=number, **{k: chosen[k] for k in ("message", "checks", "commit", "plan",
+        self.store.prune_results(record["id"])
                                                                  "changes", "failures")})
 
     def choose_attempt(self, task_id: str, number: int) -> dict:

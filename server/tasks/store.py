@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -92,6 +93,20 @@ class TaskStore:
         _replace(where / "changes.json", json.dumps({
             "repo": os.path.relpath(repo, self.dir(task_id)) if repo else None,
             "files": [c.as_dict() for c in changes]}))
+
+    def prune_results(self, task_id: str) -> None:
+        """Remove the result repositories no recorded change refers to any more (an earlier run's,
+        a run that changed nothing). Called when a run has saved every change it made."""
+        task = self.dir(task_id)
+        kept = set()
+        for saved in [task / "changes.json", *task.glob("attempts/*/changes.json")]:
+            try:
+                kept.add(json.loads(saved.read_text())["repo"])
+            except (FileNotFoundError, ValueError, KeyError, TypeError):
+                continue
+        for repo in task.glob("results/*.git"):
+            if os.path.relpath(repo, task) not in kept:
+                shutil.rmtree(repo, ignore_errors=True)
 
     def changes_stamp(self, task_id: str) -> tuple | None:
         """Changes when the task's recorded change does (it is replaced whole, never edited)."""
