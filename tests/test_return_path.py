@@ -94,7 +94,7 @@ def test_a_submodule_in_the_change_is_refused_by_name(make_manager, sample_repo)
 
 
 def test_a_refused_change_fails_the_task_keeps_its_history_and_writes_nothing(backend, fake_model, sample_repo,
-                                                                              tmp_path):
+                                                                              isolated_dirs):
     script = f"cat > /tmp/craft.py <<'EOF'\n{CRAFT}\nEOF\nsed -i 's/a - b/a + b/' calc.py\n" \
              f"python3 /tmp/craft.py {b'..'.hex()}"
     record = run_script(sample_repo, fake_model, backend, script)
@@ -104,6 +104,8 @@ def test_a_refused_change_fails_the_task_keeps_its_history_and_writes_nothing(ba
     applied = offload_cli("apply", record["id"], cwd=sample_repo)
     assert applied.returncode != 0 and "return a - b" in (sample_repo / "calc.py").read_text()
     assert git(sample_repo, "status", "--porcelain") == ""
+    task = Path(isolated_dirs["XDG_STATE_HOME"]) / "offload" / "tasks" / record["id"]
+    assert not list(task.glob("results/*"))  # nothing of the refused pack is kept
 
 
 # ---- bytes, modes and symlinks ----------------------------------------------------------------
