@@ -6,8 +6,10 @@ so `unshare -Urm` makes a user and mount namespace where it may, and bwrap runs 
 
     sh (join limits) → unshare -Urm sh (mount overlay) → bwrap (namespaces, binds) → runner
 
-Inside, only system directories are bound (read-only), the user is non-root, there is no
-network, and the runner's stdin/stdout is the channel. Everything writable (the upper layer,
+Inside, only system directories are bound (read-only): the base image's root filesystem
+(image.rootfs) once `offload image build` has made it, so a bubblewrap sandbox holds the same
+programs as a Docker one, else this host's own. The user is non-root, there is no network, and
+the runner's stdin/stdout is the channel. Everything writable (the upper layer,
 /tmp, home, /dev/shm) lives on one size-limited tmpfs private to the sandbox's mount namespace,
 so a full disk stays inside and nothing is left on the host when the sandbox ends. Memory,
 process count and CPU are held by child cgroups of our own where the host lets us make them,
@@ -40,15 +42,16 @@ from pathlib import Path
 
 from . import layer, owner, seccomp
 from .channel import RunnerClient, local_transport, runner_source
+from .environment import CA_PATH
 from .errors import SandboxError
-from .image import SANDBOX_UID, SANDBOX_USER
+from .image import PATH, SANDBOX_UID, SANDBOX_USER, rootfs
 from .snapshot import private
 
 WORKSPACE = "/workspace"
 HOME = f"/home/{SANDBOX_USER}"
-RUNNER_ENV = {"HOME": HOME, "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+RUNNER_ENV = {"HOME": HOME, "PATH": PATH, "LANG": "C.UTF-8"}
 _SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
-# The host's /etc holds secrets; only what programs need to start is bound.
+# The host's /etc holds secrets; only what programs need to start is bound (the base image's is bound whole).
 _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "nsswitch.conf", "ssl/certs")
 _ETC_NETWORK = ("resolv.conf", "hosts")
 # Docker's defaults: /proc entries that change or reveal the host, read-only or hidden.
@@ -240,6 +243,16 @@ def _own_cgroups() -> dict[str, tuple[Path, int]]:
     return {c: where for c, where in found.items() if os.access(where[0], os.W_OK)}
 
 
+def system() -> Path:
+    """The root filesystem whose system directories sandboxes get: the base image's, else this host's."""
+    return rootfs() or Path("/")
+
+
+def runner_python() -> str:
+    """The runner's interpreter, as the sandbox sees it."""
+    return "/usr/bin/python3" if system() != Path("/") else host_python()
+
+
 @cache
 def host_python() -> str:
     """A python3 ≥ 3.9 under /usr for the runner, or a SandboxError with the fix."""
@@ -261,25 +274,31 @@ def available() -> None:
                           ("nsenter", "util-linux")):
         if shutil.which(tool) is None:
             raise SandboxError(f"{tool} is missing: apt-get install -y {package}")
-    host_python()
+    runner_python()
 
 
 def _bwrap_argv(directory: Path, network: bool, rlimits: list[str], read_only: bool = False,
-                binds: dict[str, str] | None = None) -> list[str]:
+                binds: dict[str, str] | None = None, ca_bundle: str = "") -> list[str]:
     layer = directory / "layer"
     argv = ["bwrap", "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
             "--disable-userns", "--die-with-parent", "--new-session", "--as-pid-1", "--hostname", "offload",
             "--seccomp", "9"]
     if network:
         argv.append("--share-net")
+    root = system()
     for name in _SYSTEM_DIRS:
-        host = Path("/", name)
-        if host.is_symlink():
-            argv += ["--symlink", os.readlink(host), str(host)]
-        elif host.is_dir():
-            argv += ["--ro-bind", str(host), str(host)]
-    for name in _ETC + (_ETC_NETWORK if network else ()):
-        argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        source = root / name
+        if source.is_symlink():
+            argv += ["--symlink", os.readlink(source), f"/{name}"]
+        elif source.is_dir():
+            argv += ["--ro-bind", str(source), f"/{name}"]
+    if root != Path("/"):
+        argv += ["--ro-bind", str(root / "etc"), "/etc"]
+    for name in (_ETC if root == Path("/") else ()) + (_ETC_NETWORK if network else ()):
+        if root == Path("/") or (root / "etc" / name).exists():
+            argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    if ca_bundle:
+        argv += ["--ro-bind", ca_bundle, CA_PATH]
     for name in ("passwd", "group"):
         argv += ["--ro-bind", str(layer / name), f"/etc/{name}"]
     argv += ["--proc", "/proc"]
@@ -296,7 +315,7 @@ def _bwrap_argv(directory: Path, network: bool, rlimits: list[str], read_only: b
     argv += ["--remount-ro", "/", "--chdir", WORKSPACE, "--clearenv"]
     for key, value in RUNNER_ENV.items():
         argv += ["--setenv", key, value]
-    return argv + ["--", *rlimits, host_python(), "-I", "-u", "-c", runner_source(), "--root", WORKSPACE]
+    return argv + ["--", *rlimits, runner_python(), "-I", "-u", "-c", runner_source(), "--root", WORKSPACE]
 
 
 def _overlay(where: Path, lowers: list[Path], upper: str | None = None, work: str | None = None) -> str:
@@ -328,6 +347,7 @@ def create(
     lowers: tuple[Path, ...] = (),
     home_lower: Path | None = None,
     binds: dict[str, str] | None = None,
+    ca_bundle: str = "",
 ) -> BwrapSandbox:
     """Start a sandbox over `snapshot_path` with its runner connected: `lowers` (a cached setup's
     workspace) lie under the snapshot, `home_lower` under the home, `binds` are host directories
@@ -355,7 +375,7 @@ def create(
     outer += "".join(f"echo $$ > {shlex.quote(str(f))}\n" for f in (cgroups.procs_files() if cgroups else []))
     outer += f'exec unshare -Urm sh -c {shlex.quote(_SETUP)} offload-sandbox "$@"\n'
     argv = ["sh", "-c", outer, "offload-sandbox", str(directory), workspace, str(disk_bytes), home,
-            *_bwrap_argv(directory, network, rlimits, read_only, binds)]
+            *_bwrap_argv(directory, network, rlimits, read_only, binds, ca_bundle)]
     sandbox = BwrapSandbox(sandbox_id, directory, None, cgroups)
     try:
         transport = _SPAWNER.submit(local_transport, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}).result()

@@ -26,8 +26,10 @@ from docker.types import Mount
 
 from . import layer, owner
 from .channel import RunnerClient, runner_source
+from .environment import CA_PATH, image_env
 from .errors import SandboxError
-from .image import SANDBOX_UID, SANDBOX_USER
+from .image import PATH, SANDBOX_UID, SANDBOX_USER
+from .toolset import BIN, needed, toolset
 from .snapshot import Snapshot, owned_copy, private
 
 WORKSPACE = "/workspace"
@@ -95,8 +97,9 @@ class DockerSandbox:
     backend = "docker"
 
     def __init__(self, container, client: docker.DockerClient, runner: RunnerClient, labels: dict,
-                 volume=None, directory: Path | None = None) -> None:
+                 volume=None, directory: Path | None = None, env: dict | None = None) -> None:
         self.container = container
+        self.env = env or {}  # the image's own environment, for its commands
         self.client = client
         self.runner = runner
         self.labels = labels
@@ -158,6 +161,35 @@ def _workspace_tar(path: Path, read_only: bool = False) -> bytes:
     return buffer.getvalue()
 
 
+class Additions:
+    """What Offload adds to an image's containers: its own tools where the image lacks them
+    (toolset.py), the CA bundle; and how the runner starts and what the commands' environment
+    takes from the image's (its ENV, with Offload's tools last on its PATH)."""
+
+    def __init__(self, client: docker.DockerClient, image: str, ca_bundle: str, local: bool) -> None:
+        attrs = client.images.get(image).attrs
+        tools = toolset() if local and needed(attrs) else None
+        self.python = tools.command("/usr/bin/python3") if tools else ["python3"]
+        self.env = image_env((attrs.get("Config") or {}).get("Env"))
+        if tools:
+            self.env["PATH"] = f"{self.env.get('PATH') or PATH}:{BIN}"
+        self.mounts = tools.mounts() if tools else []
+        self.ca_bundle = ca_bundle
+        if ca_bundle and local:
+            self.mounts.append(Mount(CA_PATH, ca_bundle, type="bind", read_only=True))
+
+    def copy_in(self, container) -> None:
+        """On an engine that cannot bind this host's files, the CA bundle is copied in instead."""
+        if self.ca_bundle and not any(m["Target"] == CA_PATH for m in self.mounts):
+            data = Path(self.ca_bundle).read_bytes()
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w") as tar:
+                info = tarfile.TarInfo(CA_PATH.lstrip("/"))
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+            container.put_archive("/", buffer.getvalue())
+
+
 def is_local(client: docker.DockerClient) -> bool:
     """Whether the engine answers on a unix socket, so it shares this host's filesystem."""
     return client.api.base_url == "http+docker://localhost"
@@ -204,6 +236,7 @@ def create(
     local: bool | None = None,
     lowers: tuple[Path, ...] = (),
     home_lower: Path | None = None,
+    ca_bundle: str = "",
 ) -> DockerSandbox:
     """Start a container from `image` holding the snapshot, with its runner connected.
 
@@ -236,6 +269,8 @@ def create(
     )
     volume = directory = container = None
     try:
+        local = is_local(client) if local is None else local
+        additions = Additions(client, image, ca_bundle, local)
         if cache_dir is not None and overlay_problem(client, local) is None:
             directory = layer.sandbox_dir(private(cache_dir), sandbox_id, all_labels)
             all_labels["offload.directory"] = str(directory)
@@ -262,13 +297,15 @@ def create(
                 # the layer's pages are charged to the container: files alone hit ENOSPC, not the OOM killer
                 mem_limit=memory_bytes + disk_bytes, memswap_limit=memory_bytes + disk_bytes,
             )
+        settings["mounts"] = settings.get("mounts", []) + additions.mounts
         if snapshot is None and directory is None:
             raise SandboxError(f"a warm sandbox needs an overlay workspace: {overlay_problem(client, local) or 'no cache'}")
         container = client.containers.create(image, labels=all_labels, **settings)
         if directory is None:
             container.put_archive("/", _workspace_tar(snapshot.path, read_only))
+        additions.copy_in(container)
         container.start()
-        runner = _start_runner(client, container)
+        runner = _start_runner(client, container, python=additions.python)
     except Exception as e:
         _remove(client, container.id if container else None, volume.name if volume else None, directory)
         if isinstance(e, docker.errors.ImageNotFound):
@@ -276,17 +313,18 @@ def create(
         if isinstance(e, docker.errors.DockerException):
             raise SandboxError(f"could not create a sandbox container: {e}") from e
         raise
-    return DockerSandbox(container, client, runner, all_labels, volume, directory)
+    return DockerSandbox(container, client, runner, all_labels, volume, directory, additions.env)
 
 
-def _start_runner(client: docker.DockerClient, container, user: str = f"{SANDBOX_UID}:{SANDBOX_UID}") -> RunnerClient:
+def _start_runner(client: docker.DockerClient, container, user: str = f"{SANDBOX_UID}:{SANDBOX_UID}",
+                  python: list[str] = ("python3",)) -> RunnerClient:
     """The runner, exec'd into the started container and answering. An exec that ends without a
     word while its container still runs (a loaded dockerd can lose one started the moment its
     container did) is tried once more; otherwise the error says how the exec ended."""
     for retry in (True, False):
         exec_id = client.api.exec_create(
             container.id,
-            ["python3", "-I", "-u", "-c", runner_source(), "--root", WORKSPACE, "--stop-init"],
+            [*python, "-I", "-u", "-c", runner_source(), "--root", WORKSPACE, "--stop-init"],
             stdin=True, stdout=True, stderr=True, tty=False, user=user,
         )["Id"]
         transport = DockerTransport(client.api.exec_start(exec_id, socket=True))

@@ -1,9 +1,12 @@
-"""The sandbox base image: Debian with Python and git, and a non-root user.
+"""The sandbox base image: Debian trixie with the toolchains real projects expect, and a non-root user.
 
-Built FROM a public image where a registry answers; otherwise offline from Debian's
-packages with debootstrap and `docker import`. The recipe's hash is a label on the image,
-so an unchanged recipe is never rebuilt, and the rootfs tarball is cached on disk so a
-wiped engine is refilled without debootstrap.
+Built FROM a public image where a registry answers; otherwise offline from Debian's packages
+with debootstrap and `docker import`. Either way the image's root filesystem is also kept as a
+directory on this host (`rootfs`): bubblewrap sandboxes run on it, so both backends hold the
+same programs, and a Docker sandbox of a user's image borrows Offload's own tools from it
+(toolset.py). The recipe's hash is a label on the image and the directory's name, so an
+unchanged recipe is never rebuilt, and a wiped engine is refilled from the directory without
+debootstrap.
 """
 
 from __future__ import annotations
@@ -13,34 +16,61 @@ import io
 import os
 import shutil
 import subprocess
-import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import docker
-import docker.errors
-
 from .errors import SandboxError
 
-DEFAULT_IMAGE = "offload-base:bookworm"
+RELEASE = "trixie"  # Python 3.13, Node.js 20, GCC 14
+DEFAULT_IMAGE = f"offload-base:{RELEASE}"
 SANDBOX_UID = 1000
 SANDBOX_USER = "offload"
 PACKAGES = [
-    "python3", "python3-pytest", "python3-venv", "git", "ca-certificates",
-    "procps", "ripgrep", "make", "patch", "less",
+    # languages and their package managers
+    "python3", "python3-pip", "python3-venv", "python3-dev", "nodejs", "npm",
+    # a C/C++ toolchain
+    "build-essential", "pkg-config",
+    # what an agent reaches for
+    "git", "curl", "ca-certificates", "openssl", "ripgrep", "jq", "unzip", "zip", "xz-utils", "bzip2",
+    "file", "patch", "less", "procps", "psmisc", "tree", "bc",
 ]
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MIRROR = os.environ.get("OFFLOAD_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-_RECIPE_VERSION = "1"
+IMAGE_LABEL = "offload.image"  # the name Offload built an image as: only that image may it rebuild
+_RECIPE_VERSION = "2"
+# Run in the new root filesystem, as root: the sandbox user, its home and workspace; pip may install
+# into the system Python (a sandbox is the project's own machine, so PEP 668's guard only gets in the way).
+_FINISH = f"""set -e
+useradd -m -u {SANDBOX_UID} -U -s /bin/bash -c Offload {SANDBOX_USER}
+mkdir -p /workspace && chown {SANDBOX_UID}:{SANDBOX_UID} /workspace
+rm -f /usr/lib/python3*/EXTERNALLY-MANAGED
+apt-get clean
+rm -rf /var/lib/apt/lists/* /var/log/*.log /usr/share/doc/* /usr/share/man/*
+"""
 
 
 def recipe_hash() -> str:
     """Identifies what the image holds; a change rebuilds it."""
-    text = "\n".join([_RECIPE_VERSION, "bookworm", *PACKAGES, str(SANDBOX_UID)])
+    text = "\n".join([_RECIPE_VERSION, RELEASE, *PACKAGES, str(SANDBOX_UID), _FINISH])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def image_is_current(client: docker.DockerClient, name: str = DEFAULT_IMAGE) -> bool:
+def rootfs() -> Path | None:
+    """The current recipe's root filesystem on this host, or None until `offload image build` makes it."""
+    path = _rootfs_path()
+    return path if (path / "usr/bin/python3").exists() else None
+
+
+def _rootfs_path() -> Path:
+    """Under $XDG_DATA_HOME/offload: the image's files, kept until the recipe changes (not a cache)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "offload" / "images" / f"rootfs-{recipe_hash()}"
+
+
+def image_is_current(client, name: str = DEFAULT_IMAGE) -> bool:
+    import docker.errors
+
     try:
         image = client.images.get(name)
     except docker.errors.ImageNotFound:
@@ -48,99 +78,135 @@ def image_is_current(client: docker.DockerClient, name: str = DEFAULT_IMAGE) -> 
     return (image.labels or {}).get("offload.recipe") == recipe_hash()
 
 
-def build_image(
-    client: docker.DockerClient,
-    name: str = DEFAULT_IMAGE,
-    cache_dir: Path | None = None,
-    force: bool = False,
-    log: Callable[[str], None] = print,
-) -> str:
-    """Build the base image unless a current one exists; returns how it was obtained."""
-    if not force and image_is_current(client, name):
-        return "up to date"
-    if _registry_answers(client):
-        _build_from_registry(client, name, log)
-        return "built from debian:bookworm-slim"
-    rootfs_tar = (cache_dir or Path(tempfile.gettempdir())) / "images" / f"rootfs-{recipe_hash()}.tar"
-    if force or not rootfs_tar.exists():
-        _debootstrap(rootfs_tar, log)
-    log(f"importing {rootfs_tar.name} as {name}")
-    changes = [
-        f"USER {SANDBOX_UID}:{SANDBOX_UID}",
-        "WORKDIR /workspace",
-        "ENV PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 HOME=/home/offload",
-        f'LABEL offload.recipe="{recipe_hash()}"',
-        'LABEL offload.owner="offload"',
-        'CMD ["sleep", "infinity"]',
-    ]
-    repository, _, tag = name.partition(":")
+def is_ours(client, name: str) -> bool | None:
+    """Whether the image `name` is one Offload built as that name (None: there is no such image);
+    an image built FROM it inherits its labels but not its name. Offload never builds over an
+    image it did not build."""
+    import docker.errors
+
     try:
-        client.api.import_image_from_file(str(rootfs_tar), repository=repository, tag=tag or "latest", changes=changes)
-    except docker.errors.DockerException as e:
-        raise SandboxError(f"importing the base image failed: {e}") from e
+        image = client.images.get(name)
+    except docker.errors.ImageNotFound:
+        return None
+    return (image.labels or {}).get(IMAGE_LABEL) == name
+
+
+def build_image(client, name: str = DEFAULT_IMAGE, force: bool = False, log: Callable[[str], None] = print) -> str:
+    """Build the base image unless a current one exists, and its root filesystem on this host;
+    returns how it was obtained. Without a Docker client, only the root filesystem is made."""
+    root = _rootfs_path()
+    if client is not None and is_ours(client, name) is False:
+        raise SandboxError(f"{name} is an image Offload did not build; it is left as it is. Set sandbox.image "
+                           f"to another name (the default is {DEFAULT_IMAGE}) to build Offload's image")
+    if client is not None and not force and image_is_current(client, name):
+        if rootfs() is None:
+            _export(client, name, root, log)
+        return "up to date"
+    if client is not None and (force or rootfs() is None) and _registry_answers(client):
+        _build_from_registry(client, name, log)
+        _export(client, name, root, log)
+        return f"built from debian:{RELEASE}-slim"
+    if force or rootfs() is None:
+        _debootstrap(root, log)
+    if client is None:
+        return f"root filesystem made at {root} (no Docker engine: no image)"
+    _import(client, root, name, log)
     return "built offline with debootstrap"
 
 
-def _registry_answers(client: docker.DockerClient) -> bool:
+def _labels(name: str) -> list[str]:
+    return [f"ENV PATH={PATH} LANG=C.UTF-8 HOME=/home/{SANDBOX_USER}",
+            f'LABEL offload.recipe="{recipe_hash()}" offload.owner="offload" {IMAGE_LABEL}="{name}"']
+
+
+def _registry_answers(client) -> bool:
+    import docker.errors
+
     try:
-        client.images.pull("debian", tag="bookworm-slim")
+        client.images.pull("debian", tag=f"{RELEASE}-slim")
         return True
     except docker.errors.DockerException:
         return False
 
 
-def _build_from_registry(client: docker.DockerClient, name: str, log: Callable[[str], None]) -> None:
-    dockerfile = f"""FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends {' '.join(PACKAGES)} \\
- && rm -rf /var/lib/apt/lists/* \\
- && useradd -m -u {SANDBOX_UID} -s /bin/bash {SANDBOX_USER} \\
- && mkdir /workspace && chown {SANDBOX_UID}:{SANDBOX_UID} /workspace
+def _build_from_registry(client, name: str, log: Callable[[str], None]) -> None:
+    lines = "\n".join(_labels(name))
+    dockerfile = f"""FROM debian:{RELEASE}-slim
+RUN apt-get update && apt-get install -y --no-install-recommends {' '.join(PACKAGES)}
+RUN {' && '.join(line for line in _FINISH.splitlines()[1:])}
 USER {SANDBOX_UID}:{SANDBOX_UID}
 WORKDIR /workspace
-ENV LANG=C.UTF-8 HOME=/home/{SANDBOX_USER}
-LABEL offload.recipe="{recipe_hash()}" offload.owner="offload"
+{lines}
 CMD ["sleep", "infinity"]
 """
-    log(f"building {name} from debian:bookworm-slim")
+    log(f"building {name} from debian:{RELEASE}-slim")
     client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=name, rm=True)
 
 
-def _debootstrap(rootfs_tar: Path, log: Callable[[str], None]) -> None:
-    """A minimal Debian rootfs from Debian's packages, as a tarball ready for `docker import`."""
+def _debootstrap(root: Path, log: Callable[[str], None]) -> None:
+    """A Debian root filesystem from Debian's packages, at `root`, whole or not at all."""
     if shutil.which("debootstrap") is None:
         raise SandboxError(
             "no container registry answers and debootstrap is missing: "
             "install it (apt-get install -y debootstrap) and run `offload image build` again"
         )
-    rootfs_tar.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="offload-rootfs-") as tmp:
-        root = Path(tmp) / "root"
-        log(f"debootstrap bookworm from {MIRROR} (about a minute)")
-        proc = subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", "bookworm", str(root), MIRROR],
-            capture_output=True, text=True,
-        )
-        if proc.returncode != 0:
-            raise SandboxError(f"debootstrap failed: {(proc.stdout + proc.stderr)[-2000:]}")
-        _add_user(root)
-        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            for entry in (root / cache).iterdir():
-                if entry.is_file():
-                    entry.unlink()
-        partial = rootfs_tar.with_suffix(".partial")
-        with tarfile.open(partial, "w") as tar:
-            tar.add(root, arcname=".")
-        os.replace(partial, rootfs_tar)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=".new-", dir=root.parent))
+    try:
+        log(f"debootstrap {RELEASE} from {MIRROR} (about a minute)")
+        _run(["debootstrap", "--variant=minbase", RELEASE, str(partial), MIRROR], "debootstrap")
+        # apt, not debootstrap, resolves the packages' dependencies: debootstrap's resolver misses some (npm's)
+        log(f"installing {len(PACKAGES)} packages and what they need (a few minutes)")
+        _run(["chroot", str(partial), "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
+              "--no-install-recommends", *PACKAGES], "installing the packages")
+        _run(["chroot", str(partial), "sh", "-c", _FINISH], "finishing the root filesystem")
+        partial.chmod(0o755)
+        shutil.rmtree(root, ignore_errors=True)
+        os.rename(partial, root)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
-def _add_user(root: Path) -> None:
-    """The sandbox's non-root user, its home and the workspace it owns."""
-    uid = SANDBOX_UID
-    with open(root / "etc/passwd", "a") as f:
-        f.write(f"{SANDBOX_USER}:x:{uid}:{uid}:Offload:/home/{SANDBOX_USER}:/bin/bash\n")
-    with open(root / "etc/group", "a") as f:
-        f.write(f"{SANDBOX_USER}:x:{uid}:\n")
-    for rel in (f"home/{SANDBOX_USER}", "workspace"):
-        path = root / rel
-        path.mkdir(parents=True, exist_ok=True)
-        os.chown(path, uid, uid)
+def _run(argv: list[str], what: str) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, env={"PATH": PATH, "LANG": "C.UTF-8"})
+    if proc.returncode != 0:
+        raise SandboxError(f"{what} failed: {(proc.stdout + proc.stderr)[-2000:]}")
+
+
+def _import(client, root: Path, name: str, log: Callable[[str], None]) -> None:
+    import docker.errors
+
+    log(f"importing {root.name} as {name}")
+    changes = [f"USER {SANDBOX_UID}:{SANDBOX_UID}", "WORKDIR /workspace", *_labels(name), 'CMD ["sleep", "infinity"]']
+    repository, _, tag = name.partition(":")
+    with tempfile.TemporaryDirectory(prefix="offload-import-", dir=root.parent) as tmp:
+        tarball = Path(tmp) / "rootfs.tar"
+        subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(tarball), "."], check=True)
+        try:
+            client.api.import_image_from_file(str(tarball), repository=repository, tag=tag or "latest",
+                                              changes=changes)
+        except docker.errors.DockerException as e:
+            raise SandboxError(f"importing the base image failed: {e}") from e
+
+
+def _export(client, name: str, root: Path, log: Callable[[str], None]) -> None:
+    """The image's root filesystem as a directory on this host, for bubblewrap and the toolset."""
+    log(f"copying {name}'s root filesystem to {root}")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=".new-", dir=root.parent))
+    container = client.containers.create(name, ["true"])
+    try:
+        tar = subprocess.Popen(["tar", "-C", str(partial), "--numeric-owner", "-xf", "-",
+                                "--exclude=./dev/*", "--exclude=./proc/*", "--exclude=./sys/*"],
+                               stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        for chunk in container.export():
+            tar.stdin.write(chunk)
+        tar.stdin.close()
+        if tar.wait() != 0:
+            raise SandboxError(f"unpacking {name}'s root filesystem failed: {tar.stderr.read().decode()[-2000:]}")
+        partial.chmod(0o755)
+        shutil.rmtree(root, ignore_errors=True)
+        os.rename(partial, root)
+    finally:
+        container.remove(force=True)
+        shutil.rmtree(partial, ignore_errors=True)

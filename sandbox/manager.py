@@ -21,6 +21,7 @@ from .pool import WarmPool
 from .setup import Environment, Setup
 from .setup import sweep as sweep_setups
 from .channel import ExecResult
+from .environment import command_env
 from .errors import SandboxError
 from .image import DEFAULT_IMAGE
 from .layer import parse_size
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 # The whole environment of every command: nothing of the host's, no keys.
 COMMAND_ENV = {
     "HOME": "/home/offload",
-    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "LANG": "C.UTF-8",
     "TERM": "dumb",
     "PAGER": "cat",
@@ -67,6 +68,8 @@ class SandboxConfig:
     setup_secrets: list[str] = field(default_factory=list)  # host variables only the setup script gets
     setup_timeout: float = 30.0  # minutes
     warm: int = 0  # started, unclaimed sandboxes kept per engine and image (pool.py); 0: none
+    env: dict = field(default_factory=dict)  # variables for every command (environment.py)
+    ca_bundle: str = ""  # a PEM file on this host the sandbox trusts; "": none
 
 
 class WarmKey(NamedTuple):
@@ -87,6 +90,7 @@ class Sandbox:
     backend: object
     workdir: str
     warm: bool = False  # claimed from the warm pool rather than started for its task
+    env: dict = field(default_factory=lambda: dict(COMMAND_ENV))  # its commands' environment
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -112,17 +116,21 @@ class Sandbox:
         cancel: threading.Event | None = None,
     ) -> ExecResult:
         return self.runner.run(
-            argv, cwd=self.resolve(workdir), env=dict(COMMAND_ENV), timeout=timeout,
+            argv, cwd=self.resolve(workdir), env=dict(self.env), timeout=timeout,
             on_output=on_output, cancel=cancel,
         )
 
     def git(self, *args: str, timeout: float = 120.0) -> ExecResult:
         result = self.runner.run(
-            ["git", *args], cwd=self.backend.workspace, env=dict(COMMAND_ENV), timeout=timeout
+            ["git", *args], cwd=self.backend.workspace, env=self._git_env(), timeout=timeout
         )
         if result.exit_code != 0:
             raise SandboxError(f"git {shlex.join(args)} failed in the sandbox: {result.output.strip()}")
         return result
+
+    def _git_env(self) -> dict:
+        """Offload's own git commands: the fixed environment, on the sandbox's PATH."""
+        return {**COMMAND_ENV, "PATH": self.env["PATH"]}
 
     def _rel(self, path: str) -> str:
         """A workspace-relative path for a path given relative to the task's directory."""
@@ -160,7 +168,7 @@ class Sandbox:
             with open(path, "wb") as pack:
                 made = self.runner.run(
                     ["git", "pack-objects", "--stdout", "--revs", "-q"], cwd=self.backend.workspace,
-                    env=dict(COMMAND_ENV), stdin=f"{head}\n^{self.snapshot.base}\n", timeout=EXPORT_TIMEOUT,
+                    env=self._git_env(), stdin=f"{head}\n^{self.snapshot.base}\n", timeout=EXPORT_TIMEOUT,
                     max_output=MAX_CHANGE, binary=True, on_output=pack.write)
             if made.output_limited:
                 raise RefusedChange(f"the change is over {MAX_CHANGE >> 30} GiB; nothing of it was taken")
@@ -235,7 +243,7 @@ class SandboxManager:
         a warm sandbox of the same engine and image is claimed when one is ready."""
         sandbox_id = uuid.uuid4().hex[:12]
         limits = dict(memory=self.config.memory, cpus=self.config.cpus, pids=self.config.pids,
-                      network=self.config.network == "on", read_only=read_only)
+                      network=self.config.network == "on", read_only=read_only, ca_bundle=self.config.ca_bundle)
         all_labels = {"offload.owner": self.owner, "offload.tree": snapshot.tree, **(labels or {})}
         setup = self._setup(snapshot, on_setup, cancel)
         environment, warm = Environment(image=self.config.image), None
@@ -273,7 +281,8 @@ class SandboxManager:
                 backend.destroy()
                 raise
         workdir = posixpath.join(backend.workspace, snapshot.subdir) if snapshot.subdir else backend.workspace
-        sandbox = Sandbox(backend.id, snapshot, backend, workdir, warm=warm is not None)
+        env = command_env(COMMAND_ENV, getattr(backend, "env", {}), self.config.ca_bundle, self.config.env)
+        sandbox = Sandbox(backend.id, snapshot, backend, workdir, warm=warm is not None, env=env)
         self._sandboxes[sandbox.id] = sandbox
         return sandbox
 
@@ -326,7 +335,7 @@ class SandboxManager:
         sandbox_id = uuid.uuid4().hex[:12]
         settings = dict(sandbox_id=sandbox_id, labels={"offload.owner": self.owner}, memory=self.config.memory,
                         cpus=self.config.cpus, pids=self.config.pids, network=self.config.network == "on",
-                        disk=self.config.disk, home_lower=key.home)
+                        disk=self.config.disk, home_lower=key.home, ca_bundle=self.config.ca_bundle)
         if key.backend == "bubblewrap":
             return bwrap_backend.create(self.cache_dir, snapshot_path=None, **settings)
         engine = hosts.engine_for(key.engine)
@@ -347,7 +356,8 @@ class SandboxManager:
             return None
         return Setup(script=self.config.setup, secrets=list(self.config.setup_secrets),
                      network=self.config.network in ("setup", "on"), timeout=self.config.setup_timeout * 60,
-                     cache_dir=self.cache_dir, env=dict(COMMAND_ENV), disk=self.config.disk,
+                     cache_dir=self.cache_dir, env=dict(COMMAND_ENV), extra_env=dict(self.config.env),
+                     ca_bundle=self.config.ca_bundle, disk=self.config.disk,
                      limits=dict(memory=self.config.memory, cpus=self.config.cpus, pids=self.config.pids),
                      log=log or (lambda event: None), cancel=cancel,
                      labels={"offload.owner": self.owner, "offload.tree": snapshot.tree})

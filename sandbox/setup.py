@@ -42,6 +42,7 @@ import docker.types
 from docker.types import Mount
 
 from . import bwrap_backend, docker_backend, layer, owner
+from .environment import command_env
 from .errors import SandboxError
 from .image import SANDBOX_UID
 
@@ -120,12 +121,14 @@ class Setup:
     network: bool  # whether setup may reach the network
     timeout: float  # seconds
     cache_dir: Path
-    env: dict  # the commands' environment (no secrets)
+    env: dict  # Offload's fixed environment for commands (no secrets)
     limits: dict  # memory, cpus, pids
     disk: str
     log: Callable[[dict], None] = lambda event: None
     cancel: threading.Event | None = None
     labels: dict = field(default_factory=dict)
+    extra_env: dict = field(default_factory=dict)  # sandbox.env
+    ca_bundle: str = ""  # sandbox.ca_bundle
 
     @property
     def root(self) -> Path:
@@ -303,6 +306,7 @@ class Setup:
                   "offload.created": str(int(time.time())), "offload.backend": "docker", owner.LABEL: owner.label()}
         container = runner = network = None
         try:
+            additions = docker_backend.Additions(client, base.id, self.ca_bundle, layers)
             if self.network:  # a bridge of its own: no other container on it, and no need for docker0
                 network = client.networks.create(f"offload-setup-{setup_id}", driver="bridge", labels=labels)
             container = client.containers.create(
@@ -313,11 +317,12 @@ class Setup:
                 pids_limit=self.limits["pids"], mem_limit=memory, memswap_limit=memory,
                 nano_cpus=int(self.limits["cpus"] * 1e9), init=True, auto_remove=True,
                 log_config=docker.types.LogConfig(type=docker.types.LogConfig.types.NONE),
-                mounts=[Mount(EXPORT, str(staging), type="bind")] if layers else [])
+                mounts=([Mount(EXPORT, str(staging), type="bind")] if layers else []) + additions.mounts)
             container.put_archive("/", docker_backend._workspace_tar(snapshot.path))
+            additions.copy_in(container)
             container.start()
-            runner = docker_backend._start_runner(client, container, user="0:0")
-            env = {**self.env, "PATH": _ROOT_PATH}
+            runner = docker_backend._start_runner(client, container, user="0:0", python=additions.python)
+            env = command_env({**self.env, "PATH": _ROOT_PATH}, additions.env, self.ca_bundle, self.extra_env)
             kept = self._run(runner, key, self.argv(snapshot), env, secrets, EXPORT if layers else _KEEP, home=layers)
             self._command(runner, ["sh", "-c", _DOCKER_LAYERS if layers else _DOCKER_IMAGE, "finish",
                                    f"{SANDBOX_UID}:{SANDBOX_UID}"], env)
@@ -362,10 +367,11 @@ class Setup:
             sandbox = bwrap_backend.create(
                 self.cache_dir, snapshot_path=snapshot.path, sandbox_id=f"setup-{uuid.uuid4().hex[:12]}",
                 labels={**self.labels, "offload.setup": key}, disk=self.disk, network=self.network,
-                binds={str(staging): EXPORT}, **self.limits)
+                binds={str(staging): EXPORT}, ca_bundle=self.ca_bundle, **self.limits)
+            env = command_env(self.env, {}, self.ca_bundle, self.extra_env)
             try:
-                kept = self._run(sandbox.runner, key, self.argv(snapshot), self.env, secrets, EXPORT, home=True)
-                self._scan(sandbox.runner, self.env, secrets, [EXPORT])
+                kept = self._run(sandbox.runner, key, self.argv(snapshot), env, secrets, EXPORT, home=True)
+                self._scan(sandbox.runner, env, secrets, [EXPORT])
             finally:
                 sandbox.destroy()
             self._publish(key, staging, kept)
@@ -423,12 +429,14 @@ def _has_image(client: docker.DockerClient, tag: str, key: str) -> bool:
 
 
 def _host_identity() -> str:
-    """What a bubblewrap sandbox's system is: this host's OS release and architecture."""
+    """What a bubblewrap sandbox's system is: the base image's root filesystem (its name holds its
+    recipe's hash) or this host's, its OS release, and the architecture."""
+    root = bwrap_backend.system()
     try:
-        release = Path("/etc/os-release").read_text()
+        release = (root / "etc/os-release").read_text()
     except OSError:
         release = ""
-    return hashlib.sha256(f"{release}{platform.machine()}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{root}{release}{platform.machine()}".encode()).hexdigest()[:16]
 
 
 def _redact(text: str, secrets: dict[str, str]) -> str:

@@ -283,7 +283,7 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
     config = cfg.load_config(Path.cwd())
     client = connect(config.get("sandbox.docker_host") or None)
-    how = build_image(client, config.get("sandbox.image"), cfg.cache_dir(), force=args.force,
+    how = build_image(client, config.get("sandbox.image"), force=args.force,
                       log=lambda line: print(line, file=sys.stderr, flush=True))
     print(f"{config.get('sandbox.image')}: {how}")
     return 0

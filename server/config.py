@@ -13,6 +13,18 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from offload.sandbox.image import DEFAULT_IMAGE
+
+# Where Linux distributions keep the system's CA bundle (Debian/Ubuntu, Fedora/RHEL, openSUSE, Alpine/Arch).
+HOST_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/ca-bundle.pem",
+                   "/etc/ssl/cert.pem")
+
+
+def host_ca_bundle() -> str:
+    """This host's CA bundle, which sandboxes trust by default (a TLS-intercepting proxy's CA included)."""
+    return next((path for path in HOST_CA_BUNDLES if os.path.isfile(path)), "")
+
+
 DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {
         "name": "",
@@ -27,7 +39,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "sandbox": {
         "backend": "auto",
-        "image": "offload-base:bookworm",
+        "image": DEFAULT_IMAGE,
+        "env": {},  # variables every command in a sandbox gets, setup included
+        "ca_bundle": host_ca_bundle(),  # a PEM file sandboxes trust (SSL_CERT_FILE and the like); "": none
         "setup": "",  # shell text, or a script file of the repository, run once per environment
         "setup_secrets": [],  # names of host environment variables only the setup script gets
         "setup_timeout": 30.0,  # minutes
@@ -67,6 +81,12 @@ def _check(key: str, value: Any) -> None:
                 raise ConfigError(f"{key}: {name!r} is not an environment variable name")
     if key == "sandbox.warm" and (type(value) is not int or value < 0):
         raise ConfigError(f"{key} must be a number of sandboxes, 0 or more, got {value!r}")
+    if key == "sandbox.env":
+        for name, item in value.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or not isinstance(item, str) or "\0" in item:
+                raise ConfigError(f"{key}: {name} = {item!r} is not a variable name with a string value")
+    if key == "sandbox.ca_bundle" and value and not os.path.isfile(os.path.expanduser(value)):
+        raise ConfigError(f"{key}: {value!r} is not a file; name a PEM bundle of CA certificates, or \"\" for none")
     if key == "sandbox.setup_timeout" and not value > 0:
         raise ConfigError(f"{key} must be a number of minutes above 0, got {value!r}")
 
@@ -87,6 +107,13 @@ def _config_home() -> Path:
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
     try:
+        if isinstance(default, dict):
+            if isinstance(value, str):  # from the environment: a JSON object, or NAME=value,NAME=value
+                value = json.loads(value) if value.lstrip().startswith("{") else \
+                    dict(item.strip().split("=", 1) for item in value.split(",") if item.strip())
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} must be a table of variables (NAME = \"value\"), got {value!r}")
+            return value
         if isinstance(default, list):
             if isinstance(value, str):  # from the environment: comma-separated
                 value = [item.strip() for item in value.split(",") if item.strip()]

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from offload.sandbox.errors import SandboxError
+from offload.sandbox.image import DEFAULT_IMAGE
 
 from . import config as cfg
 
@@ -49,7 +50,7 @@ def _check_engines(config: cfg.Config, check) -> None:
     URL) and then over all of them: Docker works when one engine answers and holds the image."""
     from offload.sandbox.docker_backend import overlay_problem
     from offload.sandbox.hosts import DockerHosts
-    from offload.sandbox.image import image_is_current
+    from offload.sandbox.image import image_is_current, is_ours
 
     image = config.get("sandbox.image")
     try:
@@ -71,18 +72,36 @@ def _check_engines(config: cfg.Config, check) -> None:
             "local: workspaces are overlays of this machine's snapshot cache, their disk capped by sandbox.disk"
         check("docker" + suffix, True, f"engine {engine.client.version().get('Version', '?')} answers"
               + ("" if several else f" at {engine.name}") + f" ({where})")
+        ours = is_ours(engine.client, image)
+        if ours is False:  # the user's: checked by running it, never rebuilt
+            usable += _check_own_image(engine, image, check, suffix)
+            continue
         current = image_is_current(engine.client, image)
         usable += current
+        fix = f"pull or build {image} on this engine, or set sandbox.image = {DEFAULT_IMAGE!r} and run " \
+              "`offload image build`" if ours is None and image != DEFAULT_IMAGE else "run `offload image build`"
         check("image" + suffix, current, f"{image} is {'current' if current else 'missing or outdated'}",
               f"run `OFFLOAD_SANDBOX_DOCKER_HOST={engine.name} offload image build`, or copy it from an engine "
-              f"that has it: docker save {image} | docker -H {engine.name} load" if several else
-              "run `offload image build`")
+              f"that has it: docker save {image} | docker -H {engine.name} load" if several else fix)
     if several:
         check("docker", answering > 0, f"{answering} of {len(engines)} engines in sandbox.docker_hosts answer",
               "start at least one of the engines above")
         if answering:
             check("image", usable > 0, f"{image} is current on {usable} of the {answering} engines that answer; "
                   "sandboxes go only to those", "build or copy the image to an engine, as above")
+
+
+def _check_own_image(engine, image: str, check, suffix: str) -> bool:
+    """`image` for a user's image: what Offload needs inside, tried in it."""
+    from offload.sandbox.toolset import missing
+
+    lacking = missing(engine.client, image, engine.local)
+    check("image" + suffix, not lacking, f"{image} is your own image" + (
+        f"; it lacks {', '.join(lacking)}, which Offload runs inside" if lacking else
+        ": it runs Offload's runner and git (its own, or Offload's lent from the base image)"),
+        f"add {' and '.join(lacking)} to {image}, or let Offload lend its own: on an engine on this machine, run "
+        f"`OFFLOAD_SANDBOX_IMAGE={DEFAULT_IMAGE} offload image build` once")
+    return not lacking
 
 
 PROBE = [{"role": "system", "content": "You are checking that tool calls work. Answer only with a tool call."},

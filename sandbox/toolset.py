@@ -1,0 +1,89 @@
+"""Offload's own tools in a user's Docker image: the runner's Python and git, lent by the base image.
+
+A user's image needs only a POSIX shell. What Offload itself runs inside (the runner, a Python
+program, and git for the task's commits) comes from the base image's root filesystem on this
+host (image.rootfs), bound read-only at /opt/offload/root and started through that filesystem's
+own dynamic loader, so nothing of the user's image (its libc included) is needed or changed. Git
+is on the commands' PATH after the image's own directories, so the image's git wins where it has
+one. Images built from Offload's base (they carry its recipe label) have all this themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from docker.types import Mount
+
+from .image import rootfs
+
+MOUNT = "/opt/offload"
+ROOT = f"{MOUNT}/root"
+BIN = f"{MOUNT}/bin"
+_LOADERS = ("usr/lib64/ld-linux-x86-64.so.2", "usr/lib/ld-linux-aarch64.so.1", "usr/lib/ld-linux-armhf.so.3")
+
+
+@dataclass(frozen=True)
+class Toolset:
+    """The base root filesystem on this host, and how programs in it start inside a container."""
+
+    root: Path
+    loader: str  # the root filesystem's dynamic loader, as seen inside
+    libraries: str  # its library directories, as seen inside
+
+    def command(self, program: str) -> list[str]:
+        """The argv prefix that runs `program` of the root filesystem inside the container."""
+        return [self.loader, "--library-path", self.libraries, f"{ROOT}{program}"]
+
+    def mounts(self) -> list[Mount]:
+        return [Mount(ROOT, str(self.root), type="bind", read_only=True),
+                Mount(BIN, str(self._wrappers()), type="bind", read_only=True)]
+
+    def _wrappers(self) -> Path:
+        """A directory of shell scripts that start the root filesystem's git, next to it."""
+        directory = self.root.parent / f"{self.root.name}.bin"
+        git = directory / "git"
+        text = f'#!/bin/sh\nexec {" ".join(self.command("/usr/bin/git"))} --exec-path={ROOT}/usr/lib/git-core "$@"\n'
+        if not git.exists() or git.read_text() != text:
+            directory.mkdir(mode=0o755, exist_ok=True)
+            partial = directory / ".git.new"
+            partial.write_text(text)
+            partial.chmod(0o755)
+            partial.replace(git)
+        return directory
+
+
+def needed(image_attrs: dict) -> bool:
+    """Whether an image lacks Offload's tools: it was not built from Offload's base image."""
+    return "offload.recipe" not in ((image_attrs.get("Config") or {}).get("Labels") or {})
+
+
+def toolset() -> Toolset | None:
+    """The toolset of this host's base root filesystem, or None until `offload image build` made it."""
+    root = rootfs()
+    if root is None:
+        return None
+    loader = next((name for name in _LOADERS if (root / name).exists()), None)
+    if loader is None:
+        return None
+    libraries = sorted(str(p.relative_to(root)) for p in (root / "usr/lib").glob("*-linux-gnu*") if p.is_dir())
+    return Toolset(root, f"{ROOT}/{loader}", ":".join(f"{ROOT}/{lib}" for lib in [*libraries, "usr/lib"]))
+
+
+# Run in an image as the sandbox user: prints what it lacks of what Offload runs inside.
+_PROBE = ('command -v git >/dev/null 2>&1 || echo git; '
+          'python3 -c "import sys; sys.exit(sys.version_info < (3, 9))" >/dev/null 2>&1 || echo "python3 3.9 or newer"')
+
+
+def missing(client, image: str, local: bool) -> list[str]:
+    """What Offload needs inside that the image lacks, found by running it: a POSIX shell, and
+    python3 and git unless Offload lends its own (an engine on this machine, the base built)."""
+    import docker.errors
+
+    try:
+        out = client.containers.run(image, ["-c", _PROBE], entrypoint="/bin/sh", user="1000:1000", remove=True,
+                                    network_mode="none")
+    except docker.errors.ContainerError:
+        return ["a POSIX shell at /bin/sh"]
+    lent = local and needed(client.images.get(image).attrs) and toolset() is not None
+    return [] if lent else [line for line in out.decode().splitlines() if line]
