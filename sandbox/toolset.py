@@ -70,6 +70,7 @@ def toolset() -> Toolset | None:
     return Toolset(root, f"{ROOT}/{loader}", ":".join(f"{ROOT}/{lib}" for lib in [*libraries, "usr/lib"]))
 
 
+SHELL = "a POSIX shell at /bin/sh"
 # Run in an image as the sandbox user: prints what it lacks of what Offload runs inside.
 _PROBE = ('command -v git >/dev/null 2>&1 || echo git; '
           'python3 -c "import sys; sys.exit(sys.version_info < (3, 9))" >/dev/null 2>&1 || echo "python3 3.9 or newer"')
@@ -80,10 +81,15 @@ def missing(client, image: str, local: bool) -> list[str]:
     python3 and git unless Offload lends its own (an engine on this machine, the base built)."""
     import docker.errors
 
+    container = client.containers.create(image, ["-c", _PROBE], entrypoint="/bin/sh", user="1000:1000",
+                                         network_mode="none")
     try:
-        out = client.containers.run(image, ["-c", _PROBE], entrypoint="/bin/sh", user="1000:1000", remove=True,
-                                    network_mode="none")
-    except docker.errors.ContainerError:
-        return ["a POSIX shell at /bin/sh"]
+        container.start()
+        container.wait(timeout=60)
+        out = container.logs(stdout=True, stderr=False).decode()
+    except docker.errors.APIError:  # nothing at /bin/sh to start
+        return [SHELL]
+    finally:
+        container.remove(force=True)
     lent = local and needed(client.images.get(image).attrs) and toolset() is not None
-    return [] if lent else [line for line in out.decode().splitlines() if line]
+    return [] if lent else [line for line in out.splitlines() if line]

@@ -14,6 +14,7 @@ command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v git >/dev/null || need+=(git)
 command -v openssl >/dev/null || need+=(openssl)  # the tests' TLS engine certificates
+[ -x /bin/busybox ] || need+=(busybox-static)  # the tests' own image with nothing but a shell
 # the tests' engine over ssh; a developer machine is not given an ssh server (that test skips there)
 if [ -n "${CI:-}" ] && [ ! -x /usr/sbin/sshd ]; then need+=(openssh-server); fi
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)

@@ -93,12 +93,13 @@ def _check_engines(config: cfg.Config, check) -> None:
 
 def _check_own_image(engine, image: str, check, suffix: str) -> bool:
     """`image` for a user's image: what Offload needs inside, tried in it."""
-    from offload.sandbox.toolset import missing
+    from offload.sandbox.toolset import SHELL, missing
 
     lacking = missing(engine.client, image, engine.local)
     check("image" + suffix, not lacking, f"{image} is your own image" + (
         f"; it lacks {', '.join(lacking)}, which Offload runs inside" if lacking else
         ": it runs Offload's runner and git (its own, or Offload's lent from the base image)"),
+        f"add {SHELL} to {image}" if SHELL in lacking else
         f"add {' and '.join(lacking)} to {image}, or let Offload lend its own: on an engine on this machine, run "
         f"`OFFLOAD_SANDBOX_IMAGE={DEFAULT_IMAGE} offload image build` once")
     return not lacking
