@@ -62,6 +62,12 @@ class Worker:
             if self._proc is not None:
                 self._send({"cancel": task_id})
 
+    def configure(self) -> None:
+        """The settings' overrides changed (in place): a running child takes them for its next runs."""
+        with self._lock:
+            if self._proc is not None:
+                self._send({"overrides": self.settings["overrides"]})
+
     def close(self, timeout: float = 30) -> None:
         """End the child: it destroys its warm sandboxes and exits."""
         with self._lock:
@@ -161,6 +167,9 @@ def main() -> int:
                 send({"done": message["key"]})
                 continue
             job.add_done_callback(lambda _, key=message["key"]: send({"done": key}))
+        elif "overrides" in message:  # the editor's settings changed: for the runs that start from now on
+            manager.overrides.clear()
+            manager.overrides.update(message["overrides"])
         elif "cancel" in message:
             try:
                 manager.cancel(message["cancel"])
