@@ -62,7 +62,10 @@ _PROC_HIDDEN = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats", "
 # as the caller), where it may mount a tmpfs and the overlay. $1 is the sandbox directory, $2 the
 # workspace overlay's options (relative to the layer), or "" for a warm sandbox, whose workspace is
 # mounted on ws when it is claimed (`claim`) and reaches bwrap's namespace by propagation; $3 the
-# tmpfs size, $4 the home overlay's options (over a cached setup home) or "". The identity files
+# tmpfs size, $4 the home overlay's options (over a cached setup home) or "", $5 the base root
+# filesystem or "": it is mounted as a read-only overlay (over an empty sibling, as an overlay
+# without an upper layer needs two) named relative to its parent, so the system directories bound
+# from it show no host path inside. The identity files and the CA bundle
 # are bound from the tmpfs, so their host path is nowhere in the sandbox's mount table; fd 9 is the
 # seccomp filter. bwrap's stderr is dropped: the sandbox could write to it.
 _SETUP = """set -e
@@ -71,6 +74,7 @@ mount -t tmpfs -o "size=$3,mode=0755" offload "$layer"
 cd "$layer"
 mkdir upper work ws home tmp shm
 cp "$1/passwd" "$1/group" .
+if [ -e "$1/ca.pem" ]; then cp "$1/ca.pem" .; fi
 if [ -n "$2" ]; then
   mount -t overlay overlay -o "$2" ws
 else
@@ -81,9 +85,13 @@ if [ -n "$4" ]; then
   mkdir home-upper home-work
   mount -t overlay overlay -o "$4" home
 fi
+if [ -n "$5" ]; then
+  mkdir system
+  (cd "$5/.." && mount -t overlay overlay -o "lowerdir=${5##*/}:${5##*/}.empty" "$layer/system")
+fi
 exec 9<"$1/seccomp.bpf"
 cd /
-shift 4
+shift 5
 exec 2>/dev/null
 exec "$@"
 """
@@ -278,7 +286,7 @@ def available() -> None:
 
 
 def _bwrap_argv(directory: Path, network: bool, rlimits: list[str], read_only: bool = False,
-                binds: dict[str, str] | None = None, ca_bundle: str = "") -> list[str]:
+                binds: dict[str, str] | None = None) -> list[str]:
     layer = directory / "layer"
     argv = ["bwrap", "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
             "--disable-userns", "--die-with-parent", "--new-session", "--as-pid-1", "--hostname", "offload",
@@ -286,19 +294,20 @@ def _bwrap_argv(directory: Path, network: bool, rlimits: list[str], read_only: b
     if network:
         argv.append("--share-net")
     root = system()
+    mounted = Path("/") if root == Path("/") else layer / "system"  # where bwrap finds it (see _SETUP)
     for name in _SYSTEM_DIRS:
         source = root / name
         if source.is_symlink():
             argv += ["--symlink", os.readlink(source), f"/{name}"]
         elif source.is_dir():
-            argv += ["--ro-bind", str(source), f"/{name}"]
+            argv += ["--ro-bind", str(mounted / name), f"/{name}"]
     if root != Path("/"):
-        argv += ["--ro-bind", str(root / "etc"), "/etc"]
+        argv += ["--ro-bind", str(mounted / "etc"), "/etc"]
     for name in (_ETC if root == Path("/") else ()) + (_ETC_NETWORK if network else ()):
         if root == Path("/") or (root / "etc" / name).exists():
             argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    if ca_bundle:
-        argv += ["--ro-bind", ca_bundle, CA_PATH]
+    if (directory / "ca.pem").exists():  # sandbox.ca_bundle, copied there by create
+        argv += ["--ro-bind", str(layer / "ca.pem"), CA_PATH]
     for name in ("passwd", "group"):
         argv += ["--ro-bind", str(layer / name), f"/etc/{name}"]
     argv += ["--proc", "/proc"]
@@ -367,6 +376,8 @@ def create(
         raise
     where.mkdir()
     _write_identity(directory)
+    if ca_bundle:
+        shutil.copyfile(ca_bundle, directory / "ca.pem")
     (directory / "seccomp.bpf").write_bytes(seccomp.program())
     cgroups = _Cgroups.make(sandbox_id, memory_bytes + disk_bytes, pids, cpus)
     # Without cgroups: rlimits set inside the sandbox's user namespace, so NPROC counts only its processes.
@@ -374,8 +385,11 @@ def create(
     outer = 'set -e\ncd /\nexec 2>"$1/setup.log"\necho $$ > "$1/pid"\n'
     outer += "".join(f"echo $$ > {shlex.quote(str(f))}\n" for f in (cgroups.procs_files() if cgroups else []))
     outer += f'exec unshare -Urm sh -c {shlex.quote(_SETUP)} offload-sandbox "$@"\n'
-    argv = ["sh", "-c", outer, "offload-sandbox", str(directory), workspace, str(disk_bytes), home,
-            *_bwrap_argv(directory, network, rlimits, read_only, binds, ca_bundle)]
+    base = "" if system() == Path("/") else str(system())
+    if base:
+        Path(f"{base}.empty").mkdir(exist_ok=True)
+    argv = ["sh", "-c", outer, "offload-sandbox", str(directory), workspace, str(disk_bytes), home, base,
+            *_bwrap_argv(directory, network, rlimits, read_only, binds)]
     sandbox = BwrapSandbox(sandbox_id, directory, None, cgroups)
     try:
         transport = _SPAWNER.submit(local_transport, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}).result()

@@ -12,6 +12,7 @@ each, against ~0.1 s for an exec per command).
 from __future__ import annotations
 
 import io
+import shutil
 import socket
 import struct
 import tarfile
@@ -178,6 +179,14 @@ class Additions:
         if ca_bundle and local:
             self.mounts.append(Mount(CA_PATH, ca_bundle, type="bind", read_only=True))
 
+    def carry_ca(self, written: Path) -> None:
+        """Bind the CA bundle from a copy on the sandbox's layer: the container's mount table then
+        names no path of this host's."""
+        if self.ca_bundle:
+            shutil.copyfile(self.ca_bundle, written / "ca.pem")
+            self.mounts = [m for m in self.mounts if m["Target"] != CA_PATH]
+            self.mounts.append(Mount(CA_PATH, str(written / "ca.pem"), type="bind", read_only=True))
+
     def copy_in(self, container) -> None:
         """On an engine that cannot bind this host's files, the CA bundle is copied in instead."""
         if self.ca_bundle and not any(m["Target"] == CA_PATH for m in self.mounts):
@@ -275,6 +284,7 @@ def create(
             directory = layer.sandbox_dir(private(cache_dir), sandbox_id, all_labels)
             all_labels["offload.directory"] = str(directory)
             written = layer.mount(directory, disk_bytes, SANDBOX_UID)
+            additions.carry_ca(written)
             below = [layer.overlay_path(p) for p in lowers]  # cached setup layers: the snapshot wins over them
             if snapshot is None:  # warm: the workspace mounted there when claimed reaches it by propagation
                 workspace = Mount(WORKSPACE, str(layer.share(written)), type="bind", propagation="rslave")

@@ -13,11 +13,11 @@ import pytest
 
 from offload.sandbox.environment import CA_PATH
 from offload.sandbox.errors import SandboxError
-from offload.sandbox.image import build_image, is_ours
+from offload.sandbox.image import build_image, is_ours, rootfs
 from offload.sandbox.manager import SandboxConfig, SandboxManager
 from offload.sandbox.toolset import missing
 from offload.server import config as cfg
-from tests.conftest import make_repo, offload_cli
+from tests.conftest import make_repo, offload_cli, part_missing
 from tests.test_real_projects import import_busybox
 from tests.test_sandbox_backends import BACKENDS, bubblewrap  # noqa: F401 (a fixture)
 
@@ -59,6 +59,8 @@ def run(sandbox, script: str) -> str:
 
 
 def test_the_default_image_has_current_toolchains_and_the_common_tools(backend, sandbox_of):
+    if rootfs() is None:
+        part_missing("the base image's root filesystem is missing: run `offload image build`")
     sandbox = sandbox_of(backend)
     versions = run(sandbox, "python3 -c 'import sys; print(*sys.version_info[:2])'; node -p process.versions.node; "
                             "npm --version; gcc -dumpversion; g++ -dumpversion")
@@ -70,6 +72,7 @@ def test_the_default_image_has_current_toolchains_and_the_common_tools(backend, 
                  "openssl", "tree", "pkg-config"):
         run(sandbox, f"command -v {tool}")
     run(sandbox, "command -v useradd")  # /usr/sbin is on PATH
+    assert str(rootfs().parent) not in run(sandbox, "cat /proc/self/mountinfo")  # no host path shows
     # a C program builds and runs
     run(sandbox, "printf '#include <stdio.h>\\nint main(void){puts(\"built\");}' > /tmp/a.c && cc -o /tmp/a /tmp/a.c "
                  "&& /tmp/a | grep -x built")
@@ -141,6 +144,7 @@ def test_a_ca_of_ones_own_in_the_bundle_is_trusted_inside(backend, sandbox_of, o
     trusting = sandbox_of(backend, ca_bundle=str(own_ca))
     output = run(trusting, TRUST)
     assert "server.pem: OK" in output and "python 200" in output and "node 200" in output
+    assert str(own_ca.parent) not in run(trusting, "cat /proc/self/mountinfo")  # bound from a copy
     assert run(trusting, "echo $SSL_CERT_FILE $REQUESTS_CA_BUNDLE $PIP_CERT $NODE_EXTRA_CA_CERTS $GIT_SSL_CAINFO"
                ).split() == [CA_PATH] * 5
 
