@@ -42,7 +42,9 @@ def probe_bubblewrap() -> str:
     limits = {"cgroup": "cgroups (memory, pids, cpu)",
               "rlimit": "rlimits only (no cgroup could be made: RLIMIT_AS per process, RLIMIT_NPROC "
                         "per sandbox, which does not bind root)"}[sandbox.limits]
-    return f"a sandbox answered in {ready * 1000:.0f} ms; limits by {limits}"
+    system = ("the base image's root filesystem, as Docker sandboxes have" if bwrap_backend.system() != Path("/") else
+              "this host's system directories (`offload image build` makes the base image's, as Docker sandboxes have)")
+    return f"a sandbox answered in {ready * 1000:.0f} ms; limits by {limits}; programs from {system}"
 
 
 def _check_engines(config: cfg.Config, check) -> None:
