@@ -1,6 +1,9 @@
 /** Offload for VS Code: the language server, the Tasks view, inline review and task pages. */
 
+import * as path from "node:path";
 import * as vscode from "vscode";
+import { runDoctor } from "./doctor";
+import { type Notice, fromServer, notice } from "./notices";
 import { Review } from "./review";
 import { API_KEY_SECRET, OffloadServer } from "./server";
 import { TaskPages } from "./taskPage";
@@ -10,7 +13,8 @@ import { ACTIVE, FINAL, type Task, reviewable } from "./tasks";
 let running: OffloadServer | undefined;
 
 export function activate(context: vscode.ExtensionContext): void {
-  const server = (running = new OffloadServer(context.secrets));
+  const server = (running = new OffloadServer(context.secrets, context.extensionUri));
+  server.toldByExtension = fromServer;
   const list = new TaskList(server);
   const view = new TasksView(list);
   const review = new Review(server, list);
@@ -51,6 +55,32 @@ export function activate(context: vscode.ExtensionContext): void {
     vscode.window.setStatusBarMessage(`Offload: started ${kind === "ask" ? "Ask" : "Code task"} ${taskId}`, 5000);
   }
 
+  /** A task's end, told with its buttons: Review opens its first changed file, where the hunks are. */
+  async function tell(news: Notice, task: Task): Promise<void> {
+    const show = news.level === "error" ? vscode.window.showErrorMessage : vscode.window.showInformationMessage;
+    const choice = await show(news.text, ...news.actions);
+    if (choice === "Review" && task.changes.length) {
+      await vscode.window.showTextDocument(vscode.Uri.file(path.join(task.repo, task.changes[0].path)));
+    } else if (choice === "Show Task") {
+      await pages.show(task.id);
+    } else if (choice === "Open Settings") {
+      await vscode.commands.executeCommand("workbench.action.openSettings", "offload.model");
+    } else if (choice === "Retry") {
+      const { taskId } = await server.command<{ taskId: string }>(`offload.${task.kind === "ask" ? "ask" : "code"}`,
+        { prompt: task.prompt });
+      if (task.kind === "ask") pages.openWhenDone(taskId);
+    }
+  }
+
+  /** Asks for one of the model's settings and saves it for the user (the server gets it at once). */
+  async function setSetting(setting: string, title: string, prompt: string, placeHolder: string): Promise<void> {
+    const config = vscode.workspace.getConfiguration("offload");
+    const value = await vscode.window.showInputBox({
+      title, prompt, placeHolder, value: config.get<string>(setting) ?? "", ignoreFocusOut: true,
+    });
+    if (value !== undefined) await config.update(setting, value.trim(), vscode.ConfigurationTarget.Global);
+  }
+
   async function taskCommand(arg: unknown, fits: (t: Task) => boolean, what: string, run: (t: Task) => Promise<unknown>) {
     const task = await pickTask(arg, fits, what);
     if (task) await run(task);
@@ -69,7 +99,7 @@ export function activate(context: vscode.ExtensionContext): void {
       if (prompt?.trim()) await server.command("offload.followUp", { taskId: t.id, prompt });
     }),
     "offload.applyTask": (arg) => taskCommand(arg, reviewable, "apply", (t) => server.apply(t.id)),
-    "offload.discardTask": (arg) => taskCommand(arg, (t) => t.kind === "code" && FINAL.includes(t.state) && !t.discarded, "discard",
+    "offload.discardTask": (arg) => taskCommand(arg, reviewable, "discard",
       (t) => server.command("offload.discard", { taskId: t.id })),
     "offload.showTaskLog": (arg) => taskCommand(arg, () => true, "show", (t) => pages.show(t.id)),
     "offload.acceptFile": (uri?: vscode.Uri) => review.acceptFile(fileOf(uri)),
@@ -77,6 +107,14 @@ export function activate(context: vscode.ExtensionContext): void {
     "offload.showProposedDiff": (target?: vscode.Uri | TaskFile) => review.showProposedDiff(target),
     "offload.refreshTasks": () => list.reload(),
     "offload.restartServer": () => server.restart(),
+    "offload.setBaseUrl": () => setSetting("model.baseUrl", "Offload: Set Model Server",
+      "The OpenAI-compatible endpoint (empty: Offload's configuration decides)", "http://127.0.0.1:11434/v1"),
+    "offload.setModel": () => setSetting("model.name", "Offload: Set Model",
+      "The model's name as the server lists it (empty: Offload's configuration decides)", "qwen2.5-coder:7b"),
+    "offload.doctor": () => runDoctor(server),
+    "offload.openWalkthrough": async () => {
+      await vscode.commands.executeCommand("workbench.action.openWalkthrough", WALKTHROUGH, false);
+    },
     "offload.setApiKey": async () => {
       const key = await vscode.window.showInputBox({
         title: "Offload: Set API Key", password: true, ignoreFocusOut: true,
@@ -90,14 +128,29 @@ export function activate(context: vscode.ExtensionContext): void {
 
   context.subscriptions.push(
     server, list, view, review, pages, statusBar(list),
+    list.onDidTransition(({ before, after }) => {
+      const news = notice(before, after);
+      if (news) void tell(news, after).catch((e: Error) => vscode.window.showErrorMessage(`Offload: ${e.message}`));
+    }),
     vscode.window.createTreeView("offload.tasks", { treeDataProvider: view, showCollapseAll: true }),
     ...Object.entries(commands).map(([id, run]) => vscode.commands.registerCommand(id, (...args) =>
       run(...args).catch((e: Error) => vscode.window.showErrorMessage(`Offload: ${e.message}`)))),
-    // Settings reach the server at initialize only, so a change restarts it.
-    vscode.workspace.onDidChangeConfiguration((e) => e.affectsConfiguration("offload") && void server.restart()),
+    vscode.workspace.onDidChangeConfiguration((e) => {
+      // another Python (or Offload) needs another server; any other setting reaches the running one
+      if (e.affectsConfiguration("offload.pythonPath") || e.affectsConfiguration("offload.importStrategy")) void server.restart();
+      else if (e.affectsConfiguration("offload")) void server.configurationChanged();
+    }),
   );
   server.start().catch((e: Error) => vscode.window.showErrorMessage(`Offload: the server did not start: ${e.message}`));
+  // the first time, unless a model is set already: how to point Offload at one
+  const model = vscode.workspace.getConfiguration("offload.model");
+  if (!context.globalState.get("offload.welcomed") && !model.get("baseUrl") && !model.get("name")) {
+    void context.globalState.update("offload.welcomed", true);
+    void vscode.commands.executeCommand("workbench.action.openWalkthrough", WALKTHROUGH, false);
+  }
 }
+
+const WALKTHROUGH = "offload.offload#offload.setUp";
 
 function fileOf(uri: vscode.Uri | undefined): vscode.Uri {
   const file = uri ?? vscode.window.activeTextEditor?.document.uri;

@@ -55,3 +55,31 @@ export async function pythonCommand(configured: string | undefined, pythonExtens
   }
   return ["python3"];
 }
+
+/** Run by the chosen Python before the server: says in its output what keeps it from running Offload. */
+export const PYTHON_CHECK = [
+  "import sys",
+  "if sys.version_info < (3, 11): sys.exit('too old: ' + sys.version.split()[0])",
+  "import offload.server.cli",
+].join("\n");
+
+/**
+ * Why `python` cannot run the server, from how PYTHON_CHECK ended (`missing`: the program does
+ * not exist; `stderr`: its output), or undefined when it can. `bundled`: the extension's own
+ * libraries were on its path, so a failed import is theirs, not a missing install.
+ */
+export function pythonProblem(python: string, result: { missing?: boolean; failed: boolean; stderr: string }, bundled: boolean)
+  : string | undefined {
+  if (result.missing) return `${python} was not found`;
+  if (!result.failed) return undefined;
+  const last = result.stderr.trim().split("\n").pop() ?? "";
+  const old = /^too old: (\S+)/.exec(last);
+  if (old) return `Offload needs Python 3.11 or newer; ${python} is Python ${old[1]}`;
+  if (!bundled && /No module named '?offload/.test(last)) return `Offload is not installed for ${python}`;
+  return `${python} cannot load Offload${bundled ? " from the extension" : ""}: ${last || "it exited with an error"}`;
+}
+
+/** The server's refusal without the command id it names first ("offload.apply: …"): what the user reads. */
+export function inWords(message: string): string {
+  return message.replace(/^offload\.\w+: /, "");
+}

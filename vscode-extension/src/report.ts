@@ -25,11 +25,31 @@ export function findCitations(text: string): Citation[] {
   return found;
 }
 
-/** Text cut into plain pieces and citations, in order, for rendering links between them. */
-export function splitCitations(text: string): (string | Citation)[] {
-  const pieces: (string | Citation)[] = [];
+/** A log chunk cited as `[c3]`, `[c3, c4]` or `(c3)`: the run of a command that shows a claim. */
+export interface ChunkRef {
+  index: number;
+  text: string; // "c3"
+  chunk: string;
+}
+
+const CHUNK_GROUP = /[[(]\s*c\d+(?:\s*(?:,|;|and)\s*c\d+)*\s*[\])]/gi;
+
+export function findChunkRefs(text: string): ChunkRef[] {
+  const found: ChunkRef[] = [];
+  for (const group of text.matchAll(CHUNK_GROUP)) {
+    for (const m of group[0].matchAll(/c\d+/gi)) {
+      found.push({ index: group.index! + m.index!, text: m[0], chunk: m[0].toLowerCase() });
+    }
+  }
+  return found;
+}
+
+/** Text cut into plain pieces, file citations and chunk references, in order, for rendering links between them. */
+export function splitCitations(text: string): (string | Citation | ChunkRef)[] {
+  const pieces: (string | Citation | ChunkRef)[] = [];
   let at = 0;
-  for (const c of findCitations(text)) {
+  for (const c of [...findCitations(text), ...findChunkRefs(text)].sort((a, b) => a.index - b.index)) {
+    if (c.index < at) continue;
     if (c.index > at) pieces.push(text.slice(at, c.index));
     pieces.push(c);
     at = c.index + c.text.length;
@@ -52,10 +72,18 @@ export function splitTesting(message: string): { summary: string; testing: strin
   return { summary: summary.join("\n").trim(), testing: testing.join("\n").trim() };
 }
 
-export type CheckStatus = "passed" | "failed" | "blocked" | "unknown";
+/** "passed" only when proven by the task's own run; a claimed pass without that proof is "unverified". */
+export type CheckStatus = "passed" | "failed" | "blocked" | "unverified" | "not run" | "dismissed" | "unknown";
 
-/** Text symbols, not emoji: they render in any editor font and take the theme's colours. */
-export const CHECK_MARKS: Record<CheckStatus, string> = { passed: "✔", failed: "✘", blocked: "⚠", unknown: "?" };
+/** Text symbols, not emoji: they render in any editor font and take the theme's colours. Only a proven pass gets ✔. */
+export const CHECK_MARKS: Record<CheckStatus, string> = {
+  passed: "✔", failed: "✘", blocked: "⚠", unverified: "?", "not run": "–", dismissed: "⊘", unknown: "?",
+};
+
+/** What a check's mark says, in words, beside any mark but a proven pass. */
+export function checkLabel(status: string): string {
+  return status === "passed" ? "" : status === "unknown" ? "no status" : status;
+}
 
 /** A check as the server read it from the Testing line, without the mark the model put first. */
 export function checkText(check: string): string {

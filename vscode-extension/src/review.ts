@@ -160,6 +160,14 @@ export class Review implements vscode.CodeLensProvider, vscode.TextDocumentConte
     }
   }
 
+  /** Accepts every pending hunk of the task, in every file, as one edit (no preview: the user chose them). */
+  async acceptTask(taskId: string): Promise<void> {
+    const { hunks } = await this.server.command<{ hunks: ServerHunk[] }>("offload.showTask", { taskId });
+    const hunkIds = hunks.filter((h) => h.status === "pending").map((h) => h.hunkId);
+    if (!hunkIds.length) throw new Error("every hunk of this task is decided already");
+    await this.server.command("offload.acceptHunk", { taskId, hunkIds });
+  }
+
   async rejectFile(uri: vscode.Uri): Promise<void> {
     for (const { taskId, hunkIds } of await this.pendingOf(uri)) await this.server.command("offload.rejectHunk", { taskId, hunkIds });
   }

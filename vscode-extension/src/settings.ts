@@ -22,3 +22,16 @@ export function serverSettings(userValue: (setting: string) => unknown): Record<
   }
   return settings;
 }
+
+/**
+ * The same settings as `OFFLOAD_*` environment variables (`model.base_url` is
+ * `OFFLOAD_MODEL_BASE_URL`), for a command run beside the server, `offload doctor`, so that it
+ * checks what the server will use.
+ */
+export function settingsEnv(settings: Record<string, Record<string, unknown>>): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [section, values] of Object.entries(settings)) {
+    for (const [key, value] of Object.entries(values)) env[`OFFLOAD_${section}_${key}`.toUpperCase()] = String(value);
+  }
+  return env;
+}

@@ -3,7 +3,12 @@
 import * as path from "node:path";
 import * as vscode from "vscode";
 import type { OffloadServer } from "./server";
-import { type Change, type Summary, type Task, applyEvent, applySummary, counts, describe, reviewable } from "./tasks";
+import {
+  type Change, type Summary, type Task, applyEvent, applySummary, counts, countsText, describe, reviewOf, reviewable,
+} from "./tasks";
+
+// Events after which a finished task's hunks are counted again
+const REVIEW_EVENTS = new Set(["review", "applied", "discarded", "attempt.chosen"]);
 
 export class TaskList implements vscode.Disposable {
   readonly tasks = new Map<string, Task>();
@@ -11,14 +16,31 @@ export class TaskList implements vscode.Disposable {
   /** Fires with the task that changed, or undefined when the whole list was reloaded. */
   readonly onDidChange = this.changed.event;
   private readonly subscriptions: vscode.Disposable[];
+  private readonly previous = new vscode.EventEmitter<{ before: Task | undefined; after: Task }>();
+  /** Fires with a task as it was and as it is now, for each change the server sent. */
+  readonly onDidTransition = this.previous.event;
 
   constructor(private readonly server: OffloadServer) {
     this.subscriptions = [
-      this.changed,
+      this.changed, this.previous,
       server.onStarted(() => void this.reload()),
       server.onTaskUpdated((summary) => this.put(applySummary(this.tasks.get(summary.taskId), summary))),
-      server.onTaskEvent(({ taskId, event }) => this.put(applyEvent(this.tasks.get(taskId), taskId, event))),
+      server.onTaskEvent(({ taskId, event }) => {
+        this.put(applyEvent(this.tasks.get(taskId), taskId, event));
+        if (REVIEW_EVENTS.has(event.type)) void this.countHunks(taskId);
+      }),
     ];
+  }
+
+  /** Asks the server how many of a finished Code task's hunks are still to decide. */
+  private async countHunks(taskId: string): Promise<void> {
+    try {
+      const { hunks } = await this.server.command<{ hunks: { status: string }[] }>("offload.showTask", { taskId });
+      const task = this.tasks.get(taskId);
+      if (task) this.put({ ...task, review: reviewOf(hunks ?? []) }, false);
+    } catch {
+      // the task is gone, or the server: the view shows what it knew
+    }
   }
 
   async reload(): Promise<void> {
@@ -27,8 +49,9 @@ export class TaskList implements vscode.Disposable {
       this.tasks.clear();
       for (const summary of tasks) this.tasks.set(summary.taskId, applySummary(undefined, summary));
       this.changed.fire(undefined);
+      for (const task of this.visible()) if (task.kind === "code" && task.state === "finished" && task.changes.length) void this.countHunks(task.id);
     } catch (e) {
-      void vscode.window.showErrorMessage(`Offload: could not list tasks: ${(e as Error).message}`);
+      this.server.output.appendLine(`Could not list the tasks: ${(e as Error).message}`);
     }
   }
 
@@ -44,9 +67,13 @@ export class TaskList implements vscode.Disposable {
     return [...this.tasks.values()].filter(ours).sort((a, b) => b.id.localeCompare(a.id));
   }
 
-  private put(task: Task): void {
+  private put(task: Task, news = true): void {
+    const before = this.tasks.get(task.id);
     this.tasks.set(task.id, task);
     this.changed.fire(task);
+    if (!news) return;
+    this.previous.fire({ before, after: task });
+    if (task.state === "finished" && before?.state !== "finished" && task.kind === "code") void this.countHunks(task.id);
   }
 
   dispose(): void {
@@ -139,8 +166,8 @@ export function statusBar(list: TaskList): vscode.Disposable {
   item.name = "Offload Tasks";
   item.command = "offload.tasks.focus";
   const update = () => {
-    const { running, finished } = counts(list.visible());
-    item.text = `${running ? "$(sync~spin)" : "$(checklist)"} Offload: ${running} running · ${finished} finished`;
+    const { running, failed } = counts(list.visible());
+    item.text = `${running ? "$(sync~spin)" : failed ? "$(error)" : "$(checklist)"} Offload: ${countsText(list.visible())}`;
     item.tooltip = "Offload tasks: show the Tasks view";
     item.show();
   };

@@ -1,6 +1,7 @@
 /**
- * A task's page: a webview with its summary (citations open the cited lines), Testing section,
- * plan, changed files and event log; an Ask's answer is Markdown with Mermaid diagrams drawn.
+ * A task's page: a webview with Accept All / Follow Up / Discard, each run's summary (citations
+ * open the cited lines, `[cN]` goes to the run in the log) and checks, the plan, the changed files
+ * and the readable log; an Ask's answer is Markdown with Mermaid diagrams drawn.
  * The page script (dist/webview.js) renders; this side fetches `offload.showTask` and forwards
  * live events. Strict CSP: only our own bundled script runs, nothing is fetched from the network.
  */
@@ -10,14 +11,23 @@ import * as path from "node:path";
 import * as vscode from "vscode";
 import type { Review } from "./review";
 import type { OffloadServer } from "./server";
-import { FINAL, type Task } from "./tasks";
+import { FINAL, type Task, reviewText, reviewable } from "./tasks";
 import type { TaskList } from "./taskList";
 
 type FromPage =
   | { type: "ready" }
   | { type: "open"; path: string; start: number; end: number }
   | { type: "diff"; path: string }
-  | { type: "apply"; attempt: number };
+  | { type: "apply"; attempt: number }
+  | { type: "accept" | "followUp" | "discard" };
+
+/** What the page's buttons may do for the task as it is now. */
+function actionsOf(task: Task | undefined) {
+  return {
+    accept: !!task && reviewable(task), discard: !!task && reviewable(task),
+    followUp: !!task && FINAL.includes(task.state), review: task ? reviewText(task) : "",
+  };
+}
 
 export class TaskPages implements vscode.Disposable {
   private readonly panels = new Map<string, { panel: vscode.WebviewPanel; state?: string }>();
@@ -47,6 +57,7 @@ export class TaskPages implements vscode.Disposable {
   private stateChanged(task: Task): void {
     const open = this.panels.get(task.id);
     if (open && open.state !== task.state) void this.load(task.id);
+    else if (open) void open.panel.webview.postMessage({ type: "actions", actions: actionsOf(task) });
     if (FINAL.includes(task.state) && this.openWhenEnded.delete(task.id)) void this.show(task.id);
   }
 
@@ -72,7 +83,7 @@ export class TaskPages implements vscode.Disposable {
     const task = await this.server.command<{ state: string; prompt: string }>("offload.showTask", { taskId });
     open.state = task.state;
     open.panel.title = `Offload: ${task.prompt.split("\n")[0].slice(0, 40)}`;
-    await open.panel.webview.postMessage({ type: "task", task });
+    await open.panel.webview.postMessage({ type: "task", task, actions: actionsOf(this.list.get(taskId)) });
   }
 
   private async fromPage(taskId: string, message: FromPage): Promise<void> {
@@ -92,6 +103,12 @@ export class TaskPages implements vscode.Disposable {
       if (change) await this.review.showProposedDiff({ task, change });
     } else if (message.type === "apply") {
       await this.server.apply(taskId, message.attempt);
+    } else if (message.type === "accept") {
+      await this.review.acceptTask(taskId);
+    } else if (message.type === "followUp") {
+      await vscode.commands.executeCommand("offload.followUpTask", task);
+    } else if (message.type === "discard") {
+      await this.server.command("offload.discard", { taskId });
     }
   }
 

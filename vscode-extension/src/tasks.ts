@@ -66,6 +66,13 @@ export interface Task {
   attempts: number;
   attempt: number | null;
   attemptResults: AttemptResult[];
+  review: Review | null; // a finished Code task's hunks, once known
+}
+
+/** How many of a finished Code task's hunks are still to decide. */
+export interface Review {
+  pending: number;
+  total: number;
 }
 
 /** Task ids start with the local time they were created: 20250101-120000-abcdef. */
@@ -78,6 +85,7 @@ function blank(id: string): Task {
   return {
     id, kind: "code", state: "queued", reason: "", prompt: "", repo: "", changes: [], tokens: 0,
     costUsd: null, started: startFromId(id), ended: null, discarded: false, attempts: 1, attempt: null, attemptResults: [],
+    review: null,
   };
 }
 
@@ -99,7 +107,10 @@ export function applySummary(prev: Task | undefined, s: Summary): Task {
 }
 
 function setState(task: Task, state: string, reason: string, at: number | null): void {
-  if (state === "queued" && FINAL.includes(task.state)) task.discarded = false; // a follow-up reopens it
+  if (state === "queued" && FINAL.includes(task.state)) { // a follow-up reopens it, with a new change to come
+    task.discarded = false;
+    task.review = null;
+  }
   task.state = state;
   task.reason = reason;
   task.ended = FINAL.includes(state) ? at ?? task.ended : null;
@@ -108,9 +119,9 @@ function setState(task: Task, state: string, reason: string, at: number | null):
 export function applyEvent(prev: Task | undefined, taskId: string, event: TaskEvent): Task {
   const task = { ...(prev ?? blank(taskId)) };
   const num = (key: string) => (typeof event[key] === "number" ? (event[key] as number) : null);
-  if (event.t !== undefined && (task.started === null || event.t < task.started)) task.started = event.t;
   switch (event.type) {
     case "state":
+      if (event.state === "queued" && event.t !== undefined) task.started = event.t; // a run begins (a follow-up too)
       setState(task, String(event.state), String(event.reason ?? ""), event.t ?? null);
       break;
     case "model.reply":
@@ -134,19 +145,40 @@ export function applyEvent(prev: Task | undefined, taskId: string, event: TaskEv
   return task;
 }
 
-export function counts(tasks: Iterable<Task>): { running: number; finished: number } {
-  let running = 0;
-  let finished = 0;
+export function counts(tasks: Iterable<Task>): { running: number; finished: number; failed: number } {
+  const n = { running: 0, finished: 0, failed: 0 };
   for (const t of tasks) {
-    if (ACTIVE.includes(t.state)) running++;
-    else if (t.state === "finished") finished++;
+    if (ACTIVE.includes(t.state)) n.running++;
+    else if (t.state === "finished") n.finished++;
+    else if (t.state === "failed") n.failed++;
   }
-  return { running, finished };
+  return n;
 }
 
-/** A finished Code task whose change still waits for review. */
+/** The status bar's words: "1 running · 2 finished · 1 failed" (failed only when some did). */
+export function countsText(tasks: Iterable<Task>): string {
+  const { running, finished, failed } = counts(tasks);
+  return `${running} running · ${finished} finished` + (failed ? ` · ${failed} failed` : "");
+}
+
+/** A finished Code task whose change still waits for a decision (Apply, Discard). */
 export function reviewable(task: Task): boolean {
-  return task.kind === "code" && task.state === "finished" && !task.discarded && task.changes.length > 0;
+  return task.kind === "code" && task.state === "finished" && !task.discarded && task.changes.length > 0
+    && task.review?.pending !== 0;
+}
+
+/** The hunks' statuses as a count of those still pending. */
+export function reviewOf(hunks: { status: string }[]): Review {
+  return { pending: hunks.filter((h) => h.status === "pending").length, total: hunks.length };
+}
+
+/** Where a finished Code task's change stands: "no changes", "2 of 5 to review", "reviewed", "discarded". */
+export function reviewText(task: Task): string {
+  if (task.kind !== "code" || task.state !== "finished") return "";
+  if (task.discarded) return "discarded";
+  if (!task.changes.length) return "no changes";
+  if (!task.review) return "";
+  return task.review.pending ? `${task.review.pending} of ${task.review.total} to review` : "reviewed";
 }
 
 export function formatElapsed(seconds: number): string {
@@ -166,9 +198,11 @@ export function attemptOf(task: Task): string {
   return task.attempt ? `attempt ${task.attempt} of ${task.attempts}` : `${task.attempts} attempts`;
 }
 
-/** One line for the task list: "finished · attempt 2 of 3 · 12s · 3.4k tokens · $0.0123". */
+/** One line for the task list: "finished · 2 of 5 to review · attempt 2 of 3 · 12s · 3.4k tokens · $0.0123". */
 export function describe(task: Task, now: number): string {
-  const parts = [task.discarded ? `${task.state}, discarded` : task.state];
+  const parts = [task.state];
+  if (reviewText(task)) parts.push(reviewText(task));
+  else if (task.discarded) parts.push("discarded");
   if (attemptOf(task)) parts.push(attemptOf(task));
   if (task.started !== null) {
     const end = task.ended ?? (ACTIVE.includes(task.state) ? now : null);

@@ -18,15 +18,16 @@ describe("best-of-N", () => {
   test("the Tasks view says which attempt of how many", () => {
     let task = applySummary(undefined, { taskId: ID, kind: "code", state: "running", attempts: 3, attempt: null });
     assert.equal(describeTask(task, task.started! + 5), "running · 3 attempts · 5s");
-    task = applySummary(task, { taskId: ID, state: "finished", attempt: 2, attemptResults: RESULTS });
+    task = applySummary(task, { taskId: ID, state: "finished", attempt: 2, attemptResults: RESULTS,
+      changes: [{ path: "calc.py", status: "modified" }] });
     assert.equal(describeTask(task, 0), "finished · attempt 2 of 3");
     assert.equal(task.attemptResults.length, 3);
   });
 
   test("a single attempt says nothing about attempts", () => {
-    const task = applySummary(undefined, { taskId: ID, state: "finished", attempts: 1, attempt: 1 });
+    const task = applySummary(undefined, { taskId: ID, kind: "ask", state: "finished", attempts: 1, attempt: 1 });
     assert.equal(describeTask(task, 0), "finished");
-    assert.equal(describeTask(applySummary(undefined, { taskId: ID, state: "finished" }), 0), "finished");
+    assert.equal(describeTask(applySummary(undefined, { taskId: ID, kind: "ask", state: "finished" }), 0), "finished");
   });
 
   test("a summary without attempt fields keeps what was known; a null attempt resets it", () => {
@@ -53,7 +54,7 @@ describe("best-of-N", () => {
       attemptResults: RESULTS, changes: RESULTS[0].changes as { path: string; status: string }[] });
     task = applyEvent(task, ID, { t: 9, type: "attempt.chosen", chosen: 3 });
     assert.deepEqual([task.attempt, task.changes], [3, []]);
-    assert.equal(describeTask(task, 0), "finished · attempt 3 of 3");
+    assert.equal(describeTask(task, 0), "finished · no changes · attempt 3 of 3");
   });
 
   test("nothing can be applied before the task ends", () => {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { type PythonExtensionApi, pythonCommand } from "../../src/interpreter";
+import { type PythonExtensionApi, inWords, pythonCommand, pythonProblem } from "../../src/interpreter";
 
 const WORKSPACE = { home: "/home/dev", folder: "/home/dev/calc", resource: "file:///home/dev/calc" };
 
@@ -50,5 +50,26 @@ describe("the interpreter that runs the server", () => {
     assert.deepEqual(await pythonCommand("  ", async () => { throw new Error("activation failed"); }, WORKSPACE), ["python3"]);
     const silent: PythonExtensionApi = { settings: { getExecutionDetails: () => ({ execCommand: undefined }) } };
     assert.deepEqual(await pythonCommand(undefined, async () => silent, WORKSPACE), ["python3"]);
+  });
+});
+
+describe("what keeps a Python from running the server", () => {
+  test("a Python older than 3.11 is named with its version", () => {
+    assert.equal(pythonProblem("python3", { failed: true, stderr: "too old: 3.9.2\n" }, true),
+      "Offload needs Python 3.11 or newer; python3 is Python 3.9.2");
+  });
+  test("without the bundled libraries, a missing module means Offload is not installed there", () => {
+    assert.equal(pythonProblem("/usr/bin/python3", { failed: true, stderr: "ModuleNotFoundError: No module named 'offload'" }, false),
+      "Offload is not installed for /usr/bin/python3");
+  });
+  test("with them, any failure is theirs and is quoted", () => {
+    assert.equal(pythonProblem("py", { failed: true, stderr: "Traceback…\nImportError: no _pydantic_core" }, true),
+      "py cannot load Offload from the extension: ImportError: no _pydantic_core");
+    assert.equal(pythonProblem("py", { missing: true, failed: true, stderr: "" }, true), "py was not found");
+    assert.equal(pythonProblem("py", { failed: false, stderr: "" }, true), undefined);
+  });
+  test("refusals are shown without the command id", () => {
+    assert.equal(inWords("offload.apply: the task failed; nothing to apply"), "the task failed; nothing to apply");
+    assert.equal(inWords("the server is not running"), "the server is not running");
   });
 });

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { checkText, findCitations, splitCitations, splitTesting } from "../../src/report";
+import { CHECK_MARKS, checkLabel, checkText, findCitations, splitCitations, splitTesting } from "../../src/report";
 
 describe("citations", () => {
   test("reads the forms the server accepts", () => {
@@ -45,4 +45,22 @@ test("checkText drops the model's own mark", () => {
   assert.equal(checkText("✅ `python3 -m unittest -q` passed"), "`python3 -m unittest -q` passed");
   assert.equal(checkText("⚠️ (network) blocked"), "(network) blocked");
   assert.equal(checkText("pytest passed"), "pytest passed");
+});
+
+describe("chunk references", () => {
+  test("[c3], [c3, c4] and (c5) are links to the log; c6 alone is a word", () => {
+    const pieces = splitCitations("Tests pass [c3, c4] (c5), see calc.py:L4; c6 here");
+    const refs = pieces.filter((p) => typeof p !== "string" && "chunk" in p).map((p) => (p as { chunk: string }).chunk);
+    assert.deepEqual(refs, ["c3", "c4", "c5"]);
+    assert.ok(pieces.some((p) => typeof p !== "string" && "path" in p && p.path === "calc.py"));
+    assert.equal(pieces.map((p) => (typeof p === "string" ? p : p.text)).join(""), "Tests pass [c3, c4] (c5), see calc.py:L4; c6 here");
+  });
+});
+
+describe("check marks", () => {
+  test("only a proven pass gets ✔; the others say what they are", () => {
+    assert.equal(CHECK_MARKS.passed, "✔");
+    assert.notEqual(CHECK_MARKS.unverified, "✔");
+    assert.deepEqual(["passed", "unverified", "not run", "dismissed"].map(checkLabel), ["", "unverified", "not run", "dismissed"]);
+  });
 });
