@@ -4,9 +4,11 @@ The container starts with no network, a non-root user, every capability dropped 
 resource limits. On an engine of this host the workspace is an overlay volume over the cached
 snapshot (constant time, whatever the repository's size) and the root filesystem is read-only:
 all that is writable lives on one size-limited tmpfs, the layer (layer.py). On a remote engine
-the snapshot is copied in as a tarball owned by the sandbox user. Then one `exec` starts the
-runner, and every later command travels over that exec's socket (a fraction of a millisecond
-each, against ~0.1 s for an exec per command).
+the snapshot is copied in as a tarball owned by the sandbox user. The runner is the container's
+main process, so its init, and every command travels over the container's attached stdin and
+stdout (a fraction of a millisecond each, against ~0.1 s for an exec per command). As init it
+cannot be stopped or killed by the commands it runs: a namespace's init ignores its own
+processes' signals, where an exec'd runner of the same uid could be stopped by any of them.
 """
 
 from __future__ import annotations
@@ -258,7 +260,7 @@ def create(
                   "offload.backend": "docker", owner.LABEL: owner.label()}
     memory_bytes, disk_bytes = layer.parse_size(memory), layer.parse_size(disk)
     settings = dict(
-        command=["sleep", "infinity"],
+        stdin_open=True,  # the runner's channel: attached once, and closed when its owner goes (StdinOnce)
         name=f"offload-{sandbox_id}",
         user=f"{SANDBOX_UID}:{SANDBOX_UID}",
         working_dir=WORKSPACE,
@@ -270,16 +272,15 @@ def create(
         mem_limit=memory_bytes,
         memswap_limit=memory_bytes,
         nano_cpus=int(cpus * 1e9),
-        init=True,
-        auto_remove=True,  # the runner stops init when its owner goes: nothing stays behind
-        # No container log: anything in the sandbox can write to its init's stdout (/proc/1/fd/1),
-        # and json-file would store it on the host's disk without bound.
+        auto_remove=True,  # the runner ends when its owner goes, and the container with it
+        # No container log: the runner's stray output would be stored on the host's disk without bound.
         log_config=docker.types.LogConfig(type=docker.types.LogConfig.types.NONE),
     )
     volume = directory = container = None
     try:
         local = is_local(client) if local is None else local
         additions = Additions(client, image, ca_bundle, local)
+        settings["command"] = _runner_argv(python=additions.python)  # the container's init
         if cache_dir is not None and overlay_problem(client, local) is None:
             directory = layer.sandbox_dir(private(cache_dir), sandbox_id, all_labels)
             all_labels["offload.directory"] = str(directory)
@@ -314,8 +315,7 @@ def create(
         if directory is None:
             container.put_archive("/", _workspace_tar(snapshot.path, read_only))
         additions.copy_in(container)
-        container.start()
-        runner = _start_runner(client, container, python=additions.python)
+        runner = _attach_runner(client, container)
     except Exception as e:
         _remove(client, container.id if container else None, volume.name if volume else None, directory)
         if isinstance(e, docker.errors.ImageNotFound):
@@ -326,16 +326,36 @@ def create(
     return DockerSandbox(container, client, runner, all_labels, volume, directory, additions.env)
 
 
+def _runner_argv(*options: str, python: list[str] = ("python3",)) -> list[str]:
+    return [*python, "-I", "-u", "-c", runner_source(), "--root", WORKSPACE, *options]
+
+
+def _attach_runner(client: docker.DockerClient, container) -> RunnerClient:
+    """Start the container, whose main process is the runner, attached to its stdin and stdout
+    first so that nothing it says is missed; the runner answering."""
+    transport = DockerTransport(client.api.attach_socket(
+        container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}))
+    runner = RunnerClient(transport.write, transport.read, transport.close)
+    try:
+        container.start()
+        runner.ping()
+        return runner
+    except Exception as e:
+        runner.close()
+        if isinstance(e, docker.errors.DockerException):
+            raise
+        detail = getattr(transport, "stderr", b"").decode(errors="replace").strip()
+        raise SandboxError(f"the sandbox runner did not start: {e} {detail}".strip()) from e
+
+
 def _start_runner(client: docker.DockerClient, container, user: str = f"{SANDBOX_UID}:{SANDBOX_UID}",
                   python: list[str] = ("python3",)) -> RunnerClient:
-    """The runner, exec'd into the started container and answering. An exec that ends without a
+    """A runner exec'd into a started container (a setup's) and answering. An exec that ends without a
     word while its container still runs (a loaded dockerd can lose one started the moment its
     container did) is tried once more; otherwise the error says how the exec ended."""
     for retry in (True, False):
         exec_id = client.api.exec_create(
-            container.id,
-            [*python, "-I", "-u", "-c", runner_source(), "--root", WORKSPACE, "--stop-init"],
-            stdin=True, stdout=True, stderr=True, tty=False, user=user,
+            container.id, _runner_argv("--stop-init", python=python), stdin=True, stdout=True, stderr=True, tty=False, user=user,
         )["Id"]
         transport = DockerTransport(client.api.exec_start(exec_id, socket=True))
         runner = RunnerClient(transport.write, transport.read, transport.close)

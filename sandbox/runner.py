@@ -115,31 +115,44 @@ class Command:
         self.total = 0
         self.eof = self.limited = self.killed = self.timed_out = self.kill_sent = False
         self.term_at = None
-        self.thread = None
+        self.thread = self.proc = None
 
     def start(self):
+        """Start the command's thread, which starts its process: a command that fills the pids limit
+        at once (a fork bomb) must find the thread that watches it already running."""
         self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.runner.started(self)
         try:
-            with self.runner.spawning:  # registered before the reaper may look at it
+            self.thread.start()
+        except RuntimeError:  # no thread to be had: the sandbox is full of processes
+            self.runner.finished(self)
+            raise
+
+    def _run(self):
+        try:
+            with self.runner.spawning:  # its pid known before the reaper may look at it
                 self.proc = subprocess.Popen(
                     self.argv, cwd=self.cwd, env=self.env, start_new_session=True,
                     stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE if self.binary else subprocess.STDOUT)
-                self.pgid = self.proc.pid
-                self.runner.started(self)
         except OSError as exc:  # like a shell: a message and 127/126, not a protocol error
+            self.runner.finished(self)
             self.runner.send({"id": self.id, "ev": "out", "data": f"offload-runner: cannot run {self.argv[0]!r}: {exc}\n"})
             self._send_exit(127 if isinstance(exc, FileNotFoundError) else 126, None)
             return
+        self.pgid = self.proc.pid
         self.deadline = None if self.timeout is None else self.started + self.timeout
-        if self.stdin:
-            threading.Thread(target=self._feed, daemon=True).start()
         self.stderr, self.stderr_reader = b"", None
-        if self.binary:
-            self.stderr_reader = threading.Thread(target=self._keep_stderr, daemon=True)
-            self.stderr_reader.start()
-        self.thread = threading.Thread(target=self._pump, daemon=True)
-        self.thread.start()
+        try:
+            if self.stdin:
+                threading.Thread(target=self._feed, daemon=True).start()
+            if self.binary:
+                self.stderr_reader = threading.Thread(target=self._keep_stderr, daemon=True)
+                self.stderr_reader.start()
+        except RuntimeError:  # the command filled the pids limit first; unfed, it could wait forever
+            self.kill()
+        self._pump()
 
     def kill(self):
         self.killed = True  # set here, not by the pump: a kill that races the exit still counts
@@ -358,7 +371,7 @@ class Runner:
         me = os.getpid()
         with self.spawning:
             with self._lock:
-                own = {command.proc.pid for command in self._commands.values()}
+                own = {command.proc.pid for command in self._commands.values() if command.proc is not None}
             for pid, (ppid, _, _, state) in processes().items():
                 if ppid == me and state == "Z" and pid not in own:
                     with contextlib.suppress(ChildProcessError):
@@ -478,8 +491,11 @@ def main(argv=None):
     sys.path[:] = [p for p in sys.path if p]
     for warning in harden():
         print(f"offload-runner: warning: {warning}", file=sys.stderr, flush=True)
-    for sig in (signal.SIGTERM, signal.SIGHUP):  # stopped from outside: still clean up
-        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+    if os.getpid() == 1:  # a sandbox's init: without handlers, no signal of its commands reaches it
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    else:  # stopped from outside: still clean up (an init's end ends every process of its sandbox)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     runner = Runner(args.root, os.fdopen(os.dup(1), "wb"))
     wakeups, wake = os.pipe()
     os.set_blocking(wake, False)

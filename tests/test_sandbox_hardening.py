@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,30 @@ for pid in sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) 
     except OSError:
         pass
 """
+
+
+SIGNALS = r"""
+import os, signal, sys
+runner = os.getppid()
+for sig in (signal.SIGSTOP, signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGKILL):
+    try:
+        os.kill(runner, sig)
+        print("sent", sig.name, flush=True)
+    except OSError as e:
+        print("refused", sig.name, e.strerror, flush=True)
+"""
+
+
+def test_a_command_can_neither_stop_nor_kill_its_runner(sandbox):
+    """The runner is the sandbox's init, which the kernel keeps from its own processes' signals.
+    A stopped runner would answer nothing, ever: the test waits a minute for it."""
+    pool = ThreadPoolExecutor(1)
+    try:
+        result = pool.submit(python, sandbox, SIGNALS).result(timeout=60)
+        assert result.exit_code == 0 and "SIGKILL" in result.output, result.output
+        assert pool.submit(sandbox.run, ["echo", "ok"]).result(timeout=60).output == "ok\n"
+    finally:
+        pool.shutdown(wait=False)  # a stuck call ends when its sandbox is destroyed
 
 
 def test_commands_can_neither_trace_nor_write_the_runner_nor_speak_on_its_channel(sandbox):
