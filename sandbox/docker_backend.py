@@ -177,9 +177,14 @@ class Additions:
         if tools:
             self.env["PATH"] = f"{self.env.get('PATH') or PATH}:{BIN}"
         self.mounts = tools.mounts() if tools else []
+        self.lends = tools is not None
         self.ca_bundle = ca_bundle
         if ca_bundle and local:
             self.mounts.append(Mount(CA_PATH, ca_bundle, type="bind", read_only=True))
+
+    def own_tools_first(self, env: dict) -> dict:
+        """`env` for Offload's own commands: the tools it lends before the image's."""
+        return {**env, "PATH": f"{BIN}:{env['PATH']}"} if self.lends else env
 
     def carry_ca(self, written: Path) -> None:
         """Bind the CA bundle from a copy on the sandbox's layer: the container's mount table then

@@ -177,8 +177,9 @@ class Setup:
     # -- the phase, on either backend -----------------------------------------------------------
 
     def _run(self, runner, key: str, argv: list[str], env: dict, secrets: dict[str, str], export: str,
-             home: bool) -> tuple[str, ...]:
-        """Run the script and copy what is kept to `export` (`home`: the home too); the kept workspace paths."""
+             home: bool, helpers: dict | None = None) -> tuple[str, ...]:
+        """Run the script and copy what is kept to `export` (`home`: the home too); the kept workspace paths.
+        `helpers` is the environment of Offload's own commands after it (default: the script's)."""
         started = time.monotonic()
         self._status("running", f"running the setup script, {'with' if self.network else 'without'} network",
                      key=key[:16], network=self.network, command=shlex.join(argv))
@@ -194,8 +195,8 @@ class Setup:
         if result.exit_code != 0:
             raise SetupError(f"the setup script failed with exit code {result.exit_code}; nothing was cached. "
                              f"Its last output (all of it is in the task's log):\n{tail}")
-        kept = self._untracked(runner, env)
-        self._command(runner, ["sh", "-c", _EXPORT, "export", export, "home" if home else ""], env,
+        kept = self._untracked(runner, helpers or env)
+        self._command(runner, ["bash", "-c", _EXPORT, "export", export, "home" if home else ""], helpers or env,
                       stdin="".join(p.rstrip("/") + "\0" for p in kept))
         seconds = round(time.monotonic() - started, 1)
         self._status("ran", f"the setup script finished in {seconds} s", seconds=seconds, kept=list(kept))
@@ -323,12 +324,15 @@ class Setup:
             container.start()
             runner = docker_backend._start_runner(client, container, user="0:0", python=additions.python)
             env = command_env({**self.env, "PATH": _ROOT_PATH}, additions.env, self.ca_bundle, self.extra_env)
-            kept = self._run(runner, key, self.argv(snapshot), env, secrets, EXPORT if layers else _KEEP, home=layers)
-            self._command(runner, ["sh", "-c", _DOCKER_LAYERS if layers else _DOCKER_IMAGE, "finish",
-                                   f"{SANDBOX_UID}:{SANDBOX_UID}"], env)
+            helpers = additions.own_tools_first(env)
+            self._command(runner, ["mkdir", "-p", docker_backend.HOME], helpers)  # a user's image may have none
+            kept = self._run(runner, key, self.argv(snapshot), env, secrets, EXPORT if layers else _KEEP, home=layers,
+                             helpers=helpers)
+            self._command(runner, ["bash", "-c", _DOCKER_LAYERS if layers else _DOCKER_IMAGE, "finish",
+                                   f"{SANDBOX_UID}:{SANDBOX_UID}"], helpers)
             changed = [c for c in container.diff() if not c["Path"].startswith(EXPORT)]
             added = {c["Path"] for c in changed if c["Kind"] == 1}
-            self._scan(runner, env, secrets, [p for p in added if str(PurePosixPath(p).parent) not in added]
+            self._scan(runner, helpers, secrets, [p for p in added if str(PurePosixPath(p).parent) not in added]
                        + ([EXPORT] if layers else []),
                        [c["Path"] for c in changed if c["Kind"] == 0])
             user = (base.attrs.get("Config") or {}).get("User") or "root"

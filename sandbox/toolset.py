@@ -1,11 +1,13 @@
-"""Offload's own tools in a user's Docker image: the runner's Python and git, lent by the base image.
+"""Offload's own tools in a user's Docker image: the runner's Python, git and bash, lent by the base image.
 
 A user's image needs only a POSIX shell. What Offload itself runs inside (the runner, a Python
 program, and git for the task's commits) comes from the base image's root filesystem on this
 host (image.rootfs), bound read-only at /opt/offload/root and started through that filesystem's
 own dynamic loader, so nothing of the user's image (its libc included) is needed or changed. Git
-is on the commands' PATH after the image's own directories, so the image's git wins where it has
-one. Images built from Offload's base (they carry its recipe label) have all this themselves.
+and bash (which runs `sandbox.setup`) are on the commands' PATH after the image's own directories,
+so the image's own win where it has them; Offload's own commands around the setup script put the
+lent GNU tools first (`LENT`), whatever the image's are (busybox's lack options they use). Images
+built from Offload's base (they carry its recipe label) have all this themselves.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .image import rootfs
 MOUNT = "/opt/offload"
 ROOT = f"{MOUNT}/root"
 BIN = f"{MOUNT}/bin"
+LENT = ("git", "bash", "cp", "find", "xargs", "chown", "grep", "mkdir")
 _LOADERS = ("usr/lib64/ld-linux-x86-64.so.2", "usr/lib/ld-linux-aarch64.so.1", "usr/lib/ld-linux-armhf.so.3")
 
 
@@ -40,16 +43,18 @@ class Toolset:
                 Mount(BIN, str(self._wrappers()), type="bind", read_only=True)]
 
     def _wrappers(self) -> Path:
-        """A directory of shell scripts that start the root filesystem's git, next to it."""
+        """A directory of shell scripts that start the root filesystem's programs, next to it."""
         directory = self.root.parent / f"{self.root.name}.bin"
-        git = directory / "git"
-        text = f'#!/bin/sh\nexec {" ".join(self.command("/usr/bin/git"))} --exec-path={ROOT}/usr/lib/git-core "$@"\n'
-        if not git.exists() or git.read_text() != text:
-            directory.mkdir(mode=0o755, exist_ok=True)
-            partial = directory / ".git.new"
-            partial.write_text(text)
-            partial.chmod(0o755)
-            partial.replace(git)
+        directory.mkdir(mode=0o755, exist_ok=True)
+        for name in LENT:
+            options = f" --exec-path={ROOT}/usr/lib/git-core" if name == "git" else ""
+            text = f'#!/bin/sh\nexec {" ".join(self.command(f"/usr/bin/{name}"))}{options} "$@"\n'
+            path = directory / name
+            if not path.exists() or path.read_text() != text:
+                partial = directory / f".{name}.new"
+                partial.write_text(text)
+                partial.chmod(0o755)
+                partial.replace(path)
         return directory
 
 

@@ -20,6 +20,7 @@ from offload.server import config as cfg
 from tests.conftest import make_repo, offload_cli, part_missing
 from tests.test_real_projects import import_busybox
 from tests.test_sandbox_backends import BACKENDS, bubblewrap  # noqa: F401 (a fixture)
+from tests.test_sandbox_setup import remove_setup_images
 
 
 @pytest.fixture(params=BACKENDS)
@@ -208,3 +209,17 @@ def test_doctor_checks_a_users_image_by_running_it_and_never_offers_to_rebuild_i
         assert not docker_engine.containers.list(all=True, filters={"ancestor": shell_less})
     finally:
         docker_engine.images.remove(shell_less, force=True)
+
+
+@pytest.fixture
+def setup_images(docker_engine, tmp_path):
+    """The setup images this test's cache made go at its end, after its sandboxes."""
+    yield
+    remove_setup_images(docker_engine, tmp_path / "cache")
+
+
+@pytest.mark.docker
+def test_setup_runs_in_an_image_with_nothing_but_a_shell(busybox, setup_images, sandbox_of):
+    sandbox = sandbox_of("docker", image=busybox, setup='mkdir -p deps && echo made > deps/lib.txt '
+                                                     '&& echo "$GREETING" > "$HOME/greeting"')
+    assert run(sandbox, 'cat deps/lib.txt "$HOME/greeting"; git status --porcelain').split() == ["made", "hello"]
