@@ -43,7 +43,9 @@ def record_size(path: Path) -> None:
     total = 0
     for root, dirs, files in os.walk(path):
         for name in dirs + files:
-            total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            st = os.lstat(os.path.join(root, name))
+            if st.st_nlink == 1 or not st.st_mode & 0o170000 == 0o100000:  # linked files cost the cache nothing
+                total += st.st_blocks * 512
     (path / ".git" / SIZE_FILE).write_text(str(total))
 
 

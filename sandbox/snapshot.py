@@ -13,6 +13,7 @@ account may enter it. The cache is bounded by `evict` (cache.py).
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -115,20 +116,25 @@ def take_snapshot(directory: str | os.PathLike, cache_dir: str | os.PathLike, li
     subdir = "" if subdir == "." else subdir
     snapshots = private(private(cache_dir) / "snapshots")
     tree = _tree_of_repo(root) if is_git else None
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--verify", "-q", "HEAD^{commit}"],
+                          capture_output=True, text=True).stdout.strip() or None if is_git else None
     with tempfile.TemporaryDirectory(dir=snapshots, prefix=".new-") as tmp:
         work = Path(tmp) / "work"
         _git(["init", "-q", "-b", "main", str(work)], cwd=Path(tmp))
-        copied = False
+        copied = linked = False
         if tree is None:
             tree = _tree_from_directory(root, work)
         elif _submodules(root, tree):
             tree, copied = _with_submodules(root, work, tree), True
-        final, made = snapshots / tree, False
+        name = f"{tree}-{head[:12]}" if head else tree  # the base commit sits on HEAD: both name it
+        final, made = snapshots / name, False
 
         def materialise() -> None:
-            if is_git and not copied:
+            nonlocal linked
+            linked = linked or (head is not None and not copied and _link_history(root, work))
+            if is_git and not copied and not linked:
                 _copy_objects(root, work, tree)
-            _check_out(work, tree)
+            _check_out(work, tree, head if linked else None)
 
         if not final.exists():  # renamed into place whole, so existing means complete
             materialise()  # the slow part, outside the lock
@@ -140,11 +146,9 @@ def take_snapshot(directory: str | os.PathLike, cache_dir: str | os.PathLike, li
                 made = True
             os.utime(final)  # recency for cache eviction
     if made and limit is not None:
-        evict(cache_dir, limit, keep=tree)
+        evict(cache_dir, limit, keep=name)
     base = _git(["rev-parse", "HEAD"], cwd=final)
-    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--verify", "-q", "HEAD^{commit}"],
-                          capture_output=True, text=True).stdout.strip() if is_git else ""
-    return Snapshot(root=root, subdir=subdir, tree=tree, base=base, path=final, head=head or None)
+    return Snapshot(root=root, subdir=subdir, tree=name, base=base, path=final, head=head)
 
 
 def owned_copy(snapshot: Snapshot, uid: int, cache_dir: str | os.PathLike, limit: int | None = None) -> Path:
@@ -157,10 +161,22 @@ def owned_copy(snapshot: Snapshot, uid: int, cache_dir: str | os.PathLike, limit
             return target
     with tempfile.TemporaryDirectory(dir=snapshots, prefix=".new-") as tmp:
         copy = Path(tmp) / "copy"
-        for argv in (["cp", "-a", "--reflink=auto", str(snapshot.path), str(copy)], ["chown", "-R", f"{uid}:{uid}", str(copy)]):
-            proc = subprocess.run(argv, capture_output=True, text=True)
+        copy.mkdir()
+        # Everything but the object store is copied and given to `uid`; the object files are
+        # linked as they are (they may be the user's own, see _link_history) and stay read-only.
+        steps = [f"tar -C {shlex.quote(str(snapshot.path))} --exclude=./.git/objects -cf - . | "
+                 f"tar -C {shlex.quote(str(copy))} -xpf -", f"chown -R {uid}:{uid} {shlex.quote(str(copy))}"]
+        for step in steps:
+            proc = subprocess.run(["bash", "-c", f"set -o pipefail; {step}"], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise SandboxError(f"could not prepare the snapshot for the sandbox user: {proc.stderr.strip()}")
+        objects = snapshot.path / ".git" / "objects"
+        for directory, _, files in os.walk(objects):
+            into = copy / ".git" / "objects" / os.path.relpath(directory, objects)
+            into.mkdir(parents=True, exist_ok=True)
+            os.chown(into, uid, uid)  # git in the sandbox adds objects here
+            for file in files:
+                os.link(Path(directory) / file, into / file)
         with locked(snapshots):
             if not snapshot.path.is_dir():
                 raise SandboxError(f"the snapshot {snapshot.tree[:12]} was evicted from the cache; start the task again")
@@ -194,6 +210,38 @@ def _copy_objects(root: Path, work: Path, tree: str) -> None:
     if pack.returncode != 0:
         raise SandboxError(f"git pack-objects failed: {pack.stderr.decode(errors='replace')}")
     _git(["index-pack", "--stdin"], cwd=work, stdin=pack.stdout)
+
+
+def _link_history(root: Path, work: Path) -> bool:
+    """Give `work` the user's object store — every commit, tree and blob — by hard links, as
+    `git clone --local` does: no bytes copied, and git never rewrites an object file, so
+    neither side can change the other's. The tags and branches come along (branches as
+    `origin/*`), so `git log`, `git blame` and `git describe` work in the sandbox. False where
+    the store can't be linked (another filesystem, objects borrowed from alternates): then the
+    snapshot holds its tree only."""
+    common = Path(_git(["rev-parse", "--path-format=absolute", "--git-common-dir"], cwd=root))
+    source, target = common / "objects", work / ".git" / "objects"
+    if (source / "info" / "alternates").exists():
+        return False
+    try:
+        for directory, _, files in os.walk(source):
+            relative = os.path.relpath(directory, source)
+            if relative.split(os.sep)[0] == "info":
+                continue
+            os.makedirs(target / relative, exist_ok=True)
+            for file in files:
+                if not file.startswith("tmp"):
+                    os.link(Path(directory) / file, target / relative / file)
+    except OSError:
+        shutil.rmtree(target)
+        _git(["init", "-q"], cwd=work)  # an empty object store again
+        return False
+    if (common / "shallow").exists():
+        shutil.copyfile(common / "shallow", work / ".git" / "shallow")
+    refs = _git(["for-each-ref", "--format=%(objectname) %(refname)", "refs/tags", "refs/heads"], cwd=root)
+    lines = [line.replace(" refs/heads/", " refs/remotes/origin/", 1) for line in refs.splitlines()]
+    (work / ".git" / "packed-refs").write_text("".join(f"{line}\n" for line in lines), errors="surrogateescape")
+    return True
 
 
 def _submodules(repo: Path, tree: str) -> list[str]:
@@ -236,11 +284,18 @@ def _tree_from_directory(root: Path, work: Path) -> str:
     return tree
 
 
-def _check_out(work: Path, tree: str) -> None:
-    """Make `tree` the base commit of `work` and populate its files."""
+def _check_out(work: Path, tree: str, head: str | None = None) -> None:
+    """Make `tree` the base commit of `work` and populate its files. With the user's history
+    (`head`), the base is HEAD itself when nothing is uncommitted — `git describe` then says
+    what it says in the developer's checkout — and otherwise a commit of the uncommitted work
+    on top of HEAD."""
     _git(["read-tree", tree], cwd=work)
     _git(["checkout-index", "-a", "-f"], cwd=work)
-    commit = _git(["commit-tree", tree, "-m", "Offload snapshot"], cwd=work, env=_BASE_ENV)
+    if head is not None and _git(["rev-parse", f"{head}^{{tree}}"], cwd=work) == tree:
+        commit = head
+    else:
+        commit = _git(["commit-tree", tree, *(["-p", head] if head else []), "-m", "Offload snapshot: "
+                       "the uncommitted work" if head else "Offload snapshot"], cwd=work, env=_BASE_ENV)
     _git(["update-ref", "refs/heads/main", commit], cwd=work)
     _git(["config", "user.name", "Offload"], cwd=work)
     _git(["config", "user.email", "offload@localhost"], cwd=work)

@@ -114,8 +114,10 @@ def test_a_sandbox_whose_owner_is_killed_stops_by_itself(docker_engine, fake_mod
 
 # -- the language server and its task worker --------------------------------------------------------
 
-def children(pid: int) -> list[int]:
-    return [int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+def workers(pid: int) -> list[int]:
+    """The task workers a server started (it also keeps `git cat-file` readers of task results)."""
+    found = [int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    return [p for p in found if b"offload.server.tasks.worker" in open(f"/proc/{p}/cmdline", "rb").read()]
 
 
 def gone(pid: int, timeout: float = 30) -> bool:
@@ -152,7 +154,7 @@ def test_a_killed_task_worker_interrupts_its_task_and_the_next_task_runs(docker_
                                                                           tmp_path):
     server, task_id = serve_slow_task(tmp_path / "state", fake_model, sample_repo)
     with server:
-        (worker,) = children(server.proc.pid)
+        (worker,) = workers(server.proc.pid)
         os.kill(worker, signal.SIGKILL)
         ended = final_state(server, task_id)
         assert ended["state"] == "failed" and "interrupted" in ended["reason"] and "worker" in ended["reason"]
@@ -162,14 +164,14 @@ def test_a_killed_task_worker_interrupts_its_task_and_the_next_task_runs(docker_
         again = server.command("offload.code", {"prompt": "Make the failing test pass"})["result"]["taskId"]
         assert final_state(server, again)["state"] == "finished"  # in a new worker
         assert "return a + b" in server.command("offload.showTask", {"taskId": again})["result"]["diff"]
-        assert len(children(server.proc.pid)) == 1
+        assert len(workers(server.proc.pid)) == 1
 
 
 def test_a_language_server_killed_mid_task_takes_its_worker_along_and_a_new_one_lists_the_task(
         docker_engine, fake_model, sample_repo, tmp_path):
     server, task_id = serve_slow_task(tmp_path / "state", fake_model, sample_repo)
     with server:
-        (worker,) = children(server.proc.pid)
+        (worker,) = workers(server.proc.pid)
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait()
         assert gone(worker), "the task worker outlived its language server"

@@ -96,7 +96,7 @@ def test_run_reports_exit_code_output_and_working_directory(sandbox, backend):
     result = sandbox.run(["sh", "-c", "pwd; echo out; echo err >&2; exit 3"])
     assert result.exit_code == 3 and not result.timed_out
     assert result.output.splitlines() == ["/workspace", "out", "err"]
-    assert sandbox.run(["git", "log", "--format=%s"]).output.strip() == "Offload snapshot"
+    assert sandbox.run(["git", "log", "--format=%s"]).output.strip() == "initial"  # the user's own history
     assert sandbox.run(["whoami"]).output.strip() == "offload"
 
 
@@ -309,7 +309,13 @@ def test_a_docker_workspace_is_an_overlay_over_the_cached_snapshot(docker_engine
     options = docker_engine.volumes.get(sandbox.backend.volume.name).attrs["Options"]
     lower = Path(snapshot.path.parent, f"{snapshot.tree}.uid1000")
     assert options["type"] == "overlay" and f"lowerdir={lower}," in options["o"]
-    assert {p.stat().st_uid for p in [lower, *lower.rglob("*")]} == {1000}  # the sandbox user's, once
+    objects = lower / ".git" / "objects"
+    files = [p for p in [lower, *lower.rglob("*")] if objects not in p.parents or p.is_dir()]
+    assert {p.stat().st_uid for p in files} == {1000}  # the sandbox user's, once
+    # the object store is the user's own files, linked, never given away to the sandbox user
+    linked = [p for p in objects.rglob("*") if p.is_file()]
+    assert linked and all(p.stat().st_ino == (sample_repo / ".git" / "objects" / p.relative_to(objects)).stat().st_ino
+                          for p in linked)
     before = tree_digest(lower)
     sandbox.write_file("calc.py", b"changed\n")
     sandbox.run(["sh", "-c", "echo new > new.txt && rm test_calc.py && git add -A && git commit -qm x"])
