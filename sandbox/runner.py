@@ -6,9 +6,10 @@ timeout, a cancel or the host going away kills the whole command: the Docker API
 exec, and an exec's process outlives a client that disconnects. Stdlib only and self-contained,
 because it is shipped into images we do not control (Debian bookworm's python3 3.11 at least).
 
-Commands run as the runner's own uid, so the runner guards itself (`harden`): it is not dumpable,
-which makes its /proc entries root's and refuses ptrace to its uid (nothing in the sandbox can
-read its memory or open its channel), and it is the reaper of every process its commands orphan,
+Commands run as the runner's own uid, so the runner guards itself. It is not dumpable (`harden`),
+which makes its /proc entries root's and refuses ptrace to its uid: nothing in the sandbox can read
+its memory or open its channel. It is the sandbox's init (pid 1; see `main`), which the kernel
+keeps from its own processes' signals. And it is the reaper of every process its commands orphan,
 so what a command leaves running (a daemon, a fork bomb) is killed when it ends (`Runner.sweep`).
 
 Requests (one JSON object a line, each with an integer "id"): exec, kill, read, write, delete,
@@ -20,7 +21,6 @@ import base64
 import binascii
 import codecs
 import contextlib
-import ctypes
 import json
 import os
 import select
@@ -62,13 +62,14 @@ def harden():
     """Make this process non-dumpable and the reaper of its descendants' orphans (prctl); returns
     what could not be done, for a warning: an image without ctypes, or a kernel that refuses."""
     try:
+        import ctypes
         prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError) as exc:
+    except (ImportError, OSError, AttributeError) as exc:
         return [f"no prctl ({exc}): commands may trace the runner, and orphans escape its sweep"]
     missing = []
-    for option, what in ((PR_SET_DUMPABLE, "non-dumpable: commands may trace the runner"),
-                         (PR_SET_CHILD_SUBREAPER, "subreaper: orphaned processes escape the sweep")):
-        if prctl(option, 1 if option == PR_SET_CHILD_SUBREAPER else 0, 0, 0, 0) != 0:
+    for option, value, what in ((PR_SET_DUMPABLE, 0, "non-dumpable: commands may trace the runner"),
+                                (PR_SET_CHILD_SUBREAPER, 1, "subreaper: orphaned processes escape the sweep")):
+        if prctl(option, value, 0, 0, 0) != 0:
             missing.append(f"not {what} ({os.strerror(ctypes.get_errno())})")
     return missing
 
