@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 NO_PARAMS = object()  # request() sends no "params" member at all
+NO_ANSWER = object()  # an answer that is never sent: a client that never replies
 
 
 class StdioServer:
@@ -85,7 +86,8 @@ class StdioServer:
                 self._changed.notify_all()
             if "method" in message and "id" in message:
                 answer = self.answers.get(message["method"], lambda m: None)(message)
-                self.write(self.frame({"jsonrpc": "2.0", "id": message["id"], "result": answer}))
+                if answer is not NO_ANSWER:
+                    self.write(self.frame({"jsonrpc": "2.0", "id": message["id"], "result": answer}))
 
     def _read_stderr(self) -> None:
         for line in self.proc.stderr:

@@ -372,3 +372,10 @@ def run_the_script(req):
     out = yield shell(script, timeout_ms=600_000)
     status = "passed" if "Exit code: 0" in out else "failed"
     yield say(report(["Ran the script."], [("the script", status)]))
+
+
+@scenario("flood-output")
+def flood_output(req):
+    """A command that prints 200,000 characters: the editor gets a summary, the log the whole."""
+    out = yield shell(["python3", "-c", "print('x' * 200000)"])
+    yield say(report(["Printed a lot."], [("python3 -c print", "passed" if "Exit code: 0" in out else "failed", out)]))

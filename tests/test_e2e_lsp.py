@@ -29,6 +29,7 @@ class Editor:
         self.events: list[dict] = []
         self.lens_refreshes = 0
         self.edits: list[types.ApplyWorkspaceEditParams] = []
+        self.apply = None  # an editor's own way to apply edits (see test_lsp_review.Buffer); else each is applied
 
         @client.feature("offload/taskUpdated")
         async def task_updated(params):
@@ -45,7 +46,7 @@ class Editor:
         @client.feature(types.WORKSPACE_APPLY_EDIT)
         async def apply_edit(params: types.ApplyWorkspaceEditParams):
             self.edits.append(params)
-            return types.ApplyWorkspaceEditResult(applied=True)
+            return self.apply(params) if self.apply else types.ApplyWorkspaceEditResult(applied=True)
 
     async def until(self, predicate, timeout: float = 180) -> None:
         """Wait for what the server sends (notifications, edits, diagnostics) to satisfy `predicate`."""
@@ -59,14 +60,15 @@ class Editor:
 
 
 async def start(client: LanguageClient, repo, fake_model, capabilities: str | types.ClientCapabilities,
-                scenario: str = "fix-failing-test") -> Editor:
+                scenario: str = "fix-failing-test", settings: dict | None = None) -> Editor:
     """Initialize like an editor opening `repo`, with the stand-in playing `scenario` as the model."""
     editor = Editor(client)
     await client.initialize_session(types.InitializeParams(
         capabilities=client_capabilities(capabilities) if isinstance(capabilities, str) else capabilities,
         root_uri=from_fs_path(str(repo)),
         workspace_folders=[types.WorkspaceFolder(uri=from_fs_path(str(repo)), name="calc")],
-        initialization_options={"settings": {"model": {"base_url": fake_model.base_url, "name": scenario}}},
+        initialization_options={"settings": {"model": {"base_url": fake_model.base_url, "name": scenario},
+                                             **(settings or {})}},
     ))
     return editor
 
@@ -129,9 +131,9 @@ async def test_code_task_from_the_editor_to_an_applied_edit(client, fake_model, 
     else:  # Neovim 0.11 does not: plain changes
         assert edit.document_changes is None
         text_edits = edit.changes[uri]
-    (text_edit,) = text_edits
-    assert text_edit.new_text == before.replace("a - b", "a + b")
-    assert text_edit.range.start == types.Position(0, 0)
+    (text_edit,) = text_edits  # the changed line alone: the rest of the buffer is left as it is
+    assert text_edit.new_text == "    return a + b\n"
+    assert text_edit.range == types.Range(types.Position(4, 0), types.Position(5, 0))
     assert calc.read_text() == before  # the editor applies the edit, not the server
 
 
@@ -236,10 +238,13 @@ async def test_review_hunk_by_hunk_in_the_editor(client, fake_model, tmp_path):
         text_document=types.TextDocumentIdentifier(uri=uri), range=comment.range,
         context=types.CodeActionContext(diagnostics=[comment])))
     titles = [a.title for a in actions if a.kind == types.CodeActionKind.QuickFix]  # and tasks about the range
-    assert titles == ["Offload: accept this change", "Offload: reject this change", "Offload: accept the whole task"]
+    assert titles == [f"Offload: {verb} +1 −0 at line 9 — Fix add and document multiply"
+                      for verb in ("accept", "reject", "preview")] + \
+        ["Offload: accept all 2 changes in this file — Fix add and document multiply"]
     lenses = await client.text_document_code_lens_async(types.CodeLensParams(
         text_document=types.TextDocumentIdentifier(uri=uri)))
-    assert [lens.command.title for lens in lenses] == ["Offload: Accept", "Reject"] * 2
+    assert [lens.command.title for lens in lenses] == ["Offload: Accept +1 −1", "Reject", "Offload: Accept +1 −0",
+                                                       "Reject"]
 
     reject = next(a for a in actions if "reject" in a.title).command
     await execute(client, reject.command, reject.arguments[0])
@@ -255,9 +260,8 @@ async def test_review_hunk_by_hunk_in_the_editor(client, fake_model, tmp_path):
     await editor.until(lambda: editor.edits)
     (change,) = editor.edits[0].edit.document_changes
     assert change.text_document.version == 2
-    new_text = change.edits[0].new_text
-    assert "return a + b" in new_text and "A small calculator" in new_text
-    assert "# the product" not in new_text  # the rejected hunk stays out
+    (text_edit,) = change.edits  # the hunk's line alone: the user's edit above it is left alone
+    assert text_edit.new_text == "    return a + b\n" and text_edit.range.start.line == 4
     await editor.until(lambda: len(client.diagnostics[uri]) == 0, timeout=10)
     shown = await execute(client, "offload.showTask", {"taskId": task_id})
     assert [(h["hunkId"], h["status"]) for h in shown["hunks"]] == [("calc.py#1", "accepted"), ("calc.py#2", "rejected")]

@@ -57,3 +57,27 @@ def test_locate_follows_lines_the_user_moved(CHANGE, tmp_path):
     first = hunks(CHANGE)[0]
     assert locate(first, BASE, BASE) == (1, 2)
     assert locate(first, BASE, BASE.replace(b"line 2\n", b"mine\n")) is None
+
+
+def test_an_edit_on_the_line_next_to_a_hunk_does_not_block_it(CHANGE, tmp_path):
+    first = hunks(CHANGE)[0]  # line 2 → line two
+    user = BASE.replace(b"line 3\n", b"line 3 (user)\n").replace(b"line 1\n", b"line 1 (user)\n")
+    assert locate(first, BASE, user) == (1, 2)
+    merged = accept(CHANGE, [first], user)
+    assert not merged.conflict
+    assert merged.content == user.replace(b"line 2\n", b"line two\n")
+
+
+def test_the_same_change_made_already_is_no_conflict(CHANGE, tmp_path):
+    first, second, third = hunks(CHANGE)
+    taken = accept(CHANGE, [first, third], BASE).content  # as another task (or an earlier accept) made it
+    merged = accept(CHANGE, [first, second, third], taken)
+    assert not merged.conflict and merged.content == RESULT
+    assert accept(CHANGE, [first], taken).unchanged
+
+
+def test_lines_are_counted_as_editors_count_them(tmp_path):
+    base = b"a\x0cb\nc\r\nd\re\n"
+    change = one_change(tmp_path / "ff", "ff.txt", base, base.replace(b"e\n", b"E\n"))
+    (hunk,) = hunks(change)
+    assert hunk.base_start == 3 and hunk.base_lines == ("e\n",)  # a form feed ends no line

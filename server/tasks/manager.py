@@ -34,6 +34,7 @@ from .failures import failure_locations
 from .merge import Merged
 from .branch import BranchError, default_name, make_branch, open_pull_request
 from .checkout import Checkout, CheckoutError, Entry, Write
+from . import taken
 from .review import Hunk, accept, hunks, with_hunks
 from .store import TaskStore
 from .worker import Worker
@@ -73,7 +74,7 @@ class TaskManager:
         self._sandbox_managers_lock = threading.Lock()
         self.listeners: list[Listener] = []
         self._running: dict[str, _Running] = {}
-        self._hunks: dict[str, tuple] = {}  # task id -> (its change's stamp, its hunks)
+        self._hunks: dict[str, tuple] = {}  # task id -> (its change's stamp, its hunks, its changed files)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
         self._slots: asyncio.Semaphore | None = None
@@ -198,6 +199,7 @@ class TaskManager:
                           + "".join(f"  +{line}" for line in h.result_lines) for h in rejected)
         if record.get("interrupted"):
             text += "\n\n" + self._after_interruption(record)
+        self._take(record)
         prior = self.conversation(record["id"])
         rebuilt = bool(rejected or record.get("interrupted"))  # the files differ from what earlier outputs show
         if rebuilt and prior:
@@ -208,6 +210,15 @@ class TaskManager:
         self._set_state(record, "queued", "follow-up")
         self._launch(record, text, prior)
         return record
+
+    def _take(self, record: dict) -> None:
+        """Record what the user has accepted so far as the base the follow-up's hunks are reviewed
+        against: accepted hunks are in the user's files already, and are not proposed again."""
+        files = {}
+        for change, chosen in self._kept_hunks(record["id"], ("accepted",)).values():
+            if chosen:
+                files[change.path] = (with_hunks(change, chosen), change.result_mode)
+        taken.record(self.store.dir(record["id"]), files)
 
     def _after_interruption(self, record: dict) -> str:
         """What the model must know when its last run was cut off: which workspace it now has."""
@@ -381,6 +392,7 @@ class TaskManager:
                 if not self._swept:  # start-up: what dead processes left goes first
                     await asyncio.to_thread(self.sweep, sandboxes)
                 if followup is None or not record.get("tree"):  # new, or ended before its snapshot: from now
+                    taken.forget(self.store.dir(record["id"]))
                     snapshot = await asyncio.to_thread(sandboxes.snapshot, record["directory"])
                     record.update(base=snapshot.base, tree=snapshot.tree, head=snapshot.head)
                 else:  # continue from the same base, with the work so far minus what the user rejected
@@ -464,9 +476,11 @@ class TaskManager:
                       input_tokens=result.input_tokens, output_tokens=result.output_tokens,
                       cost_usd=result.cost_usd, checks=result.checks, plan=result.plan)
         if changes is not None:
+            taken.promote(self.store.dir(record["id"]))  # a follow-up's hunks: against what the user took
             self.store.save_changes(record["id"], changes)
             self.store.save_review(record["id"], {})  # new hunks, new decisions
             record["changes"] = [{"path": c.path, "status": c.status} for c in changes]
+        self.store.prune_results(record["id"])
         if record["kind"] == "code":
             record["failures"] = self._failures(record)
         state = {"completed": "finished", "cancelled": "cancelled"}.get(result.outcome, "failed")
@@ -480,7 +494,6 @@ class TaskManager:
                 if not isinstance(outcome, (SandboxError, cfg.ConfigError)):
                     self._emit(record, "error", {"error": f"{type(outcome).__name__}: {outcome}", "attempt": number})
                 summaries.append(attempts.summary(number, "failed", str(outcome), None, "", [], []))
-        self.store.prune_results(record["id"])
                 continue
             result, changes, diff = outcome
             if changes is not None:
@@ -497,6 +510,7 @@ class TaskManager:
                       cost_usd=None if None in costs else round(sum(costs), 6))
         best = attempts.rank(summaries)[0]
         self._choose(record, best["attempt"])
+        self.store.prune_results(record["id"])
         if best["state"] == "finished":
             return self._set_state(record, "finished", attempts.verdict(best, len(summaries)))
         if cancel.is_set():
@@ -510,7 +524,6 @@ class TaskManager:
         self.store.save_changes(record["id"], self.store.changes(record["id"], number))
         self.store.save_review(record["id"], {})
         record.update(attempt=number, **{k: chosen[k] for k in ("message", "checks", "commit", "plan",
-        self.store.prune_results(record["id"])
                                                                  "changes", "failures")})
 
     def choose_attempt(self, task_id: str, number: int) -> dict:
@@ -617,13 +630,15 @@ class TaskManager:
                 merged.unchanged, merged.disk = False, True  # a text edit can't set an exec bit
         return merged
 
-    def _kept_hunks(self, task_id: str) -> dict[str, tuple[ChangedFile, list[Hunk]]]:
-        """Each changed file with the hunks the user has not rejected (possibly none)."""
-        by_file: dict[str, tuple[ChangedFile, list[Hunk]]] = {}
+    def _kept_hunks(self, task_id: str, kept: tuple[str, ...] = ("pending", "accepted")
+                    ) -> dict[str, tuple[ChangedFile, list[Hunk]]]:
+        """Each changed file with its hunks whose status is one of `kept` (possibly none): by
+        default, those the user has not rejected."""
+        self.hunks(task_id)
+        by_file = {c.path: (c, []) for c in self._hunks[self.get(task_id)["id"]][2]}
         for hunk, status, change in self.hunks(task_id):
-            chosen = by_file.setdefault(change.path, (change, []))[1]
-            if status != "rejected":
-                chosen.append(hunk)
+            if status in kept:
+                by_file[change.path][1].append(hunk)
         return by_file
 
     def accepted_all(self, task_id: str) -> None:
@@ -640,7 +655,8 @@ class TaskManager:
         stamp = self.store.changes_stamp(record["id"])
         cached = self._hunks.pop(record["id"], None)
         if cached is None or cached[0] != stamp:
-            cached = (stamp, [(h, c) for c in self._changes(record) for h in hunks(c)])
+            changes = self._changes(record)
+            cached = (stamp, [(h, c) for c in changes for h in hunks(c)], changes)
         self._hunks[record["id"]] = cached
         while len(self._hunks) > 8:
             del self._hunks[next(iter(self._hunks))]
@@ -650,7 +666,8 @@ class TaskManager:
         """The task's change, its files as a checkout of the user's repository writes them (line
         endings and filters from its .gitattributes and config), so they meet the files on disk."""
         root = Path(record["repo"])
-        return self.store.changes(record["id"], worktree=root if (root / ".git").exists() else None)
+        changes = self.store.changes(record["id"], worktree=root if (root / ".git").exists() else None)
+        return taken.applied(self.store.dir(record["id"]), changes)
 
     def _pending(self, task_id: str, hunk_ids: list[str]) -> list[tuple[Hunk, ChangedFile]]:
         """The named hunks of a finished task, each still waiting for a decision, or a TaskError."""

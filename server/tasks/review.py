@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 from dataclasses import dataclass
+
 from offload.sandbox.result import ChangedFile
 
 from .merge import Merged, merge_file
@@ -36,10 +38,19 @@ class Hunk:
                 "removed": "".join(self.base_lines), "added": "".join(self.result_lines)}
 
 
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines as editors count them (LSP: a line ends at LF, CRLF or CR only, never at a form feed),
+    each with its ending, so that a line number here is the editor's line number."""
+    return _LINE.findall(text)
+
+
 def _lines(data: bytes | None) -> list[str]:
     """Lines that encode back to exactly `data`: bytes that are not UTF-8 (a Latin-1 file) survive
     as surrogates, so review and apply never alter a byte they were not asked to."""
-    return [] if data is None else data.decode("utf-8", "surrogateescape").splitlines(keepends=True)
+    return [] if data is None else split_lines(data.decode("utf-8", "surrogateescape"))
 
 
 def _bytes(lines) -> bytes:
@@ -54,7 +65,10 @@ def _opcodes(a: bytes | None, b: bytes | None) -> tuple[tuple[str, int, int, int
 
 
 def hunks(change: ChangedFile) -> list[Hunk]:
-    """The hunks of one changed file; an added, deleted, binary or symlink change is one hunk."""
+    """The hunks of one changed file; an added, deleted, binary or symlink change is one hunk.
+    None when its base already is its result (the user took all of it before a follow-up)."""
+    if change.base_mode == change.result_mode and change.base_oid == change.result_oid:
+        return []
     whole = change.symlink or change.large or change.binary
     found = [] if whole else list(_hunks(change.path, change.base, change.result))
     if not found:  # a symlink, a binary or large file, an exec bit: the change is one piece
@@ -90,8 +104,43 @@ def with_hunks(change: ChangedFile, chosen: list[Hunk]) -> bytes | None:
 
 
 def accept(change: ChangedFile, chosen: list[Hunk], current: bytes | None) -> Merged:
-    """The `chosen` hunks merged onto the current file, keeping every other edit in it."""
-    return merge_file(change.path, change.base, with_hunks(change, chosen), current)
+    """The `chosen` hunks merged onto the current file, keeping every other edit in it: each hunk
+    replaces its base lines where `locate` finds them now, so an edit on the next line does not
+    block it, and a hunk whose lines are already there (the same change, taken from another
+    task) is left as it is. A hunk neither found nor there is a conflict."""
+    if change.base is None or change.result is None or current is None or change.symlink or change.large \
+            or change.binary:
+        return merge_file(change.path, change.base, with_hunks(change, chosen), current)
+    lines, spans = _lines(current), []
+    for hunk in chosen:
+        span = locate(hunk, change.base, current)
+        if span is not None:
+            spans.append((span, hunk))
+        elif made(hunk, change.base, current) is None:
+            return Merged(change.path, current, conflict=True)
+    for (start, end), hunk in sorted(spans, key=lambda s: s[0], reverse=True):
+        lines[start:end] = hunk.result_lines
+    content = _bytes(lines)
+    return Merged(change.path, content, unchanged=content == current)
+
+
+def made(hunk: Hunk, base: bytes | None, current: bytes | None) -> tuple[int, int] | None:
+    """Where the current file made exactly this hunk's change already (another task's, or the
+    user's own), or None: then it is no conflict, and nothing is left to do for it."""
+    if not hunk.base_lines and not hunk.result_lines:
+        return None
+    now = _lines(current)
+    end = hunk.base_start + len(hunk.base_lines)
+    for tag, i1, i2, j1, j2 in _opcodes(base, current):
+        if tag != "equal" and (i1, i2) == (hunk.base_start, end) and tuple(now[j1:j2]) == hunk.result_lines:
+            return j1, j2
+    return None
+    now = _lines(current)
+    for tag, i1, i2, j1, j2 in _opcodes(base, current):
+        if tag != "equal" and i1 <= hunk.base_start and hunk.base_start + len(hunk.base_lines) <= i2:
+            return tuple(now[j1:j2]) == hunk.result_lines and (i1, i2) == (
+                hunk.base_start, hunk.base_start + len(hunk.base_lines))
+    return False
 
 
 def locate(hunk: Hunk, base: bytes | None, current: bytes | None) -> tuple[int, int] | None:
