@@ -106,10 +106,12 @@ def build_image(client, name: str = DEFAULT_IMAGE, force: bool = False, log: Cal
         _build_from_registry(client, name, log)
         _export(client, name, root, log)
         return f"built from debian:{RELEASE}-slim"
-    if force or rootfs() is None:
+    made = force or rootfs() is None
+    if made:
         _debootstrap(root, log)
     if client is None:
-        return f"root filesystem made at {root} (no Docker engine: no image)"
+        return f"no Docker engine, so no image; the root filesystem of bubblewrap's sandboxes is " \
+               f"{'made' if made else 'up to date'} at {root}"
     _import(client, root, name, log)
     return "built offline with debootstrap"
 

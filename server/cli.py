@@ -279,10 +279,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_image_build(args: argparse.Namespace) -> int:
     from offload.sandbox.docker_backend import connect
+    from offload.sandbox.errors import SandboxError
     from offload.sandbox.image import build_image
 
     config = cfg.load_config(Path.cwd())
-    client = connect(config.get("sandbox.docker_host") or None)
+    try:
+        client = connect(config.get("sandbox.docker_host") or None)
+    except SandboxError:
+        if config.get("sandbox.backend") == "docker":
+            raise
+        client = None  # bubblewrap alone: the root filesystem its sandboxes run on
     how = build_image(client, config.get("sandbox.image"), force=args.force,
                       log=lambda line: print(line, file=sys.stderr, flush=True))
     print(f"{config.get('sandbox.image')}: {how}")

@@ -223,3 +223,27 @@ def test_setup_runs_in_an_image_with_nothing_but_a_shell(busybox, setup_images, 
     sandbox = sandbox_of("docker", image=busybox, setup='mkdir -p deps && echo made > deps/lib.txt '
                                                      '&& echo "$GREETING" > "$HOME/greeting"')
     assert run(sandbox, 'cat deps/lib.txt "$HOME/greeting"; git status --porcelain').split() == ["made", "hello"]
+
+
+def test_image_build_without_docker_makes_bubblewraps_root_filesystem():
+    if rootfs() is None:
+        part_missing("the base image's root filesystem is missing: run `offload image build`")
+    proc = offload_cli("image", "build", env={"OFFLOAD_SANDBOX_DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert proc.returncode == 0, proc.stderr
+    assert f"no Docker engine, so no image; the root filesystem of bubblewrap's sandboxes is up to date at {rootfs()}" \
+        in proc.stdout
+    proc = offload_cli("image", "build", env={"OFFLOAD_SANDBOX_DOCKER_HOST": "unix:///nonexistent/docker.sock",
+                                              "OFFLOAD_SANDBOX_BACKEND": "docker"})
+    assert proc.returncode != 0 and "no Docker engine answers" in proc.stderr
+
+
+@pytest.mark.docker
+def test_an_engine_that_cannot_bind_this_hosts_files_gets_the_ca_bundle_copied_in(docker_engine, own_ca, repo,
+                                                                                    tmp_path):
+    manager = SandboxManager(SandboxConfig(backend="docker", ca_bundle=str(own_ca)), tmp_path / "cache",
+                             owner=f"offload-test-{uuid.uuid4().hex[:8]}")
+    try:
+        sandbox = manager.create(manager.snapshot(repo), local=False)  # as on a remote engine
+        assert "server.pem: OK" in run(sandbox, "openssl verify server.pem")
+    finally:
+        manager.close()
