@@ -286,6 +286,7 @@ def create(
         local = is_local(client) if local is None else local
         additions = Additions(client, image, ca_bundle, local)
         settings["command"] = _runner_argv(python=additions.python)  # the container's init
+        settings["entrypoint"] = [""]  # not the image's: its ENTRYPOINT would start before (or instead of) it
         if cache_dir is not None and overlay_problem(client, local) is None:
             directory = layer.sandbox_dir(private(cache_dir), sandbox_id, all_labels)
             all_labels["offload.directory"] = str(directory)

@@ -311,7 +311,7 @@ class Setup:
             if self.network:  # a bridge of its own: no other container on it, and no need for docker0
                 network = client.networks.create(f"offload-setup-{setup_id}", driver="bridge", labels=labels)
             container = client.containers.create(
-                base.id, command=["sleep", "infinity"], name=f"offload-setup-{setup_id}", user="0:0",
+                base.id, command=["sleep", "infinity"], entrypoint=[""], name=f"offload-setup-{setup_id}", user="0:0",
                 working_dir=docker_backend.WORKSPACE, labels=labels,
                 network_mode=network.name if network else "none",
                 cap_drop=["ALL"], cap_add=_ROOT_CAPS, security_opt=["no-new-privileges"],

@@ -159,7 +159,7 @@ def test_a_ca_of_ones_own_in_the_bundle_is_trusted_inside(backend, sandbox_of, o
 def busybox(docker_engine, tmp_path):
     name = f"offload-test-busybox:{uuid.uuid4().hex[:8]}"
     yield import_busybox(docker_engine, tmp_path / "busybox-root", name,
-                         ["ENV GREETING=hello PATH=/bin", "USER 0", "WORKDIR /srv"])
+                         ["ENV GREETING=hello PATH=/bin", "USER 0", "WORKDIR /srv", 'ENTRYPOINT ["/bin/false"]'])
     docker_engine.images.remove(name, force=True)
 
 
