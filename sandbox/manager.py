@@ -39,10 +39,13 @@ COMMAND_ENV = {
     "PAGER": "cat",
     "GIT_PAGER": "cat",
     "PYTHONDONTWRITEBYTECODE": "1",
-    # a read-only workspace belongs to root: git must still read it
-    "GIT_CONFIG_COUNT": "1",
+    # a read-only workspace belongs to root: git must still read it; and git's housekeeping stays
+    # in its command, since what a command leaves running is killed when it ends
+    "GIT_CONFIG_COUNT": "2",
     "GIT_CONFIG_KEY_0": "safe.directory",
     "GIT_CONFIG_VALUE_0": "*",
+    "GIT_CONFIG_KEY_1": "gc.autoDetach",
+    "GIT_CONFIG_VALUE_1": "false",
 }
 
 

@@ -303,3 +303,14 @@ def test_the_task_state_is_no_other_accounts(tmp_path):
         os.umask(previous)
     st = (tmp_path / "state").stat()
     assert stat.S_IMODE(st.st_mode) & 0o077 == 0 and st.st_uid == os.getuid()
+
+
+def test_gits_housekeeping_finishes_within_its_command(sandbox):
+    """`git gc --auto` detaches by default, and would be killed with what its command left: a
+    stale gc.pid, or a lock that fails the next commit. The sandbox's git keeps it in the command."""
+    made = sandbox.run(["sh", "-c", "git config gc.auto 10 && for i in $(seq 1000); do echo $i > f$i; done && "
+                                    "git add -A && git commit -qm many"], timeout=300)
+    assert made.exit_code == 0, made.output
+    assert sandbox.read_file(".git/gc.pid") is None
+    counts = dict(line.split(": ") for line in sandbox.run(["git", "count-objects", "-v"]).output.splitlines())
+    assert int(counts["in-pack"]) > 1000 and int(counts["count"]) < 100, counts

@@ -166,7 +166,8 @@ def test_no_host_environment_variable_reaches_a_command(sandbox_factory, monkeyp
     assert "OPENAI_API_KEY" not in env and key not in env and marker not in env
     names = {line.split("=", 1)[0] for line in env.splitlines()}
     assert names <= {"HOME", "PATH", "LANG", "TERM", "PAGER", "GIT_PAGER", "PYTHONDONTWRITEBYTECODE",
-                     "GIT_CONFIG_COUNT", "GIT_CONFIG_KEY_0", "GIT_CONFIG_VALUE_0"}
+                     "GIT_CONFIG_COUNT", "GIT_CONFIG_KEY_0", "GIT_CONFIG_VALUE_0", "GIT_CONFIG_KEY_1",
+                     "GIT_CONFIG_VALUE_1"}
     # nor any process of the sandbox, the runner and init included
     every = sandbox.run(["sh", "-c", "cat /proc/[0-9]*/environ | tr '\\0' '\\n'"]).output
     assert key not in every and marker not in every and "OPENAI_API_KEY" not in every
