@@ -96,8 +96,10 @@ def build_image(client, name: str = DEFAULT_IMAGE, force: bool = False, log: Cal
     returns how it was obtained. Without a Docker client, only the root filesystem is made."""
     root = _rootfs_path()
     if client is not None and is_ours(client, name) is False:
-        raise SandboxError(f"{name} is an image Offload did not build; it is left as it is. Set sandbox.image "
-                           f"to another name (the default is {DEFAULT_IMAGE}) to build Offload's image")
+        raise SandboxError(f"{name} is an image Offload did not build (or an older Offload, before images carried "
+                           f"their name); it is left as it is. Set sandbox.image to another name (the default is "
+                           f"{DEFAULT_IMAGE}) to build Offload's image, or remove it (docker rmi {name}) if it is "
+                           f"Offload's old one")
     if client is not None and not force and image_is_current(client, name):
         if rootfs() is None:
             _export(client, name, root, log)
