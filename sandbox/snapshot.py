@@ -12,6 +12,7 @@ account may enter it. The cache is bounded by `evict` (cache.py).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import shutil
@@ -23,6 +24,8 @@ from pathlib import Path
 from . import cache
 from .cache import evict, locked
 from .errors import SandboxError
+
+DERIVED = "offload-derived"  # in a snapshot's .git: the snapshot it was made from, and its tree
 
 # Fixed identity and date: the same tree always gives the same base commit.
 _BASE_ENV = {
@@ -129,12 +132,14 @@ def take_snapshot(directory: str | os.PathLike, cache_dir: str | os.PathLike, li
         name = f"{tree}-{head[:12]}" if head else tree  # the base commit sits on HEAD: both name it
         final, made = snapshots / name, False
 
+        last = snapshots / f".last-{hashlib.sha256(os.fsencode(root)).hexdigest()[:16]}"
+
         def materialise() -> None:
             nonlocal linked
             linked = linked or (head is not None and not copied and _link_history(root, work))
             if is_git and not copied and not linked:
                 _copy_objects(root, work, tree)
-            _check_out(work, tree, head if linked else None)
+            _check_out(work, tree, head if linked else None, _previous(last) if linked else None)
 
         if not final.exists():  # renamed into place whole, so existing means complete
             materialise()  # the slow part, outside the lock
@@ -145,6 +150,8 @@ def take_snapshot(directory: str | os.PathLike, cache_dir: str | os.PathLike, li
                 os.rename(work, final)
                 made = True
             os.utime(final)  # recency for cache eviction
+            last.with_suffix(".tmp").write_text(name)
+            os.replace(last.with_suffix(".tmp"), last)
     if made and limit is not None:
         evict(cache_dir, limit, keep=name)
     base = _git(["rev-parse", "HEAD"], cwd=final)
@@ -164,8 +171,11 @@ def owned_copy(snapshot: Snapshot, uid: int, cache_dir: str | os.PathLike, limit
         copy.mkdir()
         # Everything but the object store is copied and given to `uid`; the object files are
         # linked as they are (they may be the user's own, see _link_history) and stay read-only.
-        steps = [f"tar -C {shlex.quote(str(snapshot.path))} --exclude=./.git/objects -cf - . | "
-                 f"tar -C {shlex.quote(str(copy))} -xpf -", f"chown -R {uid}:{uid} {shlex.quote(str(copy))}"]
+        # From the previous snapshot's copy, the files that did not change are linked instead.
+        derived = _derived_copy(snapshot, copy, uid)
+        steps = [f"tar -C {shlex.quote(str(snapshot.path))} --exclude=./.git/objects -cf - "
+                 f"{'./.git' if derived else '.'} | tar -C {shlex.quote(str(copy))} -xpf -",
+                 f"chown -R {uid}:{uid} {shlex.quote(str(copy / '.git') if derived else str(copy))}"]
         for step in steps:
             proc = subprocess.run(["bash", "-c", f"set -o pipefail; {step}"], capture_output=True, text=True)
             if proc.returncode != 0:
@@ -186,6 +196,47 @@ def owned_copy(snapshot: Snapshot, uid: int, cache_dir: str | os.PathLike, limit
     if limit is not None:
         evict(cache_dir, limit, keep=snapshot.tree)
     return target
+
+
+def _derived_copy(snapshot: Snapshot, copy: Path, uid: int) -> bool:
+    """Fill `copy` with the work tree of `snapshot` owned by `uid` in as many steps as files
+    changed since the snapshot it was derived from, when that one's copy is still cached: the
+    unchanged files are links to it (owned by `uid` already, and never written), the changed
+    ones copied. False when there is no such copy (then everything is copied)."""
+    try:
+        name, was = (snapshot.path / ".git" / DERIVED).read_text().split()
+        previous = snapshot.path.with_name(f"{name}.uid{uid}")
+        entries = [str(e) for e in previous.iterdir() if e.name != ".git"]
+        if entries and subprocess.run(["cp", "-al", "-t", str(copy), *entries], capture_output=True).returncode:
+            raise OSError("cp -al failed")
+    except (OSError, ValueError):
+        for entry in copy.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        return False
+    listing = _git(["diff-tree", "-r", "-z", "--name-status", "--no-renames", was, "HEAD"], cwd=snapshot.path)
+    fields = listing.split("\0")
+    changed = list(zip(fields[0::2], fields[1::2]))
+    for status, path in sorted(changed, key=lambda c: c[0] != "D"):  # deletions first: a file may become a dir
+        target = copy / path
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        if status == "D":
+            for parent in target.parents:
+                if parent == copy or any(parent.iterdir()):
+                    break
+                parent.rmdir()
+            continue
+        for parent in reversed([p for p in target.parents if copy in p.parents and not p.exists()]):
+            parent.mkdir()
+            os.chown(parent, uid, uid)
+        source = snapshot.path / path
+        if source.is_symlink():
+            os.symlink(os.readlink(source), target)
+        else:
+            shutil.copy2(source, target)
+        os.lchown(target, uid, uid)
+    os.chown(copy, uid, uid)
+    return True
 
 
 def _tree_of_repo(root: Path) -> str:
@@ -284,13 +335,26 @@ def _tree_from_directory(root: Path, work: Path) -> str:
     return tree
 
 
-def _check_out(work: Path, tree: str, head: str | None = None) -> None:
+def _previous(last: Path) -> Path | None:
+    """The last snapshot made of the same repository, while it is still cached."""
+    try:
+        previous = last.with_name(last.read_text().strip() or ".none")
+    except OSError:
+        return None
+    return previous if (previous / ".git" / cache.SIZE_FILE).exists() else None
+
+
+def _check_out(work: Path, tree: str, head: str | None = None, previous: Path | None = None) -> None:
     """Make `tree` the base commit of `work` and populate its files. With the user's history
     (`head`), the base is HEAD itself when nothing is uncommitted — `git describe` then says
     what it says in the developer's checkout — and otherwise a commit of the uncommitted work
-    on top of HEAD."""
-    _git(["read-tree", tree], cwd=work)
-    _git(["checkout-index", "-a", "-f"], cwd=work)
+    on top of HEAD. From a `previous` snapshot of the repository, only what differs is written."""
+    # Snapshots are never written, so their files may be shared; git trusts their size and mtime
+    for key, value in (("core.trustctime", "false"), ("core.checkStat", "minimal")):
+        _git(["config", key, value], cwd=work)
+    if previous is None or not _check_out_from(work, tree, previous):
+        _git(["read-tree", tree], cwd=work)
+        _git(["checkout-index", "-a", "-f", "-u"], cwd=work)  # -u: the index keeps their stat
     if head is not None and _git(["rev-parse", f"{head}^{{tree}}"], cwd=work) == tree:
         commit = head
     else:
@@ -300,6 +364,29 @@ def _check_out(work: Path, tree: str, head: str | None = None) -> None:
     _git(["config", "user.name", "Offload"], cwd=work)
     _git(["config", "user.email", "offload@localhost"], cwd=work)
     cache.record_size(work)
+
+
+def _check_out_from(work: Path, tree: str, previous: Path) -> bool:
+    """Populate `work` by hard links to `previous`'s files, then let git replace those that differ
+    (it unlinks a file before writing it, so `previous` never changes): a one-file edit costs one
+    file, not a checkout of the repository. False, with `work` emptied again, when it can't."""
+    try:  # `previous` may be evicted meanwhile: then a full checkout it is
+        entries = [str(e) for e in previous.iterdir() if e.name != ".git"]
+        if entries:
+            linked = subprocess.run(["cp", "-al", "-t", str(work), *entries], capture_output=True, text=True)
+            if linked.returncode != 0:
+                raise SandboxError(linked.stderr.strip())
+        shutil.copyfile(previous / ".git" / "index", work / ".git" / "index")
+        was = _git(["rev-parse", "HEAD^{tree}"], cwd=previous)
+        _git(["read-tree", "-m", "-u", was, tree], cwd=work)
+        (work / ".git" / DERIVED).write_text(f"{previous.name} {was}\n")
+        return True
+    except (OSError, SandboxError):
+        for entry in work.iterdir():
+            if entry.name != ".git":
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        (work / ".git" / "index").unlink(missing_ok=True)
+        return False
 
 
 def load_snapshot(cache_dir: str | os.PathLike, tree: str, root: Path, subdir: str = "") -> Snapshot:

@@ -16,7 +16,7 @@ import pytest
 from offload.sandbox import cache
 from offload.sandbox.errors import SandboxError
 from offload.sandbox.manager import SandboxConfig, SandboxManager
-from offload.sandbox.snapshot import find_root, load_snapshot, take_snapshot
+from offload.sandbox.snapshot import find_root, load_snapshot, owned_copy, take_snapshot
 from tests.conftest import git
 from tests.test_sandbox_backends import (  # noqa: F401  (fixtures)
     backend,
@@ -126,7 +126,8 @@ def test_the_least_recently_used_snapshot_is_evicted_first(sample_repo, tmp_path
     assert all(s.path.exists() for s in (a, c, d, e))
     with pytest.raises(SandboxError, match="no longer cached; start a new task"):
         load_snapshot(cache_dir, b.tree, sample_repo)
-    assert sorted(p.name for p in (cache_dir / "snapshots").iterdir() if p.name.startswith(".")) == [".lock"]
+    left = sorted(p.name for p in (cache_dir / "snapshots").iterdir() if p.name.startswith("."))
+    assert [n for n in left if not n.startswith(".last-")] == [".lock"]  # nothing half-made, the pointers only
 
 
 def test_a_snapshot_just_used_is_kept_even_over_the_bound(sample_repo, tmp_path):
@@ -186,7 +187,8 @@ def test_concurrent_snapshots_of_one_tree_with_eviction_under_way_are_safe(sampl
     assert Path(path, "version.txt").read_text() == "shared\n"
     assert git(Path(path), "status", "--porcelain") == "" and git(Path(path), "rev-parse", "HEAD").strip() == base
     assert not any(s.path.exists() for s in olds)
-    assert sorted(p.name for p in (cache_dir / "snapshots").iterdir()) == [".lock", tree]
+    assert sorted(p.name for p in (cache_dir / "snapshots").iterdir() if not p.name.startswith(".last-")) == [
+        ".lock", tree]
 
 
 def test_a_half_made_snapshot_removed_while_eviction_lists_the_cache_is_passed_over(sample_repo, tmp_path,
@@ -212,3 +214,45 @@ def test_a_malformed_cache_bound_is_refused_before_anything_is_made(sample_repo,
     with pytest.raises(SandboxError, match="not a size: 'lots'"):
         manager.snapshot(sample_repo)
     assert not (tmp_path / "cache" / "snapshots").exists()
+
+
+def test_a_new_snapshot_shares_the_files_its_repository_did_not_change(sample_repo, tmp_path):
+    """After an edit, the next snapshot writes only what differs; the rest are links to the last
+    snapshot's files, which never change (git unlinks a file before writing it)."""
+    cache_dir = tmp_path / "cache"
+    first = take_snapshot(sample_repo, cache_dir)
+    (sample_repo / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    (sample_repo / "test_calc.py").unlink()
+    (sample_repo / "pkg").mkdir()
+    (sample_repo / "pkg" / "new.py").write_text("x = 1\n")
+    second = take_snapshot(sample_repo, cache_dir)
+    assert second.path != first.path
+    readme = [p.name for p in first.path.iterdir() if p.is_file() and p.name not in ("calc.py", "test_calc.py")]
+    assert readme and all((first.path / n).stat().st_ino == (second.path / n).stat().st_ino for n in readme)
+    assert (first.path / "calc.py").stat().st_ino != (second.path / "calc.py").stat().st_ino
+    assert "a - b" in (first.path / "calc.py").read_text() and "a + b" in (second.path / "calc.py").read_text()
+    assert (first.path / "test_calc.py").exists() and not (second.path / "test_calc.py").exists()
+    assert (second.path / "pkg" / "new.py").read_text() == "x = 1\n"
+    for snap in (first, second):
+        assert git(snap.path, "status", "--porcelain") == ""
+
+
+def test_the_sandbox_users_copy_of_a_new_snapshot_copies_only_what_changed(sample_repo, tmp_path):
+    cache_dir = tmp_path / "cache"
+    first = take_snapshot(sample_repo, cache_dir)
+    first_copy = owned_copy(first, 1000, cache_dir)
+    (sample_repo / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    (sample_repo / "test_calc.py").unlink()
+    (sample_repo / "pkg").mkdir()
+    (sample_repo / "pkg" / "new.py").write_text("x = 1\n")
+    second = take_snapshot(sample_repo, cache_dir)
+    second_copy = owned_copy(second, 1000, cache_dir)
+    assert (first_copy / "README.md").stat().st_ino == (second_copy / "README.md").stat().st_ino
+    assert (second_copy / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
+    assert "a - b" in (first_copy / "calc.py").read_text() and (first_copy / "test_calc.py").exists()
+    assert not (second_copy / "test_calc.py").exists() and (second_copy / "pkg" / "new.py").read_text() == "x = 1\n"
+    objects = second_copy / ".git" / "objects"
+    for path in [second_copy, *second_copy.rglob("*")]:
+        if objects not in path.parents or path.is_dir():
+            assert path.lstat().st_uid == 1000, path
+    assert git(second_copy, "-c", "safe.directory=*", "status", "--porcelain") == ""
