@@ -243,8 +243,7 @@ async def test_review_hunk_by_hunk_in_the_editor(client, fake_model, tmp_path):
         ["Offload: accept all 2 changes in this file — Fix add and document multiply"]
     lenses = await client.text_document_code_lens_async(types.CodeLensParams(
         text_document=types.TextDocumentIdentifier(uri=uri)))
-    assert [lens.command.title for lens in lenses] == ["Offload: Accept +1 −1", "Reject", "Offload: Accept +1 −0",
-                                                       "Reject"]
+    assert [lens.command.title for lens in lenses] == ["Offload: Accept", "Reject"] * 2
 
     reject = next(a for a in actions if "reject" in a.title).command
     await execute(client, reject.command, reject.arguments[0])

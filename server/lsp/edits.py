@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 EDIT_TIMEOUT = 60.0  # seconds an editor gets to apply an accepted hunk (initializationOptions.editTimeout)
 CONFIRM_TIMEOUT = 3600.0  # …and a whole task, which it may show the user first (VS Code's preview)
 RETRIES = 3  # stale edits computed again, at most
+STALE_WAIT = 2.0  # seconds a refused edit waits for the text the client had (see `_moved`)
 
 
 def text_edits(old: str, new: str, codec) -> list[types.TextEdit]:
@@ -125,6 +126,16 @@ def _versions(ls, versions: dict[str, int | None]) -> dict[str, int | None]:
             for uri in versions}
 
 
+async def _moved(ls, versions: dict[str, int | None], wait: float = STALE_WAIT) -> bool:
+    """Whether a document the edit was computed from has a newer version, now or within `wait`
+    seconds: a client may refuse an edit for text it has not yet reported (eglot reports it idle)."""
+    for _ in range(int(wait / 0.05)):
+        if _versions(ls, versions) != versions:
+            return True
+        await asyncio.sleep(0.05)
+    return _versions(ls, versions) != versions
+
+
 async def send_edit(ls, task_id: str, root: Path, compute: Callable[[], list[Merged]],
                     merged: list[Merged], hunk_ids: list[str] | None = None) -> None:
     """Ask the client to apply `merged` (what `compute` gives); the hunks (with None: the whole
@@ -155,7 +166,7 @@ async def send_edit(ls, task_id: str, root: Path, compute: Callable[[], list[Mer
                 manager.decide(task_id, hunk_ids, "accepted")
             return ls.publish_review(task_id)
         failure = failure or getattr(response, "failure_reason", None)
-        if _versions(ls, versions) == versions:  # refused for another reason than a newer text
+        if not await _moved(ls, versions):  # refused for another reason than a newer text
             break
         try:
             merged = compute()  # the user typed meanwhile: from the newer text

@@ -43,12 +43,9 @@ class Placed:
     def arg(self) -> dict:
         return {"taskId": self.record["id"], "hunkId": self.hunk.id}
 
-    def counts(self) -> str:
-        return f"+{self.hunk.added} −{self.hunk.removed}"
-
     def where(self) -> str:
         """'+4 −0 at line 17 — Fix add': which change, in a title or a message."""
-        return f"{self.counts()} at line {self.lines[0] + 1} — {title(self.record)}"
+        return f"+{self.hunk.added} −{self.hunk.removed} at line {self.lines[0] + 1} — {title(self.record)}"
 
 
 def title(record: dict) -> str:
@@ -165,7 +162,7 @@ def code_lens(ls: OffloadServer, params: types.CodeLensParams) -> list[types.Cod
             continue
         where = types.Range(types.Position(p.lines[0], 0), types.Position(p.lines[0], 0))
         lenses += [types.CodeLens(range=where, command=types.Command(
-                       title=f"Offload: Accept {p.counts()}", command="offload.acceptHunk", arguments=[p.arg])),
+                       title="Offload: Accept", command="offload.acceptHunk", arguments=[p.arg])),
                    types.CodeLens(range=where, command=types.Command(
                        title="Reject", command="offload.rejectHunk", arguments=[p.arg]))]
     return lenses

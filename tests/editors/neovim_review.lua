@@ -1,9 +1,11 @@
--- Drives Offload from a real headless Neovim: quick fix on a diagnostic -> task -> progress ->
--- review diagnostic -> accept through a code action -> the edit lands in the buffer.
--- Inputs come from the environment; the outcome is written as JSON to OFFLOAD_RESULT.
+-- Drives Offload from a real headless Neovim 0.11, configured as docs/editors.md says, through a
+-- whole review: a task started from a code action, its progress, one hunk accepted while the user
+-- types elsewhere, another rejected, a follow-up, the server restarted, the review found again and
+-- accepted. Inputs come from the environment; the outcome is written as JSON to OFFLOAD_RESULT.
 local env = vim.env
-local out = { progress = {}, states = {}, errors = {} }
+local out = { progress = {}, states = {}, messages = {}, errors = {} }
 local function finish()
+  out.messages = vim.split(vim.fn.execute("messages"), "\n") -- where window/showMessage goes
   local f = assert(io.open(env.OFFLOAD_RESULT, "w"))
   f:write(vim.json.encode(out))
   f:close()
@@ -14,78 +16,112 @@ local function fail(msg)
   finish()
 end
 
-vim.cmd("edit " .. env.OFFLOAD_REPO .. "/calc.py")
-local buf = vim.api.nvim_get_current_buf()
-vim.api.nvim_create_autocmd("LspProgress", {
-  callback = function(ev)
-    table.insert(out.progress, ev.data.params.value.kind)
-  end,
-})
-local client_id = vim.lsp.start({
-  name = "offload",
+vim.cmd("filetype on") -- an init script runs before Neovim turns it on
+-- the configuration of docs/editors.md, with the stand-in model's settings
+vim.lsp.config("offload", {
   cmd = { env.OFFLOAD_PYTHON, "-m", "offload.server.cli", "serve" },
-  root_dir = env.OFFLOAD_REPO,
-  init_options = { settings = { model = { base_url = env.OFFLOAD_MODEL_URL, name = "fix-failing-test" } } },
+  root_markers = { ".git" },
+  filetypes = { "python" },
+  init_options = { settings = { model = { base_url = env.OFFLOAD_MODEL_URL, name = "follow-up" } } },
   handlers = {
     ["offload/taskUpdated"] = function(_, result)
       table.insert(out.states, result.state)
     end,
   },
 })
-local client = vim.lsp.get_client_by_id(client_id)
-if not vim.wait(20000, function() return client.initialized end, 50) then
-  return fail("the server did not initialize")
+vim.lsp.enable("offload")
+vim.api.nvim_create_autocmd("LspProgress", {
+  callback = function(ev)
+    table.insert(out.progress, ev.data.params.value.kind)
+  end,
+})
+
+vim.cmd("edit " .. env.OFFLOAD_REPO .. "/calc.py")
+local buf = vim.api.nvim_get_current_buf()
+local function client()
+  return vim.lsp.get_clients({ name = "offload", bufnr = buf })[1]
+end
+local function text()
+  return table.concat(vim.api.nvim_buf_get_lines(buf, 0, -1, false), "\n")
+end
+local function review()
+  local c = client()
+  if not c then return {} end
+  local found = vim.diagnostic.get(buf, { namespace = vim.lsp.diagnostic.get_namespace(c.id) })
+  found = vim.tbl_filter(function(d) return d.code == "proposal" end, found)
+  table.sort(found, function(a, b) return a.lnum < b.lnum end)
+  return found
+end
+local function count(list, value)
+  return #vim.tbl_filter(function(v) return v == value end, list)
+end
+-- a code action at the cursor, picked by its title, as a keymap with `filter` and `apply` does
+local function act(line, pattern)
+  vim.api.nvim_win_set_cursor(0, { line, 0 })
+  vim.lsp.buf.code_action({ apply = true, filter = function(a) return a.title:find(pattern) ~= nil end })
+end
+if not vim.wait(20000, function() return client() ~= nil and client().initialized end, 50) then
+  return fail("the server did not start")
 end
 
--- a linter's diagnostic on `return a - b`; ask the server for code actions there
-local function actions_at(diag)
-  local params = {
-    textDocument = { uri = vim.uri_from_bufnr(buf) },
-    range = { start = { line = diag.lnum, character = 0 }, ["end"] = { line = diag.end_lnum, character = 0 } },
-    context = { diagnostics = { diag.user_data and diag.user_data.lsp or {
-      range = { start = { line = diag.lnum, character = diag.col }, ["end"] = { line = diag.end_lnum, character = diag.end_col } },
-      message = diag.message, source = diag.source, severity = diag.severity } } },
-  }
-  local response = client:request_sync("textDocument/codeAction", params, 10000, buf)
-  return response and response.result or {}
-end
-local linter = { lnum = 4, end_lnum = 4, col = 4, end_col = 16, message = "add() subtracts", source = "pytest", severity = 1 }
-local actions = actions_at(linter)
-if #actions == 0 or actions[1].title ~= "Offload: fix this" then
-  return fail("no Offload quick fix: " .. vim.inspect(actions))
-end
-local reply = client:request_sync("workspace/executeCommand", actions[1].command, 10000, buf)
-out.task = reply.result and reply.result.taskId
-if not out.task then return fail("no task: " .. vim.inspect(reply)) end
-
-if not vim.wait(180000, function() return vim.tbl_contains(out.states, "finished") end, 100) then
+-- a task from "fix the problem here" on the buggy line
+act(5, "^Offload: fix the problem here")
+if not vim.wait(180000, function() return count(out.states, "finished") == 1 end, 100) then
   return fail("the task did not finish: " .. vim.inspect(out.states))
 end
-out.disk_before_accept = table.concat(vim.fn.readfile(env.OFFLOAD_REPO .. "/calc.py"), "\n")
-local review
-vim.wait(10000, function()
-  for _, d in ipairs(vim.diagnostic.get(buf)) do
-    if d.source == "offload" then review = d end
-  end
-  return review ~= nil
-end, 50)
-if not review then return fail("no review diagnostic") end
-out.review_line = review.lnum
-local accept
-for _, action in ipairs(actions_at(review)) do
-  if action.title == "Offload: accept this change" then accept = action end
+if not vim.wait(10000, function() return #review() == 2 end, 50) then
+  return fail("no review: " .. vim.inspect(vim.diagnostic.get(buf)))
 end
-if not accept then return fail("no accept action on the review diagnostic") end
-client:request_sync("workspace/executeCommand", accept.command, 10000, buf)
-vim.wait(10000, function()
-  return table.concat(vim.api.nvim_buf_get_lines(buf, 0, -1, false), "\n"):find("a %+ b") ~= nil
-end, 50)
-out.buffer = table.concat(vim.api.nvim_buf_get_lines(buf, 0, -1, false), "\n")
-vim.wait(5000, function()
-  for _, d in ipairs(vim.diagnostic.get(buf)) do
-    if d.source == "offload" then return false end
-  end
-  return true
-end, 50)
-out.review_left = #vim.tbl_filter(function(d) return d.source == "offload" end, vim.diagnostic.get(buf))
+out.disk_before_accept = table.concat(vim.fn.readfile(env.OFFLOAD_REPO .. "/calc.py"), "\n")
+out.first_review = vim.tbl_map(function(d) return d.lnum end, review())
+
+-- accept the fix, and type at the end of the buffer while the edit is on its way
+act(5, "^Offload: accept %+1 −1 at line 5")
+vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes("Go# typed while accepting<Esc>", true, false, true), "xt", false)
+out.cursor_before = vim.api.nvim_win_get_cursor(0)
+if not vim.wait(10000, function() return text():find("a %+ b") ~= nil end, 50) then
+  return fail("the accepted hunk never arrived: " .. text())
+end
+out.cursor_after = vim.api.nvim_win_get_cursor(0)
+out.after_accept = text()
+
+-- reject the comment
+act(9, "^Offload: reject %+1 −0 at line 9")
+if not vim.wait(10000, function() return #review() == 0 end, 50) then
+  return fail("the rejected hunk is still shown")
+end
+
+-- follow up
+local reply = client():request_sync("workspace/executeCommand",
+  { command = "offload.listTasks", arguments = { vim.empty_dict() } }, 10000, buf)
+local task = reply.result.tasks[1].taskId
+client():exec_cmd({ title = "Follow up", command = "offload.followUp",
+                    arguments = { { taskId = task, prompt = "Also document add" } } }, { bufnr = buf })
+if not vim.wait(180000, function() return count(out.states, "finished") == 2 and #review() == 1 end, 100) then
+  return fail("the follow-up did not come back for review: " .. vim.inspect(out.states))
+end
+
+-- restart the server: the review is still there
+local old = client()
+old:stop()
+vim.wait(10000, function() return old:is_stopped() end, 50)
+vim.lsp.enable("offload", false)
+vim.lsp.enable("offload")
+vim.cmd("doautocmd FileType")
+if not vim.wait(20000, function() return client() ~= nil and client() ~= old and client().initialized end, 50) then
+  return fail("the server did not start again")
+end
+if not vim.wait(10000, function() return #review() == 1 end, 50) then
+  return fail("no review after the restart")
+end
+local again = review()[1]
+out.review_after_restart = again.message
+
+-- accept the follow-up's hunk
+act(again.lnum + 1, "^Offload: accept")
+if not vim.wait(10000, function() return text():find("Sum of a and b") ~= nil and #review() == 0 end, 50) then
+  return fail("the follow-up's hunk never arrived: " .. text())
+end
+out.buffer = text()
+out.disk_at_end = table.concat(vim.fn.readfile(env.OFFLOAD_REPO .. "/calc.py"), "\n")
 finish()
