@@ -44,7 +44,7 @@ from . import layer, owner, seccomp
 from .channel import RunnerClient, local_transport, runner_source
 from .environment import CA_PATH
 from .errors import SandboxError
-from .image import PATH, SANDBOX_UID, SANDBOX_USER, rootfs
+from .image import DEFAULT_IMAGE, PATH, SANDBOX_UID, SANDBOX_USER, rootfs
 from .snapshot import private
 
 WORKSPACE = "/workspace"
@@ -251,14 +251,15 @@ def _own_cgroups() -> dict[str, tuple[Path, int]]:
     return {c: where for c, where in found.items() if os.access(where[0], os.W_OK)}
 
 
-def system() -> Path:
-    """The root filesystem whose system directories sandboxes get: the base image's, else this host's."""
-    return rootfs() or Path("/")
+def system(image: str = DEFAULT_IMAGE) -> Path:
+    """The root filesystem whose system directories sandboxes get: `image`'s (a flavour of the base)
+    once built, else the base image's, else this host's."""
+    return rootfs(image) or rootfs() or Path("/")
 
 
-def runner_python() -> str:
-    """The runner's interpreter, as the sandbox sees it."""
-    return "/usr/bin/python3" if system() != Path("/") else host_python()
+def runner_python(root: Path) -> str:
+    """The runner's interpreter, as a sandbox on `root` sees it."""
+    return "/usr/bin/python3" if root != Path("/") else host_python()
 
 
 @cache
@@ -282,10 +283,10 @@ def available() -> None:
                           ("nsenter", "util-linux")):
         if shutil.which(tool) is None:
             raise SandboxError(f"{tool} is missing: apt-get install -y {package}")
-    runner_python()
+    runner_python(system())
 
 
-def _bwrap_argv(directory: Path, network: bool, rlimits: list[str], read_only: bool = False,
+def _bwrap_argv(directory: Path, root: Path, network: bool, rlimits: list[str], read_only: bool = False,
                 binds: dict[str, str] | None = None) -> list[str]:
     layer = directory / "layer"
     argv = ["bwrap", "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
@@ -293,7 +294,6 @@ def _bwrap_argv(directory: Path, network: bool, rlimits: list[str], read_only: b
             "--seccomp", "9"]
     if network:
         argv.append("--share-net")
-    root = system()
     mounted = Path("/") if root == Path("/") else layer / "system"  # where bwrap finds it (see _SETUP)
     for name in _SYSTEM_DIRS:
         source = root / name
@@ -324,7 +324,7 @@ def _bwrap_argv(directory: Path, network: bool, rlimits: list[str], read_only: b
     argv += ["--remount-ro", "/", "--chdir", WORKSPACE, "--clearenv"]
     for key, value in RUNNER_ENV.items():
         argv += ["--setenv", key, value]
-    return argv + ["--", *rlimits, runner_python(), "-I", "-u", "-c", runner_source(), "--root", WORKSPACE]
+    return argv + ["--", *rlimits, runner_python(root), "-I", "-u", "-c", runner_source(), "--root", WORKSPACE]
 
 
 def _overlay(where: Path, lowers: list[Path], upper: str | None = None, work: str | None = None) -> str:
@@ -357,12 +357,14 @@ def create(
     home_lower: Path | None = None,
     binds: dict[str, str] | None = None,
     ca_bundle: str = "",
+    image: str = DEFAULT_IMAGE,
 ) -> BwrapSandbox:
     """Start a sandbox over `snapshot_path` with its runner connected: `lowers` (a cached setup's
     workspace) lie under the snapshot, `home_lower` under the home, `binds` are host directories
-    it may write (a setup's export). Without a snapshot the sandbox is warm: its workspace comes when
-    it is claimed (`claim`)."""
+    it may write (a setup's export), `image` names the root filesystem (system). Without a snapshot the
+    sandbox is warm: its workspace comes when it is claimed (`claim`)."""
     available()
+    root = system(image)
     memory_bytes, disk_bytes = layer.parse_size(memory), layer.parse_size(disk)
     all_labels = {**labels, "offload.sandbox": sandbox_id, "offload.created": str(int(time.time())),
                   "offload.backend": "bubblewrap", owner.LABEL: owner.label()}
@@ -385,11 +387,10 @@ def create(
     outer = 'set -e\ncd /\nexec 2>"$1/setup.log"\necho $$ > "$1/pid"\n'
     outer += "".join(f"echo $$ > {shlex.quote(str(f))}\n" for f in (cgroups.procs_files() if cgroups else []))
     outer += f'exec unshare -Urm sh -c {shlex.quote(_SETUP)} offload-sandbox "$@"\n'
-    base = "" if system() == Path("/") else str(system())
-    if base:
-        Path(f"{base}.empty").mkdir(exist_ok=True)
-    argv = ["sh", "-c", outer, "offload-sandbox", str(directory), workspace, str(disk_bytes), home, base,
-            *_bwrap_argv(directory, network, rlimits, read_only, binds)]
+    if root != Path("/"):
+        Path(f"{root}.empty").mkdir(exist_ok=True)
+    argv = ["sh", "-c", outer, "offload-sandbox", str(directory), workspace, str(disk_bytes), home,
+            "" if root == Path("/") else str(root), *_bwrap_argv(directory, root, network, rlimits, read_only, binds)]
     sandbox = BwrapSandbox(sandbox_id, directory, None, cgroups)
     try:
         transport = _SPAWNER.submit(local_transport, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}).result()

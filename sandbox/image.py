@@ -1,5 +1,8 @@
 """The sandbox base image: Debian trixie with the toolchains real projects expect, and a non-root user.
 
+Flavours add heavier toolchains on request, named in the image's tag: `offload-base:trixie-go`,
+`…-rust`, `…-java`, or several (`offload-base:trixie-go-rust`); the default stays lean.
+
 Built FROM a public image where a registry answers; otherwise offline from Debian's packages
 with debootstrap and `docker import`. Either way the image's root filesystem is also kept as a
 directory on this host (`rootfs`): bubblewrap sandboxes run on it, so both backends hold the
@@ -35,6 +38,7 @@ PACKAGES = [
     "git", "curl", "ca-certificates", "openssl", "ripgrep", "jq", "unzip", "zip", "xz-utils", "bzip2",
     "file", "patch", "less", "procps", "psmisc", "tree", "bc",
 ]
+FLAVOURS = {"go": ["golang-go"], "rust": ["rustc", "cargo"], "java": ["default-jdk-headless", "maven"]}
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MIRROR = os.environ.get("OFFLOAD_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 IMAGE_LABEL = "offload.image"  # the name Offload built an image as: only that image may it rebuild
@@ -50,22 +54,35 @@ rm -rf /var/lib/apt/lists/* /var/log/*.log /usr/share/doc/* /usr/share/man/*
 """
 
 
-def recipe_hash() -> str:
+def packages(name: str = DEFAULT_IMAGE) -> list[str]:
+    """The Debian packages of the image `name`: the base's, and its flavours' when its name asks for
+    some (`offload-base:trixie-go-rust`). Any other name is built as the base."""
+    repository, _, tag = name.partition(":")
+    if repository != DEFAULT_IMAGE.partition(":")[0] or not tag.startswith(f"{RELEASE}-"):
+        return PACKAGES
+    wanted = tag.removeprefix(f"{RELEASE}-").split("-")
+    if unknown := [f for f in wanted if f not in FLAVOURS]:
+        raise SandboxError(f"{name}: no flavour {', '.join(unknown)}; the flavours are {', '.join(FLAVOURS)} "
+                           f"(e.g. {DEFAULT_IMAGE}-go-rust)")
+    return PACKAGES + [p for flavour in FLAVOURS if flavour in wanted for p in FLAVOURS[flavour]]
+
+
+def recipe_hash(name: str = DEFAULT_IMAGE) -> str:
     """Identifies what the image holds; a change rebuilds it."""
-    text = "\n".join([_RECIPE_VERSION, RELEASE, *PACKAGES, str(SANDBOX_UID), _FINISH])
+    text = "\n".join([_RECIPE_VERSION, RELEASE, *packages(name), str(SANDBOX_UID), _FINISH])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def rootfs() -> Path | None:
-    """The current recipe's root filesystem on this host, or None until `offload image build` makes it."""
-    path = _rootfs_path()
+def rootfs(name: str = DEFAULT_IMAGE) -> Path | None:
+    """The root filesystem of image `name`'s recipe on this host, or None until `offload image build` makes it."""
+    path = _rootfs_path(name)
     return path if (path / "usr/bin/python3").exists() else None
 
 
-def _rootfs_path() -> Path:
+def _rootfs_path(name: str) -> Path:
     """Under $XDG_DATA_HOME/offload: the image's files, kept until the recipe changes (not a cache)."""
     base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(base) / "offload" / "images" / f"rootfs-{recipe_hash()}"
+    return Path(base) / "offload" / "images" / f"rootfs-{recipe_hash(name)}"
 
 
 def image_is_current(client, name: str = DEFAULT_IMAGE) -> bool:
@@ -75,7 +92,7 @@ def image_is_current(client, name: str = DEFAULT_IMAGE) -> bool:
         image = client.images.get(name)
     except docker.errors.ImageNotFound:
         return False
-    return (image.labels or {}).get("offload.recipe") == recipe_hash()
+    return (image.labels or {}).get("offload.recipe") == recipe_hash(name)
 
 
 def is_ours(client, name: str) -> bool | None:
@@ -94,23 +111,23 @@ def is_ours(client, name: str) -> bool | None:
 def build_image(client, name: str = DEFAULT_IMAGE, force: bool = False, log: Callable[[str], None] = print) -> str:
     """Build the base image unless a current one exists, and its root filesystem on this host;
     returns how it was obtained. Without a Docker client, only the root filesystem is made."""
-    root = _rootfs_path()
+    root = _rootfs_path(name)
     if client is not None and is_ours(client, name) is False:
         raise SandboxError(f"{name} is an image Offload did not build (or an older Offload, before images carried "
                            f"their name); it is left as it is. Set sandbox.image to another name (the default is "
                            f"{DEFAULT_IMAGE}) to build Offload's image, or remove it (docker rmi {name}) if it is "
                            f"Offload's old one")
     if client is not None and not force and image_is_current(client, name):
-        if rootfs() is None:
+        if rootfs(name) is None:
             _export(client, name, root, log)
         return "up to date"
-    if client is not None and (force or rootfs() is None) and _registry_answers(client):
+    if client is not None and (force or rootfs(name) is None) and _registry_answers(client):
         _build_from_registry(client, name, log)
         _export(client, name, root, log)
         return f"built from debian:{RELEASE}-slim"
-    made = force or rootfs() is None
+    made = force or rootfs(name) is None
     if made:
-        _debootstrap(root, log)
+        _debootstrap(root, packages(name), log)
     if client is None:
         return f"no Docker engine, so no image; the root filesystem of bubblewrap's sandboxes is " \
                f"{'made' if made else 'up to date'} at {root}"
@@ -120,7 +137,7 @@ def build_image(client, name: str = DEFAULT_IMAGE, force: bool = False, log: Cal
 
 def _labels(name: str) -> list[str]:
     return [f"ENV PATH={PATH} LANG=C.UTF-8 HOME=/home/{SANDBOX_USER}",
-            f'LABEL offload.recipe="{recipe_hash()}" offload.owner="offload" {IMAGE_LABEL}="{name}"']
+            f'LABEL offload.recipe="{recipe_hash(name)}" offload.owner="offload" {IMAGE_LABEL}="{name}"']
 
 
 def _registry_answers(client) -> bool:
@@ -136,7 +153,7 @@ def _registry_answers(client) -> bool:
 def _build_from_registry(client, name: str, log: Callable[[str], None]) -> None:
     lines = "\n".join(_labels(name))
     dockerfile = f"""FROM debian:{RELEASE}-slim
-RUN apt-get update && apt-get install -y --no-install-recommends {' '.join(PACKAGES)}
+RUN apt-get update && apt-get install -y --no-install-recommends {' '.join(packages(name))}
 RUN {' && '.join(line for line in _FINISH.splitlines()[1:])}
 USER {SANDBOX_UID}:{SANDBOX_UID}
 WORKDIR /workspace
@@ -147,7 +164,7 @@ CMD ["sleep", "infinity"]
     client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=name, rm=True)
 
 
-def _debootstrap(root: Path, log: Callable[[str], None]) -> None:
+def _debootstrap(root: Path, wanted: list[str], log: Callable[[str], None]) -> None:
     """A Debian root filesystem from Debian's packages, at `root`, whole or not at all."""
     if shutil.which("debootstrap") is None:
         raise SandboxError(
@@ -160,9 +177,9 @@ def _debootstrap(root: Path, log: Callable[[str], None]) -> None:
         log(f"debootstrap {RELEASE} from {MIRROR} (about a minute)")
         _run(["debootstrap", "--variant=minbase", RELEASE, str(partial), MIRROR], "debootstrap")
         # apt, not debootstrap, resolves the packages' dependencies: debootstrap's resolver misses some (npm's)
-        log(f"installing {len(PACKAGES)} packages and what they need (a few minutes)")
+        log(f"installing {len(wanted)} packages and what they need (a few minutes)")
         _run(["chroot", str(partial), "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
-              "--no-install-recommends", *PACKAGES], "installing the packages")
+              "--no-install-recommends", *wanted], "installing the packages")
         _run(["chroot", str(partial), "sh", "-c", _FINISH], "finishing the root filesystem")
         partial.chmod(0o755)
         shutil.rmtree(root, ignore_errors=True)

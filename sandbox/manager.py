@@ -275,7 +275,7 @@ class SandboxManager:
             warm = self._claim(WarmKey("bubblewrap", "", None, environment.home), snapshot, environment,
                                read_only, all_labels)
             backend = warm or bwrap_backend.create(
-                self.cache_dir, snapshot_path=snapshot.path, sandbox_id=sandbox_id, labels=all_labels,
+                self.cache_dir, snapshot_path=snapshot.path, sandbox_id=sandbox_id, labels=all_labels, image=self.config.image,
                 disk=self.config.disk, lowers=environment.lowers, home_lower=environment.home, **limits)
         if not read_only:
             try:
@@ -340,7 +340,7 @@ class SandboxManager:
                         cpus=self.config.cpus, pids=self.config.pids, network=self.config.network == "on",
                         disk=self.config.disk, home_lower=key.home, ca_bundle=self.config.ca_bundle)
         if key.backend == "bubblewrap":
-            return bwrap_backend.create(self.cache_dir, snapshot_path=None, **settings)
+            return bwrap_backend.create(self.cache_dir, snapshot_path=None, image=self.config.image, **settings)
         engine = hosts.engine_for(key.engine)
         if not engine.answering():
             raise engine.problem or SandboxError(f"the Docker engine at {engine.name} does not answer")
@@ -360,7 +360,7 @@ class SandboxManager:
         return Setup(script=self.config.setup, secrets=list(self.config.setup_secrets),
                      network=self.config.network in ("setup", "on"), timeout=self.config.setup_timeout * 60,
                      cache_dir=self.cache_dir, env=dict(COMMAND_ENV), extra_env=dict(self.config.env),
-                     ca_bundle=self.config.ca_bundle, disk=self.config.disk,
+                     ca_bundle=self.config.ca_bundle, image=self.config.image, disk=self.config.disk,
                      limits=dict(memory=self.config.memory, cpus=self.config.cpus, pids=self.config.pids),
                      log=log or (lambda event: None), cancel=cancel,
                      labels={"offload.owner": self.owner, "offload.tree": snapshot.tree})

@@ -44,7 +44,7 @@ from docker.types import Mount
 from . import bwrap_backend, docker_backend, layer, owner
 from .environment import command_env
 from .errors import SandboxError
-from .image import SANDBOX_UID
+from .image import DEFAULT_IMAGE, SANDBOX_UID
 
 IMAGE = "offload-setup"  # the repository of setup images: offload-setup:<key16>
 OWNER = ".owner"  # in an unfinished result's directory: the process making it
@@ -129,6 +129,7 @@ class Setup:
     labels: dict = field(default_factory=dict)
     extra_env: dict = field(default_factory=dict)  # sandbox.env
     ca_bundle: str = ""  # sandbox.ca_bundle
+    image: str = DEFAULT_IMAGE  # sandbox.image, whose root filesystem bubblewrap runs on
 
     @property
     def root(self) -> Path:
@@ -356,7 +357,7 @@ class Setup:
 
     def bubblewrap(self, snapshot) -> Environment:
         """The environment of a bubblewrap sandbox: the cached layers, made now unless they exist."""
-        key = self.key(f"bubblewrap:{_host_identity()}", snapshot)
+        key = self.key(f"bubblewrap:{_host_identity(self.image)}", snapshot)
         with self._locked(key):
             if self._cached(key) is not None:
                 self._status("cached", f"the setup's cached result is used ({key[:16]})", key=key[:16])
@@ -371,7 +372,7 @@ class Setup:
             sandbox = bwrap_backend.create(
                 self.cache_dir, snapshot_path=snapshot.path, sandbox_id=f"setup-{uuid.uuid4().hex[:12]}",
                 labels={**self.labels, "offload.setup": key}, disk=self.disk, network=self.network,
-                binds={str(staging): EXPORT}, ca_bundle=self.ca_bundle, **self.limits)
+                binds={str(staging): EXPORT}, ca_bundle=self.ca_bundle, image=self.image, **self.limits)
             env = command_env(self.env, {}, self.ca_bundle, self.extra_env)
             try:
                 kept = self._run(sandbox.runner, key, self.argv(snapshot), env, secrets, EXPORT, home=True)
@@ -432,10 +433,10 @@ def _has_image(client: docker.DockerClient, tag: str, key: str) -> bool:
         return False
 
 
-def _host_identity() -> str:
+def _host_identity(image: str) -> str:
     """What a bubblewrap sandbox's system is: the base image's root filesystem (its name holds its
     recipe's hash) or this host's, its OS release, and the architecture."""
-    root = bwrap_backend.system()
+    root = bwrap_backend.system(image)
     try:
         release = (root / "etc/os-release").read_text()
     except OSError:

@@ -13,7 +13,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from offload.sandbox.image import DEFAULT_IMAGE
+from offload.sandbox.errors import SandboxError
+from offload.sandbox.image import DEFAULT_IMAGE, packages
 
 # Where Linux distributions keep the system's CA bundle (Debian/Ubuntu, Fedora/RHEL, openSUSE, Alpine/Arch).
 HOST_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/ca-bundle.pem",
@@ -81,6 +82,11 @@ def _check(key: str, value: Any) -> None:
                 raise ConfigError(f"{key}: {name!r} is not an environment variable name")
     if key == "sandbox.warm" and (type(value) is not int or value < 0):
         raise ConfigError(f"{key} must be a number of sandboxes, 0 or more, got {value!r}")
+    if key == "sandbox.image":
+        try:
+            packages(value)  # a flavour of the base image must be one there is
+        except SandboxError as e:
+            raise ConfigError(f"{key}: {e}") from None
     if key == "sandbox.env":
         for name, item in value.items():
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or not isinstance(item, str) or "\0" in item:

@@ -247,3 +247,25 @@ def test_an_engine_that_cannot_bind_this_hosts_files_gets_the_ca_bundle_copied_i
         assert "server.pem: OK" in run(sandbox, "openssl verify server.pem")
     finally:
         manager.close()
+
+
+GO = "offload-base:trixie-go"
+
+
+@pytest.fixture(scope="session")
+def go_flavour(docker_engine) -> str:
+    """The base image's Go flavour and its root filesystem, built once (a few minutes the first time)."""
+    build_image(docker_engine, GO, log=lambda line: None)
+    return GO
+
+
+def test_a_flavour_adds_its_toolchain_on_both_backends(backend, go_flavour, sandbox_of):
+    program = 'package main\nimport "fmt"\nfunc main() { fmt.Println("hello from go") }\n'
+    sandbox = sandbox_of(backend, image=go_flavour)
+    sandbox.write_file("main.go", program.encode())
+    assert run(sandbox, "go run main.go").strip() == "hello from go"
+    assert int(run(sandbox, "node -p process.versions.node").split(".")[0]) >= 20  # the base's, as before
+    lean = sandbox_of(backend)
+    assert lean.run(["sh", "-c", "command -v go"]).exit_code != 0  # the default stays without it
+    with pytest.raises(cfg.ConfigError, match="no flavour cobol; the flavours are go, rust, java"):
+        cfg.load_config(None, env={"OFFLOAD_SANDBOX_IMAGE": "offload-base:trixie-cobol"})
