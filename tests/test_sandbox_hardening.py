@@ -58,6 +58,15 @@ def mem():
     with open(f"/proc/{runner}/mem", "r+b", buffering=0):
         pass
 
+def vm_write():  # EFAULT at a bogus address would mean the kernel let us in
+    class iovec(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+    buf = ctypes.create_string_buffer(8)
+    local, remote = iovec(ctypes.addressof(buf), 8), iovec(0x10000, 8)
+    if libc.process_vm_writev(runner, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) < 0:
+        if ctypes.get_errno() != 14:  # EFAULT
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
 def environ():
     with open(f"/proc/{runner}/environ", "rb") as f:
         if not f.read():
@@ -79,6 +88,7 @@ def speak(pid):
 
 attempt("ptrace the runner", ptrace)
 attempt("open the runner's memory", mem)
+attempt("write the runner's memory with process_vm_writev", vm_write)
 attempt("read the runner's environment", environ)
 attempt("write to the runner's descriptors", speak(runner))
 for pid in sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (me, runner)):
