@@ -14,6 +14,9 @@ command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v git >/dev/null || need+=(git)
 command -v openssl >/dev/null || need+=(openssl)  # the tests' TLS engine certificates
+# the editor tests drive a real Emacs with eglot (Neovim comes with the Python test extra)
+command -v emacs >/dev/null || need+=(emacs-nox)
+ls -d /usr/share/emacs/site-lisp/elpa/eglot-* >/dev/null 2>&1 || need+=(elpa-eglot)
 [ -x /bin/busybox ] || need+=(busybox-static)  # the tests' own image with nothing but a shell
 # the tests' engine over ssh; a developer machine is not given an ssh server (that test skips there)
 if [ -n "${CI:-}" ] && [ ! -x /usr/sbin/sshd ]; then need+=(openssh-server); fi

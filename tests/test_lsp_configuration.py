@@ -48,5 +48,6 @@ async def test_a_change_without_settings_changes_nothing(client, tmp_path):  # n
         capabilities=types.ClientCapabilities(), root_uri=from_fs_path(str(repo)),
         initialization_options={"settings": {"model": {"name": "kept"}}}))
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={}))  # eglot, unconfigured
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=["not", "a", "table"]))
     assert (await execute(client, "offload.listTasks", {}))["tasks"] == []

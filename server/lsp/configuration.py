@@ -14,8 +14,8 @@ def configuration_changed(ls: OffloadServer, params: types.DidChangeConfiguratio
     settings = params.settings
     if isinstance(settings, dict) and isinstance(settings.get("settings"), dict):
         settings = settings["settings"]
-    if not isinstance(settings, dict):
-        return  # a client that sends only "something changed" (settings null): nothing to take
+    if not isinstance(settings, dict) or not settings:
+        return  # a client that sends only "something changed" (settings null, or eglot's {}): nothing to take
     manager = ls.tasks()
     manager.overrides.clear()  # in place: the task worker's settings hold the same table
     manager.overrides.update(settings)

@@ -13,6 +13,7 @@ from pathlib import Path
 from lsprotocol import types
 
 from ..tasks.review import Hunk, locate, made
+from . import edits
 from .server import OffloadServer, server
 
 SHORT_LINES = 3  # changed lines of each side a diagnostic's message shows
@@ -148,10 +149,13 @@ def hover(ls: OffloadServer, params: types.HoverParams) -> types.Hover | None:
     placed = at(ls, params.text_document.uri, point)
     if not placed:
         return None
-    parts = [f"**Offload**: {p.where()}\n\n```diff\n" + "\n".join(diff_lines(p.hunk)) + "\n```" for p in placed]
+    formats = edits.supports(ls, "text_document", "hover", "content_format") or []
+    markdown = types.MarkupKind.Markdown in formats
+    fence, end = ("```diff\n", "\n```") if markdown else ("", "")
+    parts = [f"Offload: {p.where()}\n\n{fence}" + "\n".join(diff_lines(p.hunk)) + end for p in placed]
     parts.append("Accept or reject it with a code action on these lines.")
-    return types.Hover(contents=types.MarkupContent(kind=types.MarkupKind.Markdown, value="\n\n".join(parts)),
-                       range=placed[0].range)
+    kind = types.MarkupKind.Markdown if markdown else types.MarkupKind.PlainText
+    return types.Hover(contents=types.MarkupContent(kind=kind, value="\n\n".join(parts)), range=placed[0].range)
 
 
 @server.feature(types.TEXT_DOCUMENT_CODE_LENS)
