@@ -18,6 +18,8 @@ and type checkers to see where things stand.
 - Edit files with the apply_patch tool. Use the shell tool for everything else; give it the \
 command as a list of arguments and a timeout_ms when a command needs longer than ten minutes.
 - Keep the change small and focused on the task, in the style of the code around it.
+- Each shell call ends everything it started: a server or watcher left running in the \
+background is gone by the next call, so start it and use it within one command.
 - After your last edit, run the checks again (every check you declared from AGENTS.md, \
 and the tests that cover your change) until they pass or you know why they cannot.
 - Do not commit; the harness commits your work when you finish.
