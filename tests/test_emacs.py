@@ -5,15 +5,14 @@ anything else, checks the version of every edit, and keeps what the user typed."
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import part_missing
+from tests.test_neovim import doc_block, editor_env
 
 pytestmark = pytest.mark.docker
 SCRIPT = Path(__file__).parent / "editors" / "eglot_review.el"
@@ -29,8 +28,8 @@ def emacs() -> str:
 def test_review_in_emacs_eglot_from_a_code_action_to_a_restart(docker_engine, fake_model, sample_repo, tmp_path):
     result = tmp_path / "result.json"
     before = (sample_repo / "calc.py").read_text()
-    env = {**os.environ, "OFFLOAD_REPO": str(sample_repo), "OFFLOAD_PYTHON": sys.executable,
-           "OFFLOAD_MODEL_URL": fake_model.base_url, "OFFLOAD_RESULT": str(result), "HOME": str(tmp_path)}
+    env = {**editor_env(fake_model, sample_repo, result, tmp_path), "HOME": str(tmp_path),
+           "OFFLOAD_CONFIG": str(doc_block("eglot", tmp_path))}
     proc = subprocess.run([emacs(), "--batch", "-l", str(SCRIPT)], env=env, capture_output=True, text=True,
                           timeout=600)
     assert result.exists(), proc.stderr[-3000:]
@@ -39,6 +38,7 @@ def test_review_in_emacs_eglot_from_a_code_action_to_a_restart(docker_engine, fa
     assert [state for _, state in reversed(out["states"])][:4] == ["queued", "preparing", "running", "finished"]
     assert any("2 change(s) to review" in m for m in out["messages"]), out["messages"]
     assert out["first_review"] == [4, 8]
+    assert "-    return a - b\n+    return a + b" in out["preview"]
     assert out["after_accept"] == before.replace("a - b", "a + b") + "# typed while accepting\n"
     assert out["point_after"] == out["point_before"]
     assert "+1 −0 at line 5" in out["review_after_restart"]

@@ -1,9 +1,8 @@
 ;;; eglot_review.el --- Offload in a real Emacs with eglot, reviewed from start to restart -*- lexical-binding: t -*-
 
-;; Run with `emacs --batch -l eglot_review.el'. Configured as docs/editors.md says; the user's
-;; moves are eglot's own commands (a code action picked from `eglot-code-actions' by its title,
-;; `eglot-execute-command', `eglot-reconnect'). Inputs come from the environment; the outcome is
-;; written as JSON to OFFLOAD_RESULT.
+;; Run with `emacs --batch -l eglot_review.el'. Configured with the block of docs/editors.md
+;; (OFFLOAD_CONFIG), whose commands are the user's moves, and `eglot-reconnect' for a restart.
+;; Inputs come from the environment; the outcome is written as JSON to OFFLOAD_RESULT.
 
 (require 'eglot)
 (require 'json)
@@ -27,16 +26,11 @@
       (accept-process-output nil 0.05))
     (unless (funcall predicate) (offload-fail (format "%s; buffer:\n%s" what (buffer-string))))))
 
-;; the configuration of docs/editors.md
-(setq eglot-confirm-server-initiated-edits nil)
-(add-to-list 'eglot-server-programs
-             `(python-mode . (,(getenv "OFFLOAD_PYTHON") "-m" "offload.server.cli" "serve"
-                              :initializationOptions
-                              (:settings (:model (:base_url ,(getenv "OFFLOAD_MODEL_URL") :name "follow-up"))))))
-(cl-defmethod eglot-handle-notification (_server (_method (eql offload/taskUpdated)) &key taskId state
-                                                 &allow-other-keys)
-  (push (vector taskId state) (alist-get 'states offload-out))
-  (message "Offload: task %s %s" taskId state))
+;; the configuration of docs/editors.md, as it is written there
+(load (getenv "OFFLOAD_CONFIG") nil t)
+(cl-defmethod eglot-handle-notification :after (_server (_method (eql offload/taskUpdated)) &key taskId state
+                                                        &allow-other-keys)
+  (push (vector taskId state) (alist-get 'states offload-out)))
 ;; what the test watches: the proposals published, and the messages shown
 (cl-defmethod eglot-handle-notification :before (_server (_method (eql textDocument/publishDiagnostics))
                                                          &key uri diagnostics &allow-other-keys)
@@ -53,19 +47,11 @@
     (when (member (car states) '("failed" "cancelled"))
       (offload-fail (format "a run ended %s" (car states))))
     (= count (cl-count "finished" states :test #'equal))))
-(defun offload-act (line title)
-  "With the point at the start of LINE, pick the code action whose title matches TITLE, as
-`eglot-code-actions' offers them."
+(defun offload-at (line command &rest args)
+  "Run COMMAND of docs/editors.md with the point at the start of LINE."
   (goto-char (point-min))
   (forward-line (1- line))
-  (let* ((server (eglot-current-server))
-         (actions (eglot-code-actions (point) nil nil nil))
-         (chosen (cl-find-if (lambda (a) (string-match-p title (plist-get a :title))) actions)))
-    (unless chosen
-      (offload-fail (format "no action %s at line %d: %S" title line (mapcar (lambda (a) (plist-get a :title)) actions))))
-    (cl-letf (((symbol-function 'completing-read) (lambda (&rest _) (plist-get chosen :title))))
-      (let ((last-nonmenu-event ?\r))
-        (eglot--read-execute-code-action actions server)))))
+  (apply command args))
 (defun offload-text () (buffer-substring-no-properties (point-min) (point-max)))
 
 (find-file (expand-file-name "calc.py" (getenv "OFFLOAD_REPO")))
@@ -73,14 +59,16 @@
 (offload-wait (lambda () (eglot-current-server)) 30 "the server did not start")
 
 ;; a task from "fix the problem here" on the buggy line
-(offload-act 5 "^Offload: fix the problem here")
+(offload-at 5 #'offload-fix)
 (offload-wait (lambda () (offload-finished 1)) 180 "the task did not finish")
 (offload-wait (lambda () (= (length offload-review) 2)) 10 "no review")
 (offload-put 'first_review (mapcar (lambda (d) (plist-get (plist-get (plist-get d :range) :start) :line))
                                    offload-review))
 
-;; accept the fix, then type at the end of the buffer while its edit may still be on its way
-(offload-act 5 "^Offload: accept \\+1 −1 at line 5")
+;; preview the fix whole, accept it, then type at the end of the buffer while its edit may still be on its way
+(offload-at 5 #'offload-preview)
+(offload-put 'preview (with-current-buffer "*Offload change*" (buffer-string)))
+(offload-at 5 #'offload-accept)
 (goto-char (point-max))
 (insert "# typed while accepting\n")
 (eglot--signal-textDocument/didChange)  ; what eglot's idle timer does, which batch mode never runs
@@ -90,13 +78,11 @@
 (offload-put 'after_accept (offload-text))
 
 ;; reject the comment
-(offload-act 9 "^Offload: reject \\+1 −0 at line 9")
+(offload-at 9 #'offload-reject)
 (offload-wait (lambda () (null offload-review)) 10 "the rejected hunk is still shown")
 
 ;; follow up
-(let ((task (aref (car (alist-get 'states offload-out)) 0)))
-  (eglot-execute-command (eglot-current-server) 'offload.followUp
-                         (vector (list :taskId task :prompt "Also document add"))))
+(offload-at 1 #'offload-follow-up "Also document add")
 (offload-wait (lambda () (and (offload-finished 2) (= (length offload-review) 1))) 180
               "the follow-up did not come back for review")
 
@@ -107,7 +93,7 @@
 (offload-put 'review_after_restart (plist-get (car offload-review) :message))
 
 ;; accept the follow-up's hunk
-(offload-act (1+ (plist-get (plist-get (plist-get (car offload-review) :range) :start) :line)) "^Offload: accept")
+(offload-at (1+ (plist-get (plist-get (plist-get (car offload-review) :range) :start) :line)) #'offload-accept)
 (offload-wait (lambda () (and (string-match-p "Sum of a and b" (offload-text)) (null offload-review))) 20
               "the follow-up's hunk never arrived")
 (offload-put 'buffer (offload-text))
