@@ -310,3 +310,38 @@ async def test_fix_the_problem_here_on_any_line_and_on_a_failing_check(client, f
     (failing,) = client.diagnostics[test.uri]
     (fix,) = await actions_at(client, test, failing.range.start.line, [failing])
     assert fix.title == "Offload: fix this" and "a check still fails here" in fix.command.arguments[0]["prompt"]
+
+
+async def test_a_citation_opens_the_lines_it_means_in_the_file_as_it_is_now(client, fake_model, tmp_path):
+    repo = make_repo(tmp_path / "calc")
+    editor = await start(client, repo, fake_model, "neovim@v0.11.0", "fix-and-cite")
+    buffer = Buffer(client, editor, repo / "calc.py")
+    task_id = (await execute(client, "offload.code", {"prompt": "Fix add"}))["taskId"]
+    await editor.until(lambda: editor.state(task_id) == "finished")
+    shown = await execute(client, "offload.showTask", {"taskId": task_id})
+    assert "calc.py:L4-L5" in shown["message"]
+    buffer.type(types.Position(0, 0), "# two lines\n# of the user's\n")
+    opened = await execute(client, "offload.openCitation", {"taskId": task_id, "path": "calc.py", "line": 4,
+                                                             "endLine": 5})
+    assert opened["range"] == {"start": {"line": 5, "character": 0}, "end": {"line": 6, "character": 0}}
+    await editor.until(lambda: client.shown_documents, timeout=10)
+    assert client.shown_documents[-1].selection.start.line == 5
+
+
+async def test_a_new_file_is_accepted_in_an_editor_whose_edits_cannot_create_files(client, tmp_path):
+    from tests.test_lsp_edits import NEW_TEST, fix_and_add_a_test  # noqa: F401  (its scenario)
+
+    with FakeModel(scenarios=load_scenarios("tests.scenarios", "tests.test_lsp_edits")) as model:
+        repo = make_repo(tmp_path / "calc")
+        capabilities = "neovim@v0.11.0"  # no documentChanges: no CreateFile
+        editor = await start(client, repo, model, capabilities, "fix-and-add-a-test")
+        task_id = (await execute(client, "offload.code", {"prompt": "Fix add, test multiply"}))["taskId"]
+        await editor.until(lambda: editor.state(task_id) == "finished")
+        await execute(client, "offload.acceptHunk", {"taskId": task_id, "hunkId": "test_multiply.py#1"})
+        shown = {}
+        while not shown or {h["status"] for h in shown["hunks"] if h["path"] == "test_multiply.py"} != {"accepted"}:
+            await asyncio.sleep(0.05)
+            shown = await execute(client, "offload.showTask", {"taskId": task_id})
+        assert (repo / "test_multiply.py").read_text() == NEW_TEST  # Offload wrote it: nothing else could
+        assert not editor.edits
+    assert not model.errors, model.errors

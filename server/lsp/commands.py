@@ -15,6 +15,7 @@ from pygls.uris import from_fs_path
 
 from .. import config as cfg
 from ..tasks.manager import TaskError
+from ..tasks.review import follow
 from . import edits, review
 from .server import OffloadServer, server, summary
 
@@ -218,6 +219,29 @@ async def preview_hunk(ls: OffloadServer, *args):
         ls.after_answer(ls.window_show_document_async(types.ShowDocumentParams(uri=from_fs_path(str(shown)),
                                                                                take_focus=True)))
     return {"taskId": record["id"], "hunkIds": hunk_ids, "diff": diff}
+
+
+@_command("offload.openCitation")
+async def open_citation(ls: OffloadServer, *args):
+    """`{taskId, path, line, endLine?}`: a task's citation (1-based lines of its result) as the lines
+    they mean in the file as it is now, which the user may have edited since; opened where the
+    editor opens documents, and answered as `{uri, range}`."""
+    arg = _args(args, "taskId", "path")
+    line, end = arg.get("line"), arg.get("endLine", arg.get("line"))
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (line, end)):
+        raise CommandError("the argument needs a 1-based whole number 'line' (and 'endLine')")
+    record = ls.record(arg["taskId"])
+    root = Path(record["repo"])
+    changed = {c.path: c for _, _, c in ls.tasks().hunks(record["id"])} if record["kind"] == "code" else {}
+    now = ls.current_bytes(root, arg["path"])
+    result = changed[arg["path"]].result if arg["path"] in changed else now
+    start, stop = follow(line - 1, result, now), follow(end - 1, result, now)
+    where = types.Range(types.Position(start, 0), types.Position(max(stop, start), 0))
+    uri = ls.uri(root, arg["path"])
+    if edits.supports(ls, "window", "show_document", "support"):
+        ls.after_answer(ls.window_show_document_async(types.ShowDocumentParams(uri=uri, take_focus=True,
+                                                                               selection=where)))
+    return {"uri": uri, "range": ls.protocol._converter.unstructure(where)}
 
 
 @_command("offload.rejectHunk")

@@ -158,3 +158,12 @@ def locate(hunk: Hunk, base: bytes | None, current: bytes | None) -> tuple[int, 
     if start == base_length:
         return current_length, current_length
     return None
+
+
+def follow(line: int, old: bytes | None, new: bytes | None) -> int:
+    """Where 0-based `line` of `old` is in `new`: a line the two share keeps its place among the
+    others; a line changed in between maps to the start of what replaced it."""
+    for tag, i1, i2, j1, _ in _opcodes(old, new):
+        if line < i2:
+            return j1 + (line - i1) if tag == "equal" else j1
+    return len(_lines(new))
