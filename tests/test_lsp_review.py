@@ -329,7 +329,7 @@ async def test_a_citation_opens_the_lines_it_means_in_the_file_as_it_is_now(clie
 
 
 async def test_a_new_file_is_accepted_in_an_editor_whose_edits_cannot_create_files(client, tmp_path):
-    from tests.test_lsp_edits import NEW_TEST, fix_and_add_a_test  # noqa: F401  (its scenario)
+    from tests.test_lsp_edits import NEW_TEST
 
     with FakeModel(scenarios=load_scenarios("tests.scenarios", "tests.test_lsp_edits")) as model:
         repo = make_repo(tmp_path / "calc")
