@@ -51,3 +51,23 @@ async def test_a_change_without_settings_changes_nothing(client, tmp_path):  # n
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={}))  # eglot, unconfigured
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=["not", "a", "table"]))
     assert (await execute(client, "offload.listTasks", {}))["tasks"] == []
+
+
+async def test_a_worker_that_ran_a_task_takes_the_new_settings(client, bubblewrap, tmp_path):  # noqa: F811
+    repo = make_repo(tmp_path / "calc")
+    editor = Editor(client)
+    with FakeModel(scenarios=[fix_failing_test]) as fm:
+        await client.initialize_session(types.InitializeParams(
+            capabilities=types.ClientCapabilities(), root_uri=from_fs_path(str(repo)),
+            initialization_options={"settings": {"model": {"base_url": fm.base_url, "name": "fix-failing-test"},
+                                                 "sandbox": {"backend": "bubblewrap"}}}))
+        first = (await execute(client, "offload.code", {"prompt": "Make the failing test pass"}))["taskId"]
+        await editor.until(lambda: editor.state(first) in ("finished", "failed", "cancelled"))
+        assert editor.state(first) == "finished"
+        dead = dead_endpoint()
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"settings": {
+            "model": {"base_url": dead, "name": "fix-failing-test"}, "sandbox": {"backend": "bubblewrap"}}}))
+        second = (await execute(client, "offload.code", {"prompt": "Make the failing test pass"}))["taskId"]
+        await editor.until(lambda: editor.state(second) in ("finished", "failed", "cancelled"))
+    assert editor.state(second) == "failed"
+    assert dead.removesuffix("/v1") in editor.updates[-1]["reason"], editor.updates[-1]["reason"]

@@ -150,7 +150,7 @@ export function activate(context: vscode.ExtensionContext): void {
   }
 }
 
-const WALKTHROUGH = "offload.offload#offload.setUp";
+const WALKTHROUGH = "offload.offload#setUp";
 
 function fileOf(uri: vscode.Uri | undefined): vscode.Uri {
   const file = uri ?? vscode.window.activeTextEditor?.document.uri;

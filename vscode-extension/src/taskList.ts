@@ -17,14 +17,23 @@ export class TaskList implements vscode.Disposable {
   readonly onDidChange = this.changed.event;
   private readonly subscriptions: vscode.Disposable[];
   private readonly previous = new vscode.EventEmitter<{ before: Task | undefined; after: Task }>();
-  /** Fires with a task as it was and as it is now, for each change the server sent. */
+  /**
+   * Fires with a task as its previous summary showed it and as its new one does. Summaries, not
+   * events: a task's last state event comes before the summary that carries its changes.
+   */
   readonly onDidTransition = this.previous.event;
+  private readonly summarised = new Map<string, Task>();
 
   constructor(private readonly server: OffloadServer) {
     this.subscriptions = [
       this.changed, this.previous,
       server.onStarted(() => void this.reload()),
-      server.onTaskUpdated((summary) => this.put(applySummary(this.tasks.get(summary.taskId), summary))),
+      server.onTaskUpdated((summary) => {
+        const after = applySummary(this.tasks.get(summary.taskId), summary);
+        this.put(after);
+        this.previous.fire({ before: this.summarised.get(after.id), after });
+        this.summarised.set(after.id, after);
+      }),
       server.onTaskEvent(({ taskId, event }) => {
         this.put(applyEvent(this.tasks.get(taskId), taskId, event));
         if (REVIEW_EVENTS.has(event.type)) void this.countHunks(taskId);
@@ -48,6 +57,8 @@ export class TaskList implements vscode.Disposable {
       const { tasks } = await this.server.command<{ tasks: Summary[] }>("offload.listTasks", {});
       this.tasks.clear();
       for (const summary of tasks) this.tasks.set(summary.taskId, applySummary(undefined, summary));
+      this.summarised.clear();
+      this.tasks.forEach((task, id) => this.summarised.set(id, task));
       this.changed.fire(undefined);
       for (const task of this.visible()) if (task.kind === "code" && task.state === "finished" && task.changes.length) void this.countHunks(task.id);
     } catch (e) {
@@ -67,13 +78,14 @@ export class TaskList implements vscode.Disposable {
     return [...this.tasks.values()].filter(ours).sort((a, b) => b.id.localeCompare(a.id));
   }
 
-  private put(task: Task, news = true): void {
+  private put(task: Task, count = true): void {
     const before = this.tasks.get(task.id);
     this.tasks.set(task.id, task);
     this.changed.fire(task);
-    if (!news) return;
-    this.previous.fire({ before, after: task });
-    if (task.state === "finished" && before?.state !== "finished" && task.kind === "code") void this.countHunks(task.id);
+    if (count && task.state === "finished" && task.kind === "code" && (before?.state !== "finished" || !before.changes.length)
+      && task.changes.length) {
+      void this.countHunks(task.id);
+    }
   }
 
   dispose(): void {
@@ -141,7 +153,7 @@ export class TasksView implements vscode.TreeDataProvider<Node>, vscode.Disposab
     const task = node;
     const title = task.prompt.split("\n")[0] || task.id;
     const item = new vscode.TreeItem(
-      title.length > 60 ? title.slice(0, 59) + "…" : title,
+      title.length > 32 ? title.slice(0, 31) + "…" : title, // short: the state beside it stays in view in a narrow sidebar
       task.changes.length ? vscode.TreeItemCollapsibleState.Collapsed : vscode.TreeItemCollapsibleState.None,
     );
     item.id = task.id;

@@ -58,7 +58,7 @@ describe("a Code task reviewed hunk by hunk", () => {
       await vscode.screenshot("2-task-finished");
 
       // the review: one CodeLens per hunk, decorations for the proposed lines
-      const accepts = page.locator(".codelens-decoration a", { hasText: /^Offload: Accept$/ });
+      const accepts = page.locator(".codelens-decoration a", { hasText: /^Offload: Accept(?! All)/ });
       await until(async () => (await accepts.count()) === 2, 30_000, "a CodeLens on each of the two hunks");
       await until(() => decorationsWith(page, "# the product of a and b"), 10_000, "the proposed comment as a decoration");
       await vscode.screenshot("3-review");
@@ -132,7 +132,7 @@ describe("a follow-up on a finished task", () => {
       await until(async () => /finished/.test(await task.innerText()), 120_000, "the task to finish");
 
       // reject the comment on `multiply` (the lower hunk); the fix stays pending
-      const accepts = page.locator(".codelens-decoration a", { hasText: /^Offload: Accept$/ });
+      const accepts = page.locator(".codelens-decoration a", { hasText: /^Offload: Accept(?! All)/ });
       await until(async () => (await accepts.count()) === 2, 30_000, "a CodeLens on each of the two hunks");
       await (await byHeight(page.locator(".codelens-decoration a", { hasText: /^Reject$/ }), "bottom")).click();
       await until(async () => (await accepts.count()) === 1, 20_000, "the rejected hunk to leave the review");
@@ -286,14 +286,110 @@ describe("an Ask answered with a diagram", () => {
   });
 });
 
-describe("without Offload installed", () => {
-  test("the extension says which command installs it", { timeout: 60_000 }, async () => {
-    const vscode = await openVSCode("not-installed", sampleRepo(tempDir("repo")), { "offload.pythonPath": "/usr/bin/python3" });
+describe("with the Offload of the environment chosen, and none there", () => {
+  test("the extension says so, and how to use its own", { timeout: 60_000 }, async () => {
+    const vscode = await openVSCode("not-installed", sampleRepo(tempDir("repo")),
+      { "offload.pythonPath": "/usr/bin/python3", "offload.importStrategy": "fromEnvironment" });
     await steps(vscode, async () => {
-      const toast = vscode.page.locator(".notification-toast", { hasText: "pip install offload" });
+      const toast = vscode.page.locator(".notification-toast", { hasText: "Offload is not installed" });
       await toast.waitFor();
-      assert.match(await toast.innerText(), /Offload is not installed for \/usr\/bin\/python3.*\/usr\/bin\/python3 -m pip install offload/s);
+      assert.match(await toast.innerText(), /Offload is not installed for \/usr\/bin\/python3.*useBundled/s);
       await vscode.screenshot("1-message");
     });
   });
+});
+
+/** The notification toast that contains `text`, once it shows. */
+async function toast(page, text, ms = 120_000) {
+  const found = page.locator(".notification-toast", { hasText: text }).last();
+  await found.waitFor({ timeout: ms });
+  return found;
+}
+
+describe("installed from the VSIX alone", () => {
+  test("walkthrough, doctor, a task, its notice, review, a follow-up from the page, a dead endpoint named",
+    { timeout: 480_000 }, async () => {
+      const PATH = pathWithoutOffload();
+      assert.throws(() => execFileSync("python3", ["-c", "import offload.server.cli"], { env: { ...process.env, PATH }, stdio: "ignore" }),
+        "python3 on this PATH must not have Offload");
+      const repo = sampleRepo(tempDir("repo"));
+      const calc = path.join(repo, "calc.py");
+      const original = fs.readFileSync(calc, "utf8");
+      // no interpreter and no model set: python3 from PATH, Offload from the extension, the walkthrough to configure
+      const vscode = await openVSCode("installs-itself", repo, {}, { env: { PATH } });
+      const { page } = vscode;
+      await steps(vscode, async () => {
+        const [server] = await until(() => offloadServers(vscode.home).length && offloadServers(vscode.home), 60_000,
+          "the Offload server to start");
+        assert.deepEqual(server.argv.slice(1), ["-m", "offload.server.cli", "serve"]);
+        assert.match(server.env.PYTHONPATH ?? "", /bundled\/libs/, "Offload comes from the extension");
+
+        // the walkthrough opens by itself the first time
+        const walkthrough = page.locator(".gettingStartedContainer");
+        await walkthrough.locator("h2", { hasText: "Get started with Offload" }).waitFor({ timeout: 60_000 });
+        await vscode.screenshot("1-walkthrough");
+        const stepButton = async (step, button) => {
+          await walkthrough.locator(".getting-started-step", { hasText: step }).first().click();
+          await walkthrough.getByRole("button", { name: button, exact: true }).click();
+        };
+        await stepButton("Choose the model's server", "Set Model Server");
+        await vscode.answer("Offload: Set Model Server", model.url);
+        await stepButton("Name the model", "Set Model");
+        await vscode.answer("Offload: Set Model", "follow-up");
+        await until(() => /"offload.model.name": "follow-up"/.test(fs.readFileSync(vscode.settingsFile, "utf8")), 10_000,
+          "the model in the user's settings");
+        await stepButton("Check what works here", "Run Doctor");
+        const doctor = page.frameLocator("iframe.webview.ready").last().frameLocator("iframe#active-frame");
+        await doctor.locator("tr", { hasText: "model" }).first().waitFor({ timeout: 120_000 });
+        assert.match(await doctor.locator("body").innerText(), /config[\s\S]*model/);
+        await vscode.screenshot("2-doctor");
+        assert.deepEqual(offloadServers(vscode.home).map((s) => s.pid), [server.pid], "settings changed without a restart");
+
+        await vscode.command("Offload: New Code Task");
+        await vscode.answer("Offload: New Code Task", "Fix add and document multiply");
+        const finished = await toast(page, "finished: 1 file changed, ready for review");
+        assert.equal(await page.locator(".notification-toast", { hasText: "Fix add and document multiply" }).count(), 1,
+          "the news once, not the server's message beside it");
+        await vscode.screenshot("3-finished-notice");
+        await finished.locator(".monaco-button", { hasText: "Review" }).click();
+        await page.locator('.tab.active[data-resource-name="calc.py"]').waitFor();
+        const accepts = page.locator(".codelens-decoration a", { hasText: /^Offload: Accept(?! All)/ });
+        await until(async () => (await accepts.count()) === 2, 30_000, "a CodeLens on each of the two hunks");
+        await (await byHeight(page.locator(".codelens-decoration a", { hasText: /^Reject$/ }), "bottom")).click();
+        const task = await taskRow(page, "Fix add and document multiply");
+        await until(async () => /1 of 2 to review/.test(await task.innerText()), 20_000, "the view to count what is left");
+
+        await vscode.command("Offload: Show Task Log");
+        const taskPage = vscode.taskPage();
+        await taskPage.locator("button", { hasText: "Follow Up…" }).click();
+        await vscode.answer("Offload: Follow Up", "Also document add");
+        await toast(page, "finished: 1 file changed, ready for review");
+        await taskPage.locator("h2", { hasText: "Run 2: Also document add" }).waitFor();
+        await taskPage.locator("h2", { hasText: "Run 1: Fix add and document multiply" }).waitFor();
+        await vscode.screenshot("4-follow-up-page");
+        await taskPage.locator("button:not([disabled])", { hasText: "Accept All" }).click();
+        await taskPage.locator(".review", { hasText: "reviewed" }).waitFor({ timeout: 30_000 });
+        assert.equal(await taskPage.locator("button[disabled]", { hasText: "Accept All" }).count(), 1, "nothing left to accept");
+        await vscode.command("File: Save All Files");
+        const expected = original.replace("    return a - b", '    """Sum of a and b."""\n    return a + b');
+        await until(() => fs.readFileSync(calc, "utf8") === expected, 10_000, "calc.py with the fix and the docstring");
+        await vscode.screenshot("5-accepted");
+
+        // a dead endpoint: the task fails and the notice names why
+        const dead = "http://127.0.0.1:9/v1";
+        await vscode.command("Offload: Set Model Server");
+        await vscode.answer("Offload: Set Model Server", dead);
+        await until(() => fs.readFileSync(vscode.settingsFile, "utf8").includes(dead), 10_000, "the dead endpoint in the settings");
+        await vscode.command("Offload: New Code Task");
+        await vscode.answer("Offload: New Code Task", "Fix add once more");
+        const failed = await toast(page, "“Fix add once more” failed");
+        const text = await failed.innerText();
+        assert.match(text, /127\.0\.0\.1:9|connect/i, text);
+        assert.match(text, /Open Settings/);
+        assert.match(await page.locator("#status\\.offload\\.tasks, .statusbar-item", { hasText: "failed" }).first().innerText(),
+          /1 failed/);
+        assert.deepEqual(offloadServers(vscode.home).map((s) => s.pid), [server.pid], "still the first server");
+        await vscode.screenshot("6-failed-notice");
+      });
+    });
 });
