@@ -3,7 +3,8 @@
 # skipped when done): Debian packages (Chromium, ripgrep, libkrb5-dev for code-server's native
 # modules), the npm dependencies (`npm ci`), code-server into .e2e/, offload.vsix, and the VSIX of
 # the stand-in for the Python extension (test/e2e/python-extension: the real one is not on npm).
-# Offline-capable beyond the npm registry and Debian's mirror: nothing is fetched from GitHub.
+# Offline-capable beyond the npm registry, PyPI (the VSIX's bundled/libs) and Debian's mirror:
+# nothing is fetched from GitHub.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

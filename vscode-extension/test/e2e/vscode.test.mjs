@@ -367,6 +367,12 @@ describe("installed from the VSIX alone", () => {
         await taskPage.locator("h2", { hasText: "Run 2: Also document add" }).waitFor();
         await taskPage.locator("h2", { hasText: "Run 1: Fix add and document multiply" }).waitFor();
         await vscode.screenshot("4-follow-up-page");
+        // a check's [cN] opens the run that proves it in the readable log
+        await taskPage.locator("#run-1 a.chunk", { hasText: "c2" }).click();
+        const run = taskPage.locator("details#chunk-c2");
+        await until(async () => (await run.getAttribute("open")) !== null, 10_000, "the cited run open in the log");
+        assert.match(await run.innerText(), /\$ python3 -m unittest -q\s+exit 0[\s\S]*OK/);
+        await vscode.screenshot("4-log");
         await taskPage.locator("button:not([disabled])", { hasText: "Accept All" }).click();
         await taskPage.locator(".review", { hasText: "reviewed" }).waitFor({ timeout: 30_000 });
         assert.equal(await taskPage.locator("button[disabled]", { hasText: "Accept All" }).count(), 1, "nothing left to accept");
