@@ -19,6 +19,7 @@ from pathlib import Path
 
 import watchfiles
 from lsprotocol import types
+from pygls.exceptions import JsonRpcException
 from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 from pygls.uris import from_fs_path
@@ -404,8 +405,17 @@ def progress_cancelled(ls: OffloadServer, params: types.WorkDoneProgressCancelPa
                 log.info("cancel from progress: %s", e)
 
 
+class _NoRefusalTracebacks(logging.Filter):
+    """A refused command (JsonRpcException) is answered with its reason, which the editor shows in
+    words: pygls's traceback of it would only fill the editor's log with what is no error of ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], JsonRpcException))
+
+
 def serve(tcp: str | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("pygls.protocol.json_rpc").addFilter(_NoRefusalTracebacks())
     if tcp:
         host, _, port = tcp.rpartition(":")
         server.start_tcp(host or "127.0.0.1", int(port))
