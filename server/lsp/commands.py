@@ -176,7 +176,7 @@ def _send(ls: OffloadServer, task_id: str, root: Path, merged, compute, hunk_ids
     def again():
         return [m for m in compute() if not m.skipped and edits.carried(ls, root, m)]
 
-    ls.after_answer(edits.send_edit(ls, task_id, root, again, text, hunk_ids))
+    ls.after_answer(edits.send_edit(ls, task_id, root, again, text, edits.opened(ls, root, text), hunk_ids))
 
 
 def _hunk_args(args: tuple) -> tuple[str, list[str]]:

@@ -136,15 +136,25 @@ async def _moved(ls, versions: dict[str, int | None], wait: float = STALE_WAIT) 
     return _versions(ls, versions) != versions
 
 
+def opened(ls, root: Path, merged: list[Merged]) -> dict[str, int | None]:
+    """The versions of the open documents among `merged`'s files: what it was computed from."""
+    return _versions(ls, {uri: None for m in merged if (uri := ls.uri(root, m.path)) in ls.workspace.text_documents})
+
+
 async def send_edit(ls, task_id: str, root: Path, compute: Callable[[], list[Merged]],
-                    merged: list[Merged], hunk_ids: list[str] | None = None) -> None:
-    """Ask the client to apply `merged` (what `compute` gives); the hunks (with None: the whole
-    task) count as accepted once it says it did. A client that refuses an edit because the
-    document moved on gets one computed again from its newer text; one that never answers is
-    told so, and nothing counts as accepted."""
+                    merged: list[Merged], seen: dict[str, int | None], hunk_ids: list[str] | None = None) -> None:
+    """Ask the client to apply `merged` (what `compute` gives, from documents at the versions
+    `seen`); the hunks (with None: the whole task) count as accepted once it says it did. Text
+    that moved on before the edit is sent, or that a client refuses the edit for, gets the edit
+    computed again from it; a client that never answers is told so, and nothing counts as accepted."""
     manager = ls.tasks()
     timeout = ls.edit_timeout if hunk_ids is not None else max(ls.edit_timeout, CONFIRM_TIMEOUT)
     failure = None
+    try:
+        if _versions(ls, seen) != seen:  # typed in between the command and now
+            merged = compute()
+    except TaskError as e:
+        return ls.show(types.MessageType.Error, f"Offload: nothing was applied: {e}")
     for _ in range(RETRIES):
         edit, versions = workspace_edit(ls, root, merged)
         response = None
