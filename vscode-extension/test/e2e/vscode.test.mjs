@@ -79,8 +79,9 @@ describe("a Code task reviewed hunk by hunk", () => {
       // the other hunk (the comment above `return a * b`, line 9) through the lightbulb
       await vscode.goToLine(9);
       await page.keyboard.press("Control+.");
-      await page.locator(".action-widget .monaco-list-row", { hasText: "Offload: reject this change" }).waitFor();
-      await vscode.select(".action-widget", "Offload: reject this change"); // by keys: its mouse blocker eats a click
+      const row = page.locator(".action-widget .monaco-list-row", { hasText: /Offload: reject \+1 −0 at line 9 / });
+      await row.waitFor(); // the action names its hunk
+      await vscode.select(".action-widget", (await row.getAttribute("aria-label")).split(",")[0]); // by keys: its mouse blocker eats a click
       await until(async () => (await page.locator(".codelens-decoration a", { hasText: "Offload: Accept" }).count()) === 0,
         20_000, "no hunk left to review");
       await vscode.screenshot("4-reviewed");
