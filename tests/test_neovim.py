@@ -64,6 +64,7 @@ def test_review_in_neovim_from_a_code_action_to_a_restart(docker_engine, fake_mo
     assert any("finished" in m and "2 change(s) to review" in m for m in out["messages"]), out["messages"]
     assert out["disk_before_accept"] + "\n" == before  # nothing touched the checkout
     assert out["first_review"] == [4, 8]
+    assert "-    return a - b\n+    return a + b" in out["preview"]
     # typed while the hunk was on its way: kept, and the cursor stayed on it
     assert out["after_accept"] == (before.replace("a - b", "a + b") + "# typed while accepting").rstrip("\n")
     assert out["cursor_after"] == out["cursor_before"]

@@ -72,6 +72,21 @@ end
 out.disk_before_accept = table.concat(vim.fn.readfile(env.OFFLOAD_REPO .. "/calc.py"), "\n")
 out.first_review = vim.tbl_map(function(d) return d.lnum end, review())
 
+-- preview the fix whole: the hover's floating window
+press(5, "<leader>op")
+local function floating()
+  for _, win in ipairs(vim.api.nvim_list_wins()) do
+    if vim.api.nvim_win_get_config(win).relative ~= "" then
+      return table.concat(vim.api.nvim_buf_get_lines(vim.api.nvim_win_get_buf(win), 0, -1, false), "\n")
+    end
+  end
+end
+vim.wait(10000, function() return floating() ~= nil end, 50)
+out.preview = floating()
+for _, win in ipairs(vim.api.nvim_list_wins()) do
+  if vim.api.nvim_win_get_config(win).relative ~= "" then vim.api.nvim_win_close(win, true) end
+end
+
 -- accept the fix, and type at the end of the buffer while the edit is on its way
 press(5, "<leader>oa")
 vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes("Go# typed while accepting<Esc>", true, false, true), "xt", false)
