@@ -1,7 +1,8 @@
 """The VS Code extension's own tests, run from this suite: its unit tests (node's test runner)
 and its end-to-end run in real VS Code (code-server in headless Chromium) with the real server,
-a real Docker sandbox and the model stand-in. Without node/npm (or Chromium) they skip locally
-and fail under CI=true."""
+a real Docker sandbox and the model stand-in. The setup builds the VSIX as users get it, with the
+server and its libraries from PyPI in `bundled/libs`. Without node/npm (or Chromium) they skip
+locally and fail under CI=true."""
 
 from __future__ import annotations
 
@@ -45,5 +46,6 @@ def test_the_extension_end_to_end_in_vscode(docker_engine):
     if not os.environ.get("CI"):
         missing("chromium")  # locally, installing system packages is the developer's call
     run("scripts/setup-e2e.sh", timeout=1200)
-    # the server the extension starts is the one installed for this interpreter
+    # the interpreter the tests name for the server (which runs the VSIX's bundled Offload on it)
+    # and for the model stand-in
     run("npm", "run", "test:e2e", timeout=600, env={"OFFLOAD_PYTHON": sys.executable})

@@ -153,7 +153,7 @@ export class TasksView implements vscode.TreeDataProvider<Node>, vscode.Disposab
     const task = node;
     const title = task.prompt.split("\n")[0] || task.id;
     const item = new vscode.TreeItem(
-      title.length > 24 ? title.slice(0, 23) + "…" : title, // short: the state beside it stays in view in a narrow sidebar
+      title.length > 32 ? title.slice(0, 31) + "…" : title, // short: the state beside it stays in view in a narrow sidebar
       task.changes.length ? vscode.TreeItemCollapsibleState.Collapsed : vscode.TreeItemCollapsibleState.None,
     );
     item.id = task.id;

@@ -94,8 +94,8 @@ describe("a Code task reviewed hunk by hunk", () => {
       // the task page: the summary's citation as a link, the Testing section with its mark
       await task.click();
       const taskPage = vscode.taskPage();
-      await taskPage.locator("a.citation", { hasText: "calc.py:L4-L10" }).waitFor();
-      assert.match(await taskPage.locator("#testing").innerText(), /✔\s*python3 -m unittest -q passed/);
+      await taskPage.locator("#run-1 a.citation", { hasText: "calc.py:L4-L10" }).waitFor();
+      assert.match(await taskPage.locator("#run-1 .testing").innerText(), /✔\s*python3 -m unittest -q passed/);
       await vscode.screenshot("5-task-page");
     });
   });
@@ -278,7 +278,7 @@ describe("an Ask answered with a diagram", () => {
       await taskPage.locator(".mermaid svg .node", { hasText: "test_calc" }).waitFor({ timeout: 90_000 });
       assert.equal(await taskPage.locator(".mermaid svg .node").count(), 3);
       await vscode.screenshot("1-answer");
-      await taskPage.locator("a.citation", { hasText: "calc.py:L4-L5" }).click();
+      await taskPage.locator("#run-1 a.citation", { hasText: "calc.py:L4-L5" }).click();
       await page.locator('.tab.active[data-resource-name="calc.py"]').waitFor();
       await until(async () => /Ln 5, Col \d+ \(\d+ selected\)/.test(
         await page.locator("#status\\.editor\\.selection").innerText().catch(() => "")), 10_000, "lines 4-5 selected");
