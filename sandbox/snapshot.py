@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shlex
 import shutil
 import subprocess
 import tempfile
@@ -173,13 +172,19 @@ def owned_copy(snapshot: Snapshot, uid: int, cache_dir: str | os.PathLike, limit
         # linked as they are (they may be the user's own, see _link_history) and stay read-only.
         # From the previous snapshot's copy, the files that did not change are linked instead.
         derived = _derived_copy(snapshot, copy, uid)
-        steps = [f"tar -C {shlex.quote(str(snapshot.path))} --exclude=./.git/objects -cf - "
-                 f"{'./.git' if derived else '.'} | tar -C {shlex.quote(str(copy))} -xpf -",
-                 f"chown -R {uid}:{uid} {shlex.quote(str(copy / '.git') if derived else str(copy))}"]
-        for step in steps:
-            proc = subprocess.run(["bash", "-c", f"set -o pipefail; {step}"], capture_output=True, text=True)
+        # cp, not tar: other tasks touch the snapshot's times while it is read (tar fails on that)
+        (copy / ".git").mkdir()
+        sources = [] if derived else [(e, copy) for e in snapshot.path.iterdir() if e.name != ".git"]
+        sources += [(e, copy / ".git") for e in (snapshot.path / ".git").iterdir() if e.name != "objects"]
+        for into in {into for _, into in sources}:
+            proc = subprocess.run(["cp", "-a", "--reflink=auto", "-t", str(into),
+                                   *[str(e) for e, where in sources if where == into]], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise SandboxError(f"could not prepare the snapshot for the sandbox user: {proc.stderr.strip()}")
+        proc = subprocess.run(["chown", "-R", f"{uid}:{uid}", str(copy / ".git" if derived else copy)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SandboxError(f"could not prepare the snapshot for the sandbox user: {proc.stderr.strip()}")
         objects = snapshot.path / ".git" / "objects"
         for directory, _, files in os.walk(objects):
             into = copy / ".git" / "objects" / os.path.relpath(directory, objects)
