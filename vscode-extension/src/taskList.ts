@@ -4,7 +4,8 @@ import * as path from "node:path";
 import * as vscode from "vscode";
 import type { OffloadServer } from "./server";
 import {
-  type Change, type Summary, type Task, applyEvent, applySummary, counts, countsText, describe, reviewOf, reviewable,
+  type Change, type Summary, type Task, type TaskEvent, applyEvent, applySummary, counts, countsText, describe, lastRunStart,
+  reviewOf, reviewable,
 } from "./tasks";
 
 // Events after which a finished task's hunks are counted again
@@ -41,12 +42,16 @@ export class TaskList implements vscode.Disposable {
     ];
   }
 
-  /** Asks the server how many of a finished Code task's hunks are still to decide. */
+  /**
+   * Asks the server how many of a finished Code task's hunks are still to decide; its log says
+   * when its last run began too (a summary knows only when the task was created).
+   */
   private async countHunks(taskId: string): Promise<void> {
     try {
-      const { hunks } = await this.server.command<{ hunks: { status: string }[] }>("offload.showTask", { taskId });
+      const { hunks, events } = await this.server.command<{ hunks: { status: string }[]; events: TaskEvent[] }>(
+        "offload.showTask", { taskId });
       const task = this.tasks.get(taskId);
-      if (task) this.put({ ...task, review: reviewOf(hunks ?? []) }, false);
+      if (task) this.put({ ...task, review: reviewOf(hunks ?? []), started: lastRunStart(events ?? []) ?? task.started }, false);
     } catch {
       // the task is gone, or the server: the view shows what it knew
     }

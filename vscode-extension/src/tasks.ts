@@ -167,6 +167,12 @@ export function reviewable(task: Task): boolean {
     && task.review?.pending !== 0;
 }
 
+/** When the task's last run (its own, or its last follow-up) was queued, from its log; null when the log has none. */
+export function lastRunStart(events: TaskEvent[]): number | null {
+  const queued = events.filter((e) => e.type === "state" && e.state === "queued" && typeof e.t === "number");
+  return queued.length ? (queued[queued.length - 1].t as number) : null;
+}
+
 /** The hunks' statuses as a count of those still pending. */
 export function reviewOf(hunks: { status: string }[]): Review {
   return { pending: hunks.filter((h) => h.status === "pending").length, total: hunks.length };

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import {
-  applyEvent, applySummary, counts, countsText, describe as describeTask, formatElapsed, reviewOf, reviewText, reviewable,
+  applyEvent, applySummary, counts, countsText, describe as describeTask, formatElapsed, lastRunStart, reviewOf, reviewText,
+  reviewable,
 } from "../../src/tasks";
 
 const ID = "20250102-030405-abcdef";
@@ -74,6 +75,12 @@ describe("the task reducer", () => {
     assert.equal(describeTask(task, 507), "running · 7s");
     task = applyEvent(task, ID, { t: 530, type: "state", state: "finished" });
     assert.equal(describeTask(task, 9999), "finished · no changes · 30s");
+  });
+
+  test("a task's log says when its last run began", () => {
+    assert.equal(lastRunStart([{ t: 1, type: "state", state: "queued" }, { t: 5, type: "state", state: "finished" },
+      { t: 9, type: "followup" }, { t: 9.5, type: "state", state: "queued" }, { t: 12, type: "state", state: "running" }]), 9.5);
+    assert.equal(lastRunStart([]), null);
   });
 
   test("the view says how much is left to review, and offers Apply/Discard only while something is", () => {
