@@ -73,6 +73,18 @@ def docker_engine():
     return client
 
 
+@pytest.fixture(scope="session")
+def bubblewrap():
+    """A host where bubblewrap sandboxes start; a failure (not a skip) under CI=true."""
+    from offload.sandbox.errors import SandboxError
+    from offload.server.doctor import probe_bubblewrap
+
+    try:
+        probe_bubblewrap()
+    except SandboxError as e:
+        part_missing(str(e))
+
+
 @pytest.fixture
 def fake_model():
     from tests.fakemodel import FakeModel, load_scenarios

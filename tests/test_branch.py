@@ -15,7 +15,6 @@ import pytest
 from tests.conftest import git, offload_cli
 
 pytestmark = pytest.mark.usefixtures("bubblewrap")
-from tests.test_sandbox_backends import bubblewrap  # noqa: E402,F401 (a fixture)
 
 GH = """#!/bin/sh
 printf '%s\\n' "$@" > "$GH_LOG.$1"

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from offload.sandbox.errors import SandboxError
-from offload.server.doctor import probe_bubblewrap
 from tests.conftest import offload_cli, part_missing
 from tests.fakemodel import FakeModel, apply_patch, say, scenario, shell, update_plan
 from tests.scenarios import FIX_ADD, UNITTEST, chunk_of, output_text, report
@@ -60,13 +58,6 @@ def streams(req):
     out = yield shell(["sh", "-c", "echo started; sleep 60; echo done"])
     yield say(report(["Waited."], [("sleep 60", "passed" if out.startswith("Exit code: 0") else "failed")]))
 
-
-@pytest.fixture(scope="session")
-def bubblewrap():
-    try:
-        probe_bubblewrap()
-    except SandboxError as e:
-        part_missing(str(e))
 
 
 @pytest.fixture

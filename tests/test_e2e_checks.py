@@ -13,7 +13,6 @@ import sys
 import pytest
 
 from tests.conftest import git, offload_cli
-from tests.test_sandbox_backends import bubblewrap  # noqa: F401 - a fixture
 
 AGENTS_MD = """# calc
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.conftest import git, make_repo, offload_cli
 from tests.test_return_path import backend, run_script  # noqa: F401 (a fixture)
-from tests.test_sandbox_backends import bubblewrap, make_manager  # noqa: F401 (fixtures)
+from tests.test_sandbox_backends import make_manager  # noqa: F401 (a fixture)
 
 PROBE = "git describe --tags > described.txt; git log --format=%s > log.txt; git tag > tags.txt; " \
         "git branch -r > branches.txt; git blame -s calc.py > blamed.txt"

@@ -12,7 +12,6 @@ from tests.conftest import make_repo
 from tests.fakemodel import FakeModel
 from tests.scenarios import fix_failing_test
 from tests.test_e2e_lsp import Editor, client, execute  # noqa: F401 - the fixture
-from tests.test_model_servers import bubblewrap  # noqa: F401 - the fixture
 
 
 def dead_endpoint() -> str:

@@ -10,8 +10,6 @@ import re
 
 import pytest
 
-from offload.sandbox.errors import SandboxError
-from offload.server.doctor import probe_bubblewrap
 from tests.conftest import offload_cli, part_missing
 from tests.fakemodel import QUIRKS, FakeModel, apply_patch, call, hang, say, scenario, shell
 from tests.scenarios import FIX_ADD, UNITTEST, chunk_of, output_text, report
@@ -36,13 +34,6 @@ CASES = [pytest.param(server, api, stream, marks=[pytest.mark.docker] if (server
                       id=f"{server}-{api}-{'stream' if stream else 'json'}")
          for server, (_, apis) in SERVERS.items() for api in apis for stream in (True, False)]
 
-
-@pytest.fixture(scope="module")
-def bubblewrap():
-    try:
-        probe_bubblewrap()
-    except SandboxError as e:
-        part_missing(str(e))
 
 
 @scenario("fix-through-quirks")

@@ -8,7 +8,7 @@ from pygls.uris import from_fs_path
 from tests.conftest import make_repo
 from tests.fakemodel import FakeModel
 from tests.test_e2e_lsp import Editor, client, execute  # noqa: F401 - the fixture
-from tests.test_model_servers import bubblewrap, slow_model  # noqa: F401 - the fixture
+from tests.test_model_servers import slow_model  # noqa: F401 - the fixture
 
 
 async def test_the_editor_progress_tells_the_wait_for_the_model(client, bubblewrap, tmp_path):  # noqa: F811

@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import make_repo, offload_cli, part_missing
 from tests.fakemodel import FakeModel, apply_patch, load_scenarios, say, scenario, shell
 from tests.scenarios import report
-from tests.test_sandbox_backends import BACKENDS, bubblewrap  # noqa: F401 (a fixture)
+from tests.test_sandbox_backends import BACKENDS
 
 
 @scenario("check-fix-check")

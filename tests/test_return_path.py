@@ -22,7 +22,7 @@ from offload.sandbox.errors import SandboxError
 from offload.sandbox.result import RefusedChange
 from tests.changes import changes_of
 from tests.conftest import git, make_repo, offload_cli
-from tests.test_sandbox_backends import BACKENDS, bubblewrap, make_manager  # noqa: F401 (fixtures)
+from tests.test_sandbox_backends import BACKENDS, make_manager  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -14,20 +14,11 @@ import pytest
 from offload.sandbox import docker_backend
 from offload.sandbox.errors import SandboxError
 from offload.sandbox.manager import SandboxConfig, SandboxManager
-from offload.server.doctor import probe_bubblewrap
 from tests.changes import changes_of, diff_of
 from tests.conftest import offload_cli, part_missing
 
 BACKENDS = [pytest.param("docker", marks=pytest.mark.docker), "bubblewrap"]
 
-
-@pytest.fixture(scope="session")
-def bubblewrap():
-    """A host where bubblewrap sandboxes start; a failure (not a skip) under CI=true."""
-    try:
-        probe_bubblewrap()
-    except SandboxError as e:
-        part_missing(str(e))
 
 
 @pytest.fixture(params=BACKENDS)

@@ -19,7 +19,7 @@ from offload.sandbox.toolset import missing
 from offload.server import config as cfg
 from tests.conftest import make_repo, offload_cli, part_missing
 from tests.test_real_projects import import_busybox
-from tests.test_sandbox_backends import BACKENDS, bubblewrap  # noqa: F401 (a fixture)
+from tests.test_sandbox_backends import BACKENDS
 from tests.test_sandbox_setup import remove_setup_images
 
 

@@ -24,7 +24,6 @@ from tests.conftest import part_missing
 from tests.test_sandbox_backends import host_processes_mentioning
 from tests.test_sandbox_safety import (  # noqa: F401  (fixtures)
     backend,
-    bubblewrap,
     make_manager,
     python,
     sandbox,

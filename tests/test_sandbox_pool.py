@@ -25,7 +25,6 @@ from offload.server.tasks.manager import TaskManager
 from tests.changes import changes_of, diff_of
 from tests.test_sandbox_backends import (  # noqa: F401  (fixtures)
     backend,
-    bubblewrap,
     host_processes_mentioning,
     make_manager,
     tree_digest,

@@ -20,7 +20,6 @@ from offload.sandbox.manager import SandboxConfig, SandboxManager
 from tests.conftest import git, make_repo
 from tests.test_sandbox_backends import (  # noqa: F401  (fixtures)
     backend,
-    bubblewrap,
     host_processes_mentioning,
     wait_until,
 )

@@ -19,7 +19,7 @@ from offload.server import config as cfg
 from offload.server.tasks.manager import TaskManager
 from tests.changes import changes_of, diff_of
 from tests.conftest import git, make_repo, offload_cli
-from tests.test_sandbox_backends import BACKENDS, bubblewrap  # noqa: F401 (a fixture)
+from tests.test_sandbox_backends import BACKENDS
 
 # Writes into the workspace (an untracked directory), into home and, as root on Docker, into a
 # system path; counts its runs in home, so a second run would show.

@@ -18,7 +18,6 @@ from tests.conftest import offload_cli
 from tests.test_e2e_lsp import client, start  # noqa: F401  (client is a fixture)
 from tests.test_sandbox_backends import (  # noqa: F401  (fixtures)
     backend,
-    bubblewrap,
     host_processes_mentioning,
     wait_until,
 )

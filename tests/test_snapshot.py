@@ -20,7 +20,6 @@ from offload.sandbox.snapshot import find_root, load_snapshot, owned_copy, take_
 from tests.conftest import git
 from tests.test_sandbox_backends import (  # noqa: F401  (fixtures)
     backend,
-    bubblewrap,
     make_manager,
 )
 
