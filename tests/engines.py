@@ -108,7 +108,7 @@ class Dockerd:
             if self.process.poll() is not None:
                 self.start()  # a restarted engine kills and removes the containers it lost
             client = self.client()
-            for container in client.containers.list(all=True):
+            for container in client.containers.list(ignore_removed=True, all=True):
                 container.remove(force=True)
             client.close()
             self.process.terminate()

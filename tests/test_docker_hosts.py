@@ -54,7 +54,7 @@ def containers(engine: Dockerd) -> set[str]:
     """Sandbox ids of the Offload containers on an engine, asked of the engine itself."""
     client = engine.client()
     try:
-        found = client.containers.list(all=True, filters={"label": "offload.sandbox"})
+        found = client.containers.list(ignore_removed=True, all=True, filters={"label": "offload.sandbox"})
         return {c.labels["offload.sandbox"] for c in found}
     finally:
         client.close()

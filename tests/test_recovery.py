@@ -62,7 +62,8 @@ def test_cli_killed_while_its_task_prepares_keeps_the_task_and_a_follow_up_finis
     task_id = events[-1]["task"]
     assert [e["state"] for e in events if e["type"] == "state"] == ["queued", "preparing"]
     def setups():  # the killed process's setup containers
-        return [c for c in docker_engine.containers.list(all=True, filters={"label": "offload.setup"})
+        return [c for c in docker_engine.containers.list(ignore_removed=True, all=True,
+                                                         filters={"label": "offload.setup"})
                 if c.labels[owner.LABEL].split("/")[-2] == str(proc.pid)]
     assert setups()
     os.kill(proc.pid, signal.SIGKILL)
@@ -103,11 +104,12 @@ def test_a_sandbox_whose_owner_is_killed_stops_by_itself(docker_engine, fake_mod
     proc = start_run(fake_model, sample_repo, "slow-command")
     events = read_until(proc, lambda e: e["type"] == "tool.call")
     task_id = events[-1]["task"]
-    assert docker_engine.containers.list(filters={"label": f"offload.task={task_id}"})
+    assert docker_engine.containers.list(ignore_removed=True, filters={"label": f"offload.task={task_id}"})
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 30
-    while docker_engine.containers.list(all=True, filters={"label": f"offload.task={task_id}"}):
+    while docker_engine.containers.list(ignore_removed=True, all=True,
+                                        filters={"label": f"offload.task={task_id}"}):
         assert time.monotonic() < deadline, "the orphaned sandbox is still there"
         time.sleep(0.2)
 
@@ -176,7 +178,8 @@ def test_a_language_server_killed_mid_task_takes_its_worker_along_and_a_new_one_
         server.proc.wait()
         assert gone(worker), "the task worker outlived its language server"
     deadline = time.monotonic() + 30
-    while docker_engine.containers.list(all=True, filters={"label": f"offload.task={task_id}"}):
+    while docker_engine.containers.list(ignore_removed=True, all=True,
+                                        filters={"label": f"offload.task={task_id}"}):
         assert time.monotonic() < deadline, "the killed worker's sandbox is still there"
         time.sleep(0.2)
 

@@ -180,7 +180,7 @@ def test_destroy_leaves_nothing_behind(make_manager, sample_repo, backend, reque
         volume, directory = sandbox.backend.volume.name, sandbox.backend.directory
         assert directory.exists() and client.volumes.get(volume)
         manager.destroy(sandbox.id)
-        assert not client.containers.list(all=True, filters={"id": container})
+        assert not client.containers.list(ignore_removed=True, all=True, filters={"id": container})
         assert not client.volumes.list(filters={"name": volume}) and not directory.exists()
         assert str(directory) not in Path("/proc/self/mountinfo").read_text()
     else:

@@ -178,7 +178,7 @@ def test_a_dead_process_warm_sandboxes_stop_and_are_swept(backend, tmp_path, doc
     # the runner sees its owner go and stops its sandbox; what stays on this host is the sweep's
     assert wait_until(lambda: not host_processes_mentioning(str(sandboxes)), timeout=30)
     if backend == "docker":
-        assert wait_until(lambda: not docker_engine_if_docker.containers.list(
+        assert wait_until(lambda: not docker_engine_if_docker.containers.list(ignore_removed=True, 
             all=True, filters={"label": "offload.owner=offload-doomed"}), timeout=30)
     assert sorted(p.name for p in sandboxes.iterdir()) == sorted(ids)
     survivor = SandboxManager(SandboxConfig(backend=backend), cache, owner="offload-alive")

@@ -85,7 +85,8 @@ def test_a_killed_owner_leaves_nothing_after_the_sweep(backend, sample_repo, tmp
         assert mounts_under(cache / "sandboxes") == ([str(survivor.backend.directory / "layer")]
                                                      if backend == "docker" else [])
         if backend == "docker":
-            assert not client.containers.list(all=True, filters={"label": "offload.owner=offload-doomed"})
+            assert not client.containers.list(ignore_removed=True, all=True,
+                                              filters={"label": "offload.owner=offload-doomed"})
             assert not client.volumes.list(filters={"label": "offload.owner=offload-doomed"})
         assert survivor.run(["echo", "still here"]).output == "still here\n"
     finally:
@@ -128,7 +129,8 @@ async def test_the_language_server_sweeps_when_it_starts(client, docker_engine, 
     async with asyncio.timeout(60):
         while any(Path(m["directory"]).exists() for m in made) or mounts_under(cache):
             await asyncio.sleep(0.1)
-    assert not docker_engine.containers.list(all=True, filters={"label": "offload.owner=offload-doomed"})
+    assert not docker_engine.containers.list(ignore_removed=True, all=True,
+                                             filters={"label": "offload.owner=offload-doomed"})
 
 
 def test_a_dead_process_s_unfinished_setup_is_swept(docker_engine, tmp_path):
