@@ -22,13 +22,7 @@ from offload.sandbox.errors import SandboxError
 from offload.sandbox.result import RefusedChange
 from tests.changes import changes_of
 from tests.conftest import git, make_repo, offload_cli
-from tests.test_sandbox_backends import BACKENDS, make_manager  # noqa: F401 (a fixture)
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request) -> str:
-    request.getfixturevalue("docker_engine" if request.param == "docker" else "bubblewrap")
-    return request.param
+from tests.test_sandbox_backends import backend, make_manager  # noqa: F401 (fixtures)
 
 
 def run_script(repo: Path, fake_model, backend: str, script: str) -> dict:

@@ -19,14 +19,8 @@ from offload.sandbox.toolset import missing
 from offload.server import config as cfg
 from tests.conftest import make_repo, offload_cli, part_missing
 from tests.test_real_projects import import_busybox
-from tests.test_sandbox_backends import BACKENDS
+from tests.test_sandbox_backends import backend  # noqa: F401 (a fixture)
 from tests.test_sandbox_setup import remove_setup_images
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request) -> str:
-    request.getfixturevalue("docker_engine" if request.param == "docker" else "bubblewrap")
-    return request.param
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from offload.server import config as cfg
 from offload.server.tasks.manager import TaskManager
 from tests.changes import changes_of, diff_of
 from tests.conftest import git, make_repo, offload_cli
-from tests.test_sandbox_backends import BACKENDS
+from tests.test_sandbox_backends import backend  # noqa: F401 (a fixture)
 
 # Writes into the workspace (an untracked directory), into home and, as root on Docker, into a
 # system path; counts its runs in home, so a second run would show.
@@ -30,12 +30,6 @@ echo home > "$HOME/.setup-home"
 if [ "$(id -u)" = 0 ]; then echo tool > /usr/local/bin/setup-tool; fi
 echo setup-done
 """
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request) -> str:
-    request.getfixturevalue("docker_engine" if request.param == "docker" else "bubblewrap")
-    return request.param
 
 
 @pytest.fixture
