@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import os
 import shutil
 import subprocess
@@ -112,6 +113,7 @@ def build_image(client, name: str = DEFAULT_IMAGE, force: bool = False, log: Cal
     """Build the base image unless a current one exists, and its root filesystem on this host;
     returns how it was obtained. Without a Docker client, only the root filesystem is made."""
     root = _rootfs_path(name)
+    _remove_outdated(root.parent, log)
     if client is not None and is_ours(client, name) is False:
         raise SandboxError(f"{name} is an image Offload did not build (or an older Offload, before images carried "
                            f"their name); it is left as it is. Set sandbox.image to another name (the default is "
@@ -133,6 +135,18 @@ def build_image(client, name: str = DEFAULT_IMAGE, force: bool = False, log: Cal
                f"{'made' if made else 'up to date'} at {root}"
     _import(client, root, name, log)
     return "built offline with debootstrap"
+
+
+def _remove_outdated(images: Path, log: Callable[[str], None]) -> None:
+    """Delete the root filesystems (about 1 GB each) of recipes no image name gives any more: an
+    upgrade of Offload changed them, and nothing starts on them again."""
+    repository = DEFAULT_IMAGE.partition(":")[0]
+    current = {f"rootfs-{recipe_hash(f'{repository}:{RELEASE}-' + '-'.join(chosen) if chosen else DEFAULT_IMAGE)}"
+               for n in range(len(FLAVOURS) + 1) for chosen in itertools.combinations(FLAVOURS, n)}
+    for path in sorted(images.glob("rootfs-*")) if images.is_dir() else []:
+        if path.name not in current:
+            log(f"removing {path.name}, the root filesystem of an older recipe")
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _labels(name: str) -> list[str]:

@@ -244,6 +244,23 @@ def test_an_engine_that_cannot_bind_this_hosts_files_gets_the_ca_bundle_copied_i
         manager.close()
 
 
+@pytest.mark.docker
+def test_a_build_removes_the_root_filesystems_of_older_recipes_only(docker_engine):
+    if rootfs() is None:
+        part_missing("the base image's root filesystem is missing: run `offload image build`")
+    images = rootfs().parent
+    older = images / "rootfs-0123456789abcdef"  # what an earlier recipe left, a GB in real life
+    (older / "usr/bin").mkdir(parents=True)
+    (older / "usr/bin/python3").write_text("")
+    lines = []
+    assert build_image(docker_engine, log=lines.append) == "up to date"
+    assert not older.exists() and rootfs() is not None, lines
+    assert lines == ["removing rootfs-0123456789abcdef, the root filesystem of an older recipe"]
+    lines.clear()
+    build_image(docker_engine, log=lines.append)  # the current ones (every flavour's) stay
+    assert lines == [] and rootfs() is not None
+
+
 GO = "offload-base:trixie-go"
 
 
