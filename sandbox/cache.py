@@ -1,11 +1,14 @@
-"""The snapshot cache's bound: least recently used snapshots go first, never one in use.
+"""The cache's bound: least recently used entries go first, never one in use.
 
-Each materialisation under `<cache>/snapshots/` records its size when it is made (a snapshot
-never changes afterwards), and its directory's mtime is touched on every use. After a new one
-is made, the oldest are evicted until the cache fits `sandbox.snapshot_cache`, skipping the one
-just made, those a live sandbox of this cache uses (its labels name the tree) and those used in
-the last minute (a sandbox is about to start over them). A lock file serialises eviction with
-taking and loading snapshots, so a snapshot found in the cache stays until it is used.
+Two kinds of entry share one bound, `sandbox.snapshot_cache`: the snapshots under
+`<cache>/snapshots/` (a tree's materialisations count as one) and the setup results under
+`<cache>/setup/<key>/`. Each records its size when it is made (neither changes afterwards) and
+its directory's mtime is touched on every use. After a new one is made, the oldest are evicted
+until the cache fits, skipping the one just made, those a live sandbox of this cache uses (its
+labels name the tree or the setup), those used in the last minute (a sandbox is about to start
+over them) and a setup result whose key is locked (being made or looked up). A lock file
+serialises eviction with taking and loading snapshots, so a snapshot found in the cache stays
+until it is used.
 """
 
 from __future__ import annotations
@@ -38,20 +41,20 @@ def locked(snapshots: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def record_size(path: Path) -> None:
-    """Write the size of the materialisation at `path` into it (before it is published)."""
+def record_size(path: Path, into: Path | None = None) -> None:
+    """Write the size of the entry at `path` into `into` (by default its .git), before it is published."""
     total = 0
     for root, dirs, files in os.walk(path):
         for name in dirs + files:
             st = os.lstat(os.path.join(root, name))
             if st.st_nlink == 1 or not st.st_mode & 0o170000 == 0o100000:  # linked files cost the cache nothing
                 total += st.st_blocks * 512
-    (path / ".git" / SIZE_FILE).write_text(str(total))
+    ((into or path / ".git") / SIZE_FILE).write_text(str(total))
 
 
-def _size(path: Path) -> int:
+def _size(size_file: Path) -> int:
     try:
-        return int((path / ".git" / SIZE_FILE).read_text())
+        return int(size_file.read_text())
     except (OSError, ValueError):
         return 0
 
@@ -66,37 +69,63 @@ def _mtime(path: Path, default: float) -> float:
 
 
 def in_use(cache_dir: Path) -> set[str]:
-    """The trees live sandboxes of this cache were started over."""
-    return {labels["offload.tree"] for _, labels in layer.directories(cache_dir)
-            if "offload.tree" in labels and not owner.dead(labels)}
+    """The trees and the setup results (as `setup:<key>`) live sandboxes of this cache use."""
+    live = [labels for _, labels in layer.directories(cache_dir) if not owner.dead(labels)]
+    return {labels["offload.tree"] for labels in live if "offload.tree" in labels} | \
+        {f"setup:{labels['offload.setup']}" for labels in live if "offload.setup" in labels}
+
+
+def _setup_busy(setup: Path, key: str) -> bool:
+    """Whether the setup of `key` is being made or looked up now (its lock is held)."""
+    try:
+        with open(setup / ".locks" / key, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+    except FileNotFoundError:
+        return False
+    except BlockingIOError:
+        return True
+
+
+def _entries(cache_dir: Path, now: float, doomed: list[Path]) -> dict[str, list[tuple[Path, Path]]]:
+    """The cache's entries by name (a tree, or `setup:<key>`): their directories with their size
+    files. Leftovers found on the way (a dead maker's half-made copy, an evicted one) go to `doomed`."""
+    entries: dict[str, list[tuple[Path, Path]]] = {}
+    for root, prefix in ((Path(cache_dir) / "snapshots", ""), (Path(cache_dir) / "setup", "setup:")):
+        for entry in root.iterdir() if root.is_dir() else []:
+            if entry.name.startswith(".evicted-") or \
+                    prefix == "" and entry.name.startswith(".new-") and now - _mtime(entry, now) > _STALE:
+                doomed.append(entry)  # a setup's unfinished results are the sweep's (setup.sweep)
+            elif entry.is_dir() and not entry.name.startswith("."):
+                name = prefix + (entry.name if prefix else entry.name.split(".")[0])
+                size_file = entry / SIZE_FILE if prefix else entry / ".git" / SIZE_FILE
+                if prefix and not size_file.exists() and (entry / "setup.json").exists():
+                    record_size(entry, entry)  # a result made before results recorded their size
+                entries.setdefault(name, []).append((entry, size_file))
+    return entries
 
 
 def evict(cache_dir: Path, limit: int, keep: str | None = None) -> list[str]:
-    """Evict least recently used snapshots until the cache holds at most `limit` bytes; returns
-    the trees evicted."""
-    snapshots = Path(cache_dir) / "snapshots"
+    """Evict least recently used snapshots and setup results until the cache holds at most `limit`
+    bytes; returns the names evicted (trees, and `setup:<key>`)."""
     busy, now, doomed, evicted = in_use(cache_dir), time.time(), [], []
-    with locked(snapshots):
-        groups: dict[str, list[Path]] = {}
-        for entry in snapshots.iterdir():
-            if entry.name.startswith(".new-") and now - _mtime(entry, now) > _STALE or \
-                    entry.name.startswith(".evicted-"):
-                doomed.append(entry)
-            elif entry.is_dir() and not entry.name.startswith("."):
-                groups.setdefault(entry.name.split(".")[0], []).append(entry)
-        total = sum(_size(p) for paths in groups.values() for p in paths)
-        by_age = sorted(groups, key=lambda tree: max(p.stat().st_mtime for p in groups[tree]))
-        for tree in by_age:
+    with locked(Path(cache_dir) / "snapshots"):
+        entries = _entries(cache_dir, now, doomed)
+        total = sum(_size(size_file) for paths in entries.values() for _, size_file in paths)
+        used = {name: max(_mtime(path, now) for path, _ in paths) for name, paths in entries.items()}
+        for name in sorted(entries, key=used.__getitem__):
             if total <= limit:
                 break
-            if tree == keep or tree in busy or now - max(p.stat().st_mtime for p in groups[tree]) < GRACE:
+            if name == keep or name in busy or now - used[name] < GRACE or \
+                    name.startswith("setup:") and _setup_busy(Path(cache_dir) / "setup", name[len("setup:"):]):
                 continue
-            for path in groups[tree]:
-                total -= _size(path)
-                gone = snapshots / f".evicted-{uuid.uuid4().hex[:8]}"
+            for path, size_file in entries[name]:
+                total -= _size(size_file)
+                gone = path.parent / f".evicted-{uuid.uuid4().hex[:8]}"
                 os.rename(path, gone)  # out of sight at once; deleted outside the lock
                 doomed.append(gone)
-            evicted.append(tree)
+            evicted.append(name)
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return evicted

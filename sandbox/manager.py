@@ -66,7 +66,7 @@ class SandboxConfig:
     disk: str = "4g"  # the size of the sandbox's writable layer, /tmp and home together
     docker_host: str | None = None
     docker_hosts: list[str] = field(default_factory=list)  # several engines (hosts.py); empty: docker_host's
-    snapshot_cache: str = "20g"  # the bound of the snapshot cache
+    snapshot_cache: str = "20g"  # the bound of the snapshot and setup caches, together
     setup: str = ""  # shell text, or a script file of the repository, run once per environment (setup.py)
     setup_secrets: list[str] = field(default_factory=list)  # host variables only the setup script gets
     setup_timeout: float = 30.0  # minutes
@@ -257,6 +257,7 @@ class SandboxManager:
                 if setup is not None:
                     environment = setup.docker(client, self.config.image, snapshot,
                                                layers=docker_backend.overlay_problem(client, is_local) is None)
+                    all_labels.update(environment.labels)
                 engine = next((e for e in self.engines().engines if e.client is client), None)
                 if engine is not None and docker_backend.overlay_problem(client, is_local) is None:
                     key = WarmKey("docker", engine.url, environment.image, environment.home)
@@ -272,6 +273,7 @@ class SandboxManager:
         else:
             if setup is not None:
                 environment = setup.bubblewrap(snapshot)
+                all_labels.update(environment.labels)
             warm = self._claim(WarmKey("bubblewrap", "", None, environment.home), snapshot, environment,
                                read_only, all_labels)
             backend = warm or bwrap_backend.create(
@@ -336,7 +338,9 @@ class SandboxManager:
     def _start_warm(self, key: WarmKey):
         """A sandbox started without its workspace, for the pool."""
         sandbox_id = uuid.uuid4().hex[:12]
-        settings = dict(sandbox_id=sandbox_id, labels={"offload.owner": self.owner}, memory=self.config.memory,
+        # a warm sandbox's home is its setup result's: the label keeps that result cached while it waits
+        setup = {"offload.setup": key.home.parent.name} if key.home is not None else {}
+        settings = dict(sandbox_id=sandbox_id, labels={"offload.owner": self.owner, **setup}, memory=self.config.memory,
                         cpus=self.config.cpus, pids=self.config.pids, network=self.config.network == "on",
                         disk=self.config.disk, home_lower=key.home, ca_bundle=self.config.ca_bundle)
         if key.backend == "bubblewrap":
@@ -362,7 +366,7 @@ class SandboxManager:
                      cache_dir=self.cache_dir, env=dict(COMMAND_ENV), extra_env=dict(self.config.env),
                      ca_bundle=self.config.ca_bundle, image=self.config.image, disk=self.config.disk,
                      limits=dict(memory=self.config.memory, cpus=self.config.cpus, pids=self.config.pids),
-                     log=log or (lambda event: None), cancel=cancel,
+                     log=log or (lambda event: None), cancel=cancel, cache_limit=parse_size(self.config.snapshot_cache),
                      labels={"offload.owner": self.owner, "offload.tree": snapshot.tree})
 
     def get(self, sandbox_id: str) -> Sandbox | None:

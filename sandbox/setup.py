@@ -41,7 +41,7 @@ import docker.errors
 import docker.types
 from docker.types import Mount
 
-from . import bwrap_backend, docker_backend, layer, owner
+from . import bwrap_backend, cache, docker_backend, layer, owner
 from .environment import command_env
 from .errors import SandboxError
 from .image import DEFAULT_IMAGE, SANDBOX_UID
@@ -98,6 +98,12 @@ class Environment:
     workspace: Path | None = None
     home: Path | None = None
     paths: tuple[str, ...] = ()
+    key: str | None = None  # the setup result's: a sandbox started from it carries it as a label
+
+    @property
+    def labels(self) -> dict:
+        """Labels of a sandbox started from this environment: while it lives, its setup result stays cached."""
+        return {"offload.setup": self.key} if self.key else {}
 
     @property
     def lowers(self) -> tuple[Path, ...]:
@@ -130,6 +136,7 @@ class Setup:
     extra_env: dict = field(default_factory=dict)  # sandbox.env
     ca_bundle: str = ""  # sandbox.ca_bundle
     image: str = DEFAULT_IMAGE  # sandbox.image, whose root filesystem bubblewrap runs on
+    cache_limit: int | None = None  # sandbox.snapshot_cache: setup results and snapshots share it
 
     @property
     def root(self) -> Path:
@@ -251,19 +258,26 @@ class Setup:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def _cached(self, key: str) -> tuple[str, ...] | None:
-        """The kept paths of a finished setup with this key on this host, or None."""
+        """The kept paths of a finished setup with this key on this host, or None; a hit counts as
+        a use for the cache's eviction (least recently used first)."""
         try:
-            return tuple(json.loads((self.root / key / "setup.json").read_text())["paths"])
+            paths = tuple(json.loads((self.root / key / "setup.json").read_text())["paths"])
+            os.utime(self.root / key)
+            return paths
         except (OSError, ValueError, KeyError):
             return None
 
     def _publish(self, key: str, staging: Path, paths: tuple[str, ...]) -> None:
         """Move a finished setup's directory into place, whole; an existing one stays (it may be mounted)."""
         (staging / "setup.json").write_text(json.dumps({"paths": list(paths), "created": int(time.time())}))
+        (staging / OWNER).unlink()
+        cache.record_size(staging, staging)
         try:
             os.rename(staging, self.root / key)
         except OSError:
             shutil.rmtree(staging, ignore_errors=True)
+        if self.cache_limit is not None:
+            cache.evict(self.cache_dir, self.cache_limit, keep=f"setup:{key}")
 
     def _staging(self) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -276,8 +290,9 @@ class Setup:
         directory = self.root / key
         paths = self._cached(key) or ()
         if not layers:
-            return Environment(image=image, paths=paths)
-        return Environment(image=image, workspace=directory / "workspace", home=directory / "home", paths=paths)
+            return Environment(image=image, paths=paths, key=key)
+        return Environment(image=image, workspace=directory / "workspace", home=directory / "home", paths=paths,
+                           key=key)
 
     # -- Docker ---------------------------------------------------------------------------------
 
@@ -297,6 +312,7 @@ class Setup:
                 self._status("cached", f"the setup's cached result is used ({tag})", key=key[:16], image=tag)
             else:
                 self._docker_run(client, base, snapshot, key, tag, layers)
+        _remove_evicted_images(client, self.root)
         return self._environment(key, tag, layers)
 
     def _docker_run(self, client, base, snapshot, key: str, tag: str, layers: bool) -> None:
@@ -338,7 +354,7 @@ class Setup:
                        [c["Path"] for c in changed if c["Kind"] == 0])
             user = (base.attrs.get("Config") or {}).get("User") or "root"
             container.commit(repository=IMAGE, tag=tag.split(":")[1],
-                             changes=[f"USER {user}", f'LABEL offload.setup="{key}"'])
+                             changes=[f"USER {user}", f'LABEL offload.setup="{key}" offload.cache="{_cache_id(self.root)}"'])
             self._publish(key, staging, kept)
         except docker.errors.DockerException as e:
             raise SandboxError(f"the setup container failed: {e}") from e
@@ -431,6 +447,26 @@ def _has_image(client: docker.DockerClient, tag: str, key: str) -> bool:
         return (client.images.get(tag).labels or {}).get("offload.setup") == key
     except docker.errors.ImageNotFound:
         return False
+
+
+def _remove_evicted_images(client: docker.DockerClient, root: Path) -> None:
+    """Remove this engine's setup images whose result left this cache (evicted, or made again
+    after an eviction): the engine's disk is bounded with the cache. Only this cache's images (an
+    engine may serve several users' caches); one a container still runs from stays until next time."""
+    try:
+        for image in client.images.list(filters={"label": f"offload.cache={_cache_id(root)}"}):
+            key = (image.labels or {}).get("offload.setup", "")
+            tags = [t for t in image.tags if t.startswith(f"{IMAGE}:")]
+            if not (root / key / "setup.json").exists() or tags != [f"{IMAGE}:{key[:16]}"]:
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(image.id, noprune=False)
+    except docker.errors.DockerException:
+        pass
+
+
+def _cache_id(root: Path) -> str:
+    """Which cache on which host an engine's setup image belongs to."""
+    return hashlib.sha256(f"{platform.node()}:{root.resolve()}".encode()).hexdigest()[:16]
 
 
 def _host_identity(image: str) -> str:

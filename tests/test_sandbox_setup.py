@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from offload.sandbox import cache
 from offload.sandbox.manager import SandboxConfig, SandboxManager
 from offload.sandbox.setup import SetupError
 from offload.server import config as cfg
@@ -102,6 +105,33 @@ def test_setup_runs_once_and_later_sandboxes_start_from_its_result(managers, rep
     assert [c.path for c in changes_of(second)] == ["app.py"]
     assert diff_of(first) == "" and changes_of(first) == []
     assert output(first, "cat deps/lib.txt") == "setup\n"  # one sandbox's writes stay its own
+
+
+def _last_used(path: Path, seconds_ago: float) -> None:
+    when = time.time() - seconds_ago
+    os.utime(path, (when, when))
+
+
+def test_setup_results_and_snapshots_share_the_cache_bound(managers, repo, backend, tmp_path, request):
+    manager = managers(SCRIPT + "head -c 3000000 /dev/urandom > deps/big.bin\n", snapshot_cache="1m")
+    sandbox, events = create(manager, repo)
+    (result,) = [p for p in (tmp_path / "cache" / "setup").iterdir() if not p.name.startswith(".")]
+    assert int((result / cache.SIZE_FILE).read_text()) > 3_000_000  # what it costs the cache
+    _last_used(result, 300)
+    (repo / "app.py").write_text("print('changed')\n")
+    manager.snapshot(repo)  # over the bound, but a live sandbox started from the result: it stays
+    assert (result / "setup.json").exists()
+    manager.destroy(sandbox.id)
+    _last_used(result, 300)
+    (repo / "app.py").write_text("print('changed again')\n")
+    manager.snapshot(repo)  # now the least recently used entry goes
+    assert not result.exists()
+    again, events = create(manager, repo)
+    assert statuses(events) == ["running", "ran", "stored"]  # made again, and it works
+    assert output(again, "cat deps/lib.txt") == "setup\n"
+    if backend == "docker":  # the engine keeps one image for the key, not the evicted one beside it
+        client = request.getfixturevalue("docker_engine")
+        assert len(client.images.list(filters={"label": f"offload.setup={result.name}"})) == 1
 
 
 def test_a_changed_lockfile_or_script_runs_setup_again_and_newer_sources_win(managers, repo, backend):
