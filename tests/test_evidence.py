@@ -119,3 +119,78 @@ def test_outputs_before_a_rebuilt_workspace_prove_nothing():
                {"role": "user", "content": "follow up", "rebuilt": True}]
     ((status, reason),) = verdicts("- `python3 -m unittest -q` passed [c2]", Chunks(earlier)).values()
     assert status == "unverified" and "c2 ran before the workspace was rebuilt for a follow-up" in reason
+
+
+# A shell command that changes files is an edit too: the harness records the files it changed.
+SED_BREAK = ["bash", "-lc", "sed -i 's/a + b/a - b/' calc.py"]
+
+
+def fixed_then(*commands: tuple[list[str] | str, list[str], int]) -> Chunks:
+    """c1 the fix, c2 the passing tests, then each (command, files it changed, exit code) from c3 on."""
+    chunks = Chunks(root="/workspace")
+    chunks.add(call="a", name="apply_patch", files=["calc.py"])
+    chunks.add(call="b", name="shell", exit_code=0, command=UNITTEST, directory=".")
+    for n, (command, files, exit_code) in enumerate(commands):
+        chunks.add(call=f"x{n}", name="shell", exit_code=exit_code, command=command, directory=".", files=files)
+    return chunks
+
+
+def test_a_run_before_a_shell_command_that_changed_files_proves_nothing():
+    chunks = fixed_then((SED_BREAK, ["calc.py"], 0))
+    ((status, reason),) = verdicts("- `python3 -m unittest` passed [c2]", chunks).values()
+    assert (status, reason) == ("unverified", "claims passed, but c2 ran before the last edit (c3)")
+    assert chunks.latest_run(steps(UNITTEST)) is None
+
+
+def test_a_shell_command_that_changed_nothing_is_no_edit():
+    chunks = fixed_then((["bash", "-lc", "sed -n 1,5p calc.py"], [], 0), (["git", "status"], [], 0))
+    ((status, reason),) = verdicts("- `python3 -m unittest` passed [c2]", chunks).values()
+    assert (status, reason) == ("passed", "")
+
+
+@pytest.mark.parametrize(("command", "status", "reason"), [
+    # the edit comes first and the check runs on the edited files: the run is at the last edit, and proves it
+    ("sed -i 's/a - b/a + b/' calc.py && python3 -m unittest -q", "passed", ""),
+    ("black . ; python3 -m unittest -q", "passed", ""),
+    # the check ran first, then a later step of the same command changed files: it may not have seen them
+    ("python3 -m unittest -q && sed -i 's/a + b/a - b/' calc.py", "unverified",
+     "claims passed, but c3 changed files (calc.py) and ran `sed -i 's/a + b/a - b/' calc.py` after the check, "
+     "so the check may not have seen them"),
+])
+def test_a_command_that_edits_and_tests_proves_the_check_it_ran_last(command, status, reason):
+    chunks = fixed_then((["bash", "-lc", command], ["calc.py"], 0))
+    ((got_status, got_reason),) = verdicts("- `python3 -m unittest` passed [c3]", chunks).values()
+    assert (got_status, got_reason) == (status, reason)
+    assert (chunks.latest_run(steps(UNITTEST)) == "c3") == (status == "passed")
+
+
+def test_a_test_run_that_writes_its_own_output_still_proves_itself():
+    """A suite that writes a report (tracked or not ignored) edits the workspace each time it runs:
+    each run proves itself, and the latest run is the one that counts."""
+    report = "python3 -m unittest -q > report.txt"
+    chunks = fixed_then((["bash", "-lc", report], ["report.txt"], 0), (["bash", "-lc", report], ["report.txt"], 0))
+    got = verdicts("- `python3 -m unittest` passed [c4]\n- `python3 -m unittest -v` passed [c3]", chunks)
+    assert list(got.values()) == [("passed", ""), ("unverified", "claims passed, but c3 ran before the last edit (c4)")]
+    declared = Check("python3 -m unittest -q", ".", "AGENTS.md", 1, "declared", steps("python3 -m unittest -q"))
+    assert [(c["status"], c["chunks"]) for c in task_checks([], [declared], [], chunks)] == [("passed", ["c4"])]
+
+
+def test_a_follow_up_counts_the_shell_edits_of_earlier_runs():
+    """The log keeps the files a command changed, so the chunks a follow-up rebuilds from it know the edit."""
+    earlier = [{"chunk": "c1", "call_id": "a", "name": "apply_patch", "files": ["calc.py"]},
+               {"chunk": "c2", "call_id": "b", "name": "shell", "exit_code": 0, "command": UNITTEST, "directory": "."},
+               {"chunk": "c3", "call_id": "c", "name": "shell", "exit_code": 0, "command": SED_BREAK,
+                "directory": ".", "files": ["calc.py"]}]
+    chunks = Chunks(earlier)
+    assert chunks.last_edit == 3 and chunks.latest_run(steps(UNITTEST)) is None
+    ((status, reason),) = verdicts("- `python3 -m unittest` passed [c2]", chunks).values()
+    assert (status, reason) == ("unverified", "claims passed, but c2 ran before the last edit (c3)")
+
+
+def test_a_rebuilt_workspace_is_after_a_command_that_edited_and_tested():
+    earlier = [{"chunk": "c1", "call_id": "a", "name": "shell", "exit_code": 0, "directory": ".",
+                "command": ["bash", "-lc", "sed -i 's/a - b/a + b/' calc.py && python3 -m unittest -q"],
+                "files": ["calc.py"]},
+               {"role": "user", "content": "follow up", "rebuilt": True}]
+    ((status, reason),) = verdicts("- `python3 -m unittest` passed [c1]", Chunks(earlier)).values()
+    assert status == "unverified" and "c1 ran before the workspace was rebuilt" in reason

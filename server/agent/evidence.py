@@ -5,6 +5,12 @@ A reviewer trusts a summary only as far as its citations hold, so the harness ch
 output the task really produced, and a check claimed as passed must cite its own run: the output
 of a command equivalent to the check, which exited 0, after the last edit. Anything else is
 *unverified*, and "passed" means proven everywhere: the task's checks, best-of-N, the exit code.
+
+An edit is any output that changed the workspace's files: an apply_patch, and a shell command
+that changed files (`sed -i`, a formatter, a script that writes, `git checkout -- f`; the tools
+record which). A command that changed files and ran the check as its last step proves it: the
+check ran on the edited files (`sed -i … && pytest`, or a suite that writes its own report),
+while one that ran the check before a later step proves nothing (`pytest && sed -i …`).
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ class Chunks:
 
     def add(self, **meta) -> str:
         """Records the next output: `call`, `name`, and for a command `exit_code`, `command` and
-        `directory` (relative to the workspace root); for an edit, the `files` it changed."""
+        `directory` (relative to the workspace root); for an edit (a patch, or a command that
+        changed files), the `files` it changed."""
         return self._record(f"c{self.last + 1}", meta)
 
     def _record(self, chunk: str, meta: dict) -> str:
@@ -58,18 +65,31 @@ class Chunks:
                             "exit_code": meta.get("exit_code"),
                             "steps": steps(command, meta.get("directory") or ".", self.root) if ran else None,
                             # as a model writes a command it ran: the arguments joined, unquoted
-                            "plain": _plain(" ".join(command) if isinstance(command, list) else command) if ran else ""}
+                            "plain": _plain(" ".join(command) if isinstance(command, list) else command) if ran else "",
+                            "files": list(meta.get("files") or [])}
         self.last = max(self.last, number)
         if meta.get("files") and number > self.last_edit:
             self.last_edit, self.rebuilt = number, False
         return chunk
 
-    def after_edit(self, chunk: str) -> bool:
-        return _number(chunk) > self.last_edit
+    def after_edit(self, chunk: str, check: list[Step] | None = None, any_directory: bool = False) -> bool:
+        """Whether `chunk` ran after the last edit, or is the command that made it and ran `check` as
+        its last step (so the check ran on the edited files)."""
+        number = _number(chunk)
+        if number != self.last_edit or self.rebuilt or check is None:
+            return number > self.last_edit
+        return self._ran_last(chunk, check, any_directory)
+
+    def _ran_last(self, chunk: str, check: list[Step], any_directory: bool) -> bool:
+        """Whether nothing ran after `check` in the command of `chunk`: its last step is one of the check's."""
+        ran = self.meta[chunk]["steps"]
+        return bool(ran) and any(ran[-1].text == c.text and (any_directory or ran[-1].directory == c.directory)
+                                 for c in check)
 
     def latest_run(self, check: list[Step]) -> str | None:
         """The last chunk since the last edit that ran `check` in its directory, whatever its exit code."""
-        runs = [c for c, m in self.meta.items() if m["steps"] and self.after_edit(c) and same_check(m["steps"], check)]
+        runs = [c for c, m in self.meta.items()
+                if m["steps"] and self.after_edit(c, check) and same_check(m["steps"], check)]
         return max(runs, key=_number, default=None)
 
 
@@ -139,11 +159,25 @@ def _disproof(chunk: str, command: str, claimed: list[Step], any_directory: bool
         return f"{chunk} ran `{ran}`, not `{' && '.join(s.text for s in claimed)}`"
     if meta["exit_code"] != 0:
         return f"{chunk} exited {meta['exit_code']}"
-    if not chunks.after_edit(chunk) and chunks.rebuilt:
+    if chunks.after_edit(chunk, claimed, any_directory):
+        return ""
+    if chunks.rebuilt:
         return f"{chunk} ran before the workspace was rebuilt for a follow-up (without rejected hunks or lost edits)"
-    if not chunks.after_edit(chunk):
-        return f"{chunk} ran before the last edit (c{chunks.last_edit})"
-    return ""
+    if _number(chunk) == chunks.last_edit:  # this command changed files, and ran something after the check
+        later = " && ".join(s.text for s in meta["steps"][_last_matched(meta["steps"], claimed, any_directory) + 1:])
+        return (f"{chunk} changed files ({_listed(meta['files'])}) and ran `{later}` after the check, "
+                "so the check may not have seen them")
+    return f"{chunk} ran before the last edit (c{chunks.last_edit})"
+
+
+def _last_matched(ran: list[Step], check: list[Step], any_directory: bool) -> int:
+    """The index of the last step of `ran` that is one of the check's."""
+    return max((i for i, r in enumerate(ran)
+                if any(r.text == c.text and (any_directory or r.directory == c.directory) for c in check)), default=-1)
+
+
+def _listed(files: list[str], most: int = 5) -> str:
+    return ", ".join(files[:most]) + (f" and {len(files) - most} more" if len(files) > most else "")
 
 
 def prove_line(check: dict, chunks: Chunks, subdir: str = ".") -> str:
