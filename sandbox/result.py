@@ -308,6 +308,33 @@ def list_changes(repo: Path) -> list[ChangedFile]:
     return checked_changes(repo, list(_diff(repo, "refs/offload/base", "refs/offload/result")))[0]
 
 
+def from_files(dest: Path, files: list[tuple[str, bytes | None, bytes | None]]) -> list[ChangedFile]:
+    """Make `dest` a result repository holding both sides of each changed file (`path`, base bytes,
+    result bytes; None where the side is absent), as an older Offload recorded a change (no modes:
+    regular files); the change is checked as one from a sandbox is."""
+    dest.mkdir(parents=True)
+    _git(dest, "init", "-q", "--bare")
+    identity = {"GIT_AUTHOR_NAME": "Offload", "GIT_AUTHOR_EMAIL": "offload@localhost",
+                "GIT_COMMITTER_NAME": "Offload", "GIT_COMMITTER_EMAIL": "offload@localhost"}
+    commits: list[str] = []
+    for side in (1, 2):
+        index = {"GIT_INDEX_FILE": str(dest / f"index-{side}")}
+        entries = b"".join(b"100644 " + _git(dest, "hash-object", "-w", "--stdin", input=f[side]).strip() + b"\t"
+                           + os.fsencode(f[0]) + b"\0" for f in files if f[side] is not None)
+        _git(dest, "update-index", "-z", "--index-info", input=entries, env=index, check="refuse")
+        tree = _git(dest, "write-tree", env=index).decode().strip()
+        parent = ["-p", commits[0]] if commits else []
+        commits.append(_git(dest, "commit-tree", tree, *parent, "-m", "recorded change",
+                            env=identity).decode().strip())
+        (dest / f"index-{side}").unlink(missing_ok=True)
+    _git(dest, "update-ref", "refs/offload/base", commits[0])
+    _git(dest, "update-ref", "refs/offload/result", commits[1])
+    changes = list_changes(dest)
+    if left_out := sorted({f[0] for f in files} - {c.path for c in changes}):  # update-index skips bad paths
+        raise RefusedChange(f"the change holds paths git refuses: {', '.join(map(repr, left_out[:5]))}")
+    return changes
+
+
 def _finish(dest: Path, snapshot_git: Path, base: str, head: str, changes: list[ChangedFile],
             base_side: set[str] = frozenset()) -> list[ChangedFile]:
     """Copy the base side of the change in from the snapshot (trusted: the host made it), then

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -250,3 +252,35 @@ def test_a_task_saved_by_two_processes_at_once_is_never_read_half_written(tmp_pa
     assert [w.wait() for w in writers] == [0, 0], [w.stderr.read() for w in writers]
     assert store.load("t1")["n"] == 299
     assert sorted(p.name for p in store.dir("t1").iterdir()) == ["changes.json", "diff.patch", "task.json"]
+
+
+def test_a_change_recorded_by_an_older_offload_is_read_checked_and_applied(fake_model, sample_repo, tmp_path,
+                                                                           bubblewrap):
+    env = {"OPENAI_BASE_URL": fake_model.base_url, "OPENAI_API_KEY": "k", "OFFLOAD_MODEL_NAME": "fix-failing-test",
+           "OFFLOAD_SANDBOX_BACKEND": "bubblewrap"}
+    proc = offload_cli("run", "Make the failing test pass", "--repo", str(sample_repo), "--json", env=env)
+    record = json.loads(proc.stdout.splitlines()[-1])["record"]
+    (task,) = (tmp_path / "xdg").glob(f"xdg_state_home/offload/tasks/{record['id']}")
+    base = (sample_repo / "calc.py").read_bytes()
+    binary = bytes(range(256)) * 4
+
+    def as_older_offload_kept_it(files: list[tuple[str, str, bytes | None, bytes | None]]) -> None:
+        encode = lambda data: None if data is None else base64.b64encode(data).decode()  # noqa: E731
+        for repo in task.glob("results/*.git"):
+            shutil.rmtree(repo)
+        (task / "changes.json").write_text(json.dumps(
+            [{"path": p, "status": s, "base": encode(b), "result": encode(r)} for p, s, b, r in files]))
+
+    as_older_offload_kept_it([("../escape.txt", "added", None, b"out\n")])  # what the old way let through
+    refused = offload_cli("apply", record["id"], cwd=sample_repo)
+    assert refused.returncode != 0 and "recorded by an older Offload" in refused.stderr, refused.stderr
+    assert "escape.txt" in refused.stderr and not (sample_repo.parent / "escape.txt").exists()
+
+    fixed = base.replace(b"a - b", b"a + b")
+    as_older_offload_kept_it([("calc.py", "modified", base, fixed), ("logo.bin", "added", None, binary)])
+    applied = offload_cli("apply", record["id"], cwd=sample_repo)
+    assert applied.returncode == 0, applied.stderr
+    assert (sample_repo / "calc.py").read_bytes() == fixed and (sample_repo / "logo.bin").read_bytes() == binary
+    assert isinstance(json.loads((task / "changes.json").read_text()), dict)  # kept as this Offload keeps it now
+    shown = offload_cli("diff", record["id"], cwd=sample_repo).stdout
+    assert "+    return a + b" in shown and "Binary files /dev/null and b/logo.bin differ" in shown, shown

@@ -13,6 +13,7 @@ change under `attempts/<n>/`; the top-level change is the chosen attempt's.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -21,7 +22,8 @@ import time
 import uuid
 from pathlib import Path
 
-from offload.sandbox.result import ChangedFile, diff_text  # light: git and the standard library
+from offload.sandbox.errors import SandboxError
+from offload.sandbox.result import ChangedFile, diff_text, from_files  # light: git and the standard library
 
 
 class TaskStore:
@@ -123,8 +125,26 @@ class TaskStore:
         if not path.exists():
             return []
         saved = json.loads(path.read_text())
+        if isinstance(saved, list):  # as an older Offload kept it: both sides of each file, in base64
+            self._upgrade(task_id, attempt, saved)
+            saved = json.loads(path.read_text())
         repo = self.dir(task_id) / saved["repo"] if saved["repo"] else None
         return [ChangedFile(**c, repo=repo, worktree=worktree) for c in saved["files"]]
+
+    def _upgrade(self, task_id: str, attempt: int | None, files: list[dict]) -> None:
+        """Record a change kept by an older Offload as this one keeps it, in a result repository."""
+        def side(text: str | None) -> bytes | None:
+            return None if text is None else base64.b64decode(text)
+
+        if not files:
+            return self.save_changes(task_id, [], attempt)
+        repo = self.new_result(task_id)
+        try:
+            changes = from_files(repo, [(f["path"], side(f["base"]), side(f["result"])) for f in files])
+        except SandboxError as e:
+            shutil.rmtree(repo, ignore_errors=True)
+            raise SandboxError(f"task {task_id}'s change was recorded by an older Offload and cannot be read: {e}") from e
+        self.save_changes(task_id, changes, attempt)
 
     def review(self, task_id: str) -> dict[str, str]:
         """Each reviewed hunk's decision: "accepted" or "rejected"."""
