@@ -164,3 +164,63 @@ def test_declare_checks_is_offered_only_under_an_agents_md_and_checks_its_argume
     assert "checks must be an array" in out.output, out.output
     out = tools.call("c", "declare_checks", json.dumps({"checks": [{"candidate": 1, "command": "make test"}]}))
     assert out.event["declared"] == [{"command": "make test", "directory": ".", "file": "AGENTS.md", "line": 1}]
+
+
+def test_a_shell_command_that_changes_files_is_recorded_as_an_edit(sandbox):
+    """However a command changes files — sed, a heredoc script, cd, a workdir, git checkout, mv, rm —
+    its output carries the files it changed (so the evidence counts it as an edit); one that changes
+    nothing, or only what .gitignore ignores, carries none. The real index and HEAD stay as they were."""
+    tools = Tools(sandbox, False, lambda call_id, chunk: None, threading.Event())
+
+    def run(script: str, workdir: str | None = None):
+        out = tools.call("x", "shell", json.dumps({"command": script, **({"workdir": workdir} if workdir else {})}))
+        assert out.event["exit_code"] == 0, out.output
+        return out.event.get("files"), out.output
+
+    files, output = run("sed -i 's/a - b/a + b/' calc.py")
+    assert files == ["calc.py"] and output.endswith("\nFiles changed by this command: calc.py\n"), output
+    files, output = run("python3 -m unittest -q")
+    assert files is None and "Files changed" not in output, output
+    assert run("printf '__pycache__/\\n' > .gitignore")[0] == [".gitignore"]
+    assert run("env -u PYTHONDONTWRITEBYTECODE python3 -m unittest -q")[0] is None  # only an ignored cache
+    assert sandbox.run(["ls", "__pycache__"]).exit_code == 0
+    assert run("python3 - <<'EOF'\nopen('calc.py', 'a').write('# formatted\\n')\nEOF")[0] == ["calc.py"]
+    assert run("mkdir -p pkg && cd pkg && echo x > new.txt")[0] == ["pkg/new.txt"]
+    assert run("echo y > other.txt", workdir="pkg")[0] == ["pkg/other.txt"]
+    assert run("git checkout -- calc.py")[0] == ["calc.py"]
+    assert run("mv pkg/new.txt moved.txt")[0] == ["moved.txt", "pkg/new.txt"]
+    assert run("rm moved.txt && touch same.txt && rm same.txt")[0] == ["moved.txt"]
+    assert run("git add -A && git -c user.name=a -c user.email=a@b commit -qm wip && git reset -q HEAD~1"
+               )[0] is None  # git's own bookkeeping changes no file
+    # a patch is its own edit: the next command is not blamed for it
+    assert tools.call("p", "apply_patch", FIX).event["files"] == ["calc.py"]
+    assert run("true")[0] is None
+    assert sandbox.git("rev-parse", "HEAD").output.strip() == sandbox.snapshot.base
+    status = sandbox.git("status", "--porcelain").output
+    assert " M calc.py" in status and "?? .gitignore" in status, status
+
+
+def test_a_command_that_leaves_the_workspace_uncomparable_counts_as_an_edit(sandbox):
+    tools = Tools(sandbox, False, lambda call_id, chunk: None, threading.Event())
+    try:
+        out = tools.call("x", "shell", json.dumps({"command": "mv .git .git-away"}))
+        assert out.event["files"] == ["."] and "could not tell which files this command changed" in out.output
+    finally:
+        sandbox.run(["bash", "-c", "rm -rf .git && mv .git-away .git"])
+    assert tools.call("y", "shell", json.dumps({"command": ["true"]})).event.get("files") is None
+
+
+def test_a_read_only_task_records_no_edit(sandbox):
+    tools = Tools(sandbox, True, lambda call_id, chunk: None, threading.Event())
+    out = tools.call("x", "shell", json.dumps({"command": ["ls"]}))
+    assert out.event["exit_code"] == 0 and "files" not in out.event
+
+
+def test_a_command_run_while_git_cannot_read_the_workspace_counts_as_an_edit(sandbox):
+    tools = Tools(sandbox, False, lambda call_id, chunk: None, threading.Event())
+    sandbox.run(["mv", ".git", ".git-away"])  # no look before the next command is possible
+    try:
+        out = tools.call("x", "shell", json.dumps({"command": "mv .git-away .git && echo changed >> calc.py"}))
+    finally:
+        sandbox.run(["bash", "-c", "test -d .git || mv .git-away .git"])
+    assert out.event["files"] == ["."], out.output

@@ -336,7 +336,7 @@ class _Agent:
             started = time.monotonic()
             outcome = await asyncio.to_thread(self.tools.shell, call_id, args)
             chunk = self.chunks.add(call=call_id, name="shell", **{k: outcome.event.get(k) for k in (
-                "exit_code", "command", "directory")})
+                "exit_code", "command", "directory", "files")})
             self.emit("tool.result", {"id": call_id, "name": "shell", "by": "harness", "chunk": chunk,
                                       "output": f"Chunk: {chunk}\n{outcome.output}",
                                       "duration": round(time.monotonic() - started, 4), **outcome.event})

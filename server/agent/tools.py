@@ -2,6 +2,8 @@
 where an AGENTS.md applies — and their execution.
 
 Every reply is text the model can act on: a bad argument is an error message, never a crash.
+A command that changed the workspace's files is an edit, as a patch is: its result carries the
+files it changed (`WorkspaceProbe`), so that a test run before it proves nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from offload.sandbox.errors import SandboxError
-from offload.sandbox.manager import Sandbox
+from offload.sandbox.manager import COMMAND_ENV, Sandbox
 
 from .checks import DECLARE_CHECKS, CheckBook
 from .patch import PatchError, apply_patch
@@ -160,6 +162,53 @@ def format_output(text: str) -> str:
     return f"{head_text}\n[... omitted {omitted} of {len(lines)} lines ...]\n\n{tail_text}"
 
 
+class WorkspaceProbe:
+    """Which files of the workspace a command changed, found by git: a private index in the sandbox's
+    .git (`offload-probe-index`, first copied from the real one) brought up to date with `git add -A`,
+    which trusts the size and mtime of unchanged files and honours .gitignore, so that caches a test
+    run writes are no edit; its tree is compared with the last one's. It costs milliseconds on a large
+    repository (docs/benchmarks.md), and never touches the real index or HEAD the task's commit uses."""
+
+    INDEX = "offload-probe-index"
+    SEED = 'test -e "$GIT_INDEX_FILE" || cp "$GIT_DIR/index" "$GIT_INDEX_FILE" 2>/dev/null; exec git add -A'
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+        self.tree: str | None = None  # the workspace's tree when last probed; None: not known
+
+    def forget(self) -> None:
+        """Something other than a command (a patch) changed files: the next command starts from a new look."""
+        self.tree = None
+
+    def changed(self) -> list[str]:
+        """The files (relative to the workspace root) that changed since the last look, sorted; raises
+        SandboxError when git cannot tell, and then the next look starts afresh."""
+        before, self.tree = self.tree, None
+        now = self._tree()
+        if before is None or before == now:
+            self.tree = now
+            return []
+        names = self._git("diff-tree", "-r", "-z", "--no-renames", "--name-only", before, now).output
+        self.tree = now
+        return sorted(name for name in names.split("\0") if name)
+
+    def _tree(self) -> str:
+        self._run(["sh", "-c", self.SEED], "git add -A")
+        return self._git("write-tree").output.strip()
+
+    def _git(self, *args: str):
+        return self._run(["git", *args], f"git {args[0]}")
+
+    def _run(self, argv: list[str], what: str):
+        root = self.sandbox.backend.workspace
+        env = {**COMMAND_ENV, "PATH": self.sandbox.env["PATH"], "GIT_DIR": f"{root}/.git", "GIT_WORK_TREE": root,
+               "GIT_INDEX_FILE": f"{root}/.git/{self.INDEX}"}
+        result = self.sandbox.runner.run(argv, cwd=root, env=env, timeout=300)
+        if result.exit_code != 0:
+            raise SandboxError(f"{what} failed in the sandbox: {result.output.strip()}")
+        return result
+
+
 @dataclass
 class ToolResult:
     output: str  # what the model sees
@@ -177,6 +226,7 @@ class Tools:
         self.on_output = on_output  # (call_id, chunk) → the task log
         self.cancel = cancel
         self.plan: list[dict] = []
+        self.probe = WorkspaceProbe(sandbox)
 
     def call(self, call_id: str, name: str, arguments: str, custom: bool = False) -> ToolResult:
         """Runs one call; `custom` marks a freeform call whose `arguments` is the raw input."""
@@ -224,10 +274,18 @@ class Tools:
             patch, directory = embedded
             return self.patch(patch, posixpath.join(workdir or "", directory))
         timeout = min(timeout_ms or DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS) / 1000
+        known = self.read_only or self.probe.tree is not None
+        if not known:
+            try:  # where the command starts from, so that only its own changes are its
+                self.probe.changed()
+                known = True
+            except SandboxError:
+                pass  # then it counts as an edit whatever it does
         try:
             result = self.sandbox.run(command, workdir=workdir, timeout=timeout,
                                       on_output=lambda chunk: self.on_output(call_id, chunk), cancel=self.cancel)
         except SandboxError as e:
+            self.probe.forget()
             return ToolResult(f"error: {e}", {"error": str(e)})
         note = ""
         if result.killed:
@@ -239,8 +297,26 @@ class Tools:
         text = (f"Exit code: {result.exit_code}\nWall time: {result.duration:.1f} seconds\n"
                 f"Output:\n{note}{format_output(result.output)}")
         directory = posixpath.relpath(self.sandbox.resolve(workdir), self.sandbox.backend.workspace)
-        return ToolResult(text, {"exit_code": result.exit_code, "timed_out": result.timed_out, "killed": result.killed,
-                                 "command": command, "directory": directory, "run_duration": round(result.duration, 4)})
+        event = {"exit_code": result.exit_code, "timed_out": result.timed_out, "killed": result.killed,
+                 "command": command, "directory": directory, "run_duration": round(result.duration, 4)}
+        if files := self._changed_by_command(result.killed, known):
+            event["files"] = files
+            text = text.rstrip("\n") + "\n" + (
+                f"Files changed by this command: {_listed(files)}\n" if files != ["."] else
+                "Offload could not tell which files this command changed (git cannot read the workspace): "
+                "it counts as an edit\n")
+        return ToolResult(text, event)
+
+    def _changed_by_command(self, killed: bool, known: bool) -> list[str]:
+        """The files the command just run changed; "." when git cannot tell (before it, when not `known`,
+        or after it): then it may have changed any."""
+        if self.read_only or killed:  # a killed command ends the task: no evidence is weighed after it
+            return []
+        try:
+            files = self.probe.changed()
+        except SandboxError:
+            return ["."]
+        return files if known else ["."]
 
     def patch(self, text: str, directory: str = "") -> ToolResult:
         """Applies a patch all or nothing: a write that fails halfway puts back what was written.
@@ -282,6 +358,9 @@ class Tools:
         except SandboxError as e:
             self._restore({path: before[path] for path in written})
             return ToolResult(f"error: the patch was not applied, nothing changed: {e}", {"error": str(e)})
+        finally:
+            if written:
+                self.probe.forget()  # the patch is its own edit, not the next command's
         return ToolResult(summary, {"files": [at(c.new_path or c.path) for c in changes]})
 
     def _restore(self, files: dict[str, bytes | None]) -> None:
@@ -300,6 +379,10 @@ class Tools:
             return ToolResult("error: at most one step of the plan may be in_progress", {"error": "bad args"})
         self.plan = plan
         return ToolResult("Plan updated", {"plan": plan, "explanation": args.get("explanation")})
+
+
+def _listed(files: list[str], most: int = 20) -> str:
+    return ", ".join(files[:most]) + (f" and {len(files) - most} more" if len(files) > most else "")
 
 
 def _shape(spec: dict) -> str:
