@@ -379,3 +379,35 @@ def flood_output(req):
     """A command that prints 200,000 characters: the editor gets a summary, the log the whole."""
     out = yield shell(["python3", "-c", "print('x' * 200000)"])
     yield say(report(["Printed a lot."], [("python3 -c print", "passed" if "Exit code: 0" in out else "failed", out)]))
+
+
+# A "formatter": a script that rewrites calc.py in place (a header comment, trailing spaces stripped).
+FORMAT = ("python3 - <<'EOF'\nimport pathlib\np = pathlib.Path('calc.py')\nlines = p.read_text().splitlines()\n"
+          "p.write_text('\\n'.join(['# formatted'] + [line.rstrip() for line in lines]) + '\\n')\nEOF")
+
+
+@scenario("edit-by-command")
+def edit_by_command(req):
+    """Files changed by shell commands, as the prompt's last word says, then a report citing the
+    passing run: ``sed-after-test`` breaks the fix with ``sed -i`` after the tests passed;
+    ``formatter`` rewrites calc.py with a script after they passed; ``test-after-sed`` fixes with
+    ``sed -i`` and then runs them; ``edit-and-test`` fixes and tests in one command;
+    ``ignored-cache`` runs a command that writes only ignored caches after they passed. Asked to
+    follow up, it reports the same run again."""
+    how = req.prompt.split()[-1]
+    if how in ("test-after-sed", "edit-and-test"):
+        fix = "sed -i 's/a - b/a + b/' calc.py"
+        out = yield shell(f"{fix} && python3 -m unittest -q" if how == "edit-and-test" else fix)
+        assert "Files changed by this command: calc.py" in out, out
+        cited = out if how == "edit-and-test" else (yield shell(UNITTEST))
+    else:
+        assert "Success" in (yield apply_patch(FIX_ADD))
+        cited = yield shell(UNITTEST)
+        after = {"sed-after-test": "sed -i 's/a + b/a - b/' calc.py", "formatter": FORMAT,
+                 "ignored-cache": "env -u PYTHONDONTWRITEBYTECODE python3 -m compileall -q ."}[how]
+        out = yield shell(after)
+        assert "Exit code: 0" in out and ("Files changed" in out) == (how != "ignored-cache"), out
+    assert "Exit code: 0" in cited, cited
+    message = report(["`add` is fixed (calc.py:L1-L2)."], [(" ".join(UNITTEST), "passed", cited)])
+    yield say(message)
+    yield say(message)

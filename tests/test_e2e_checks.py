@@ -184,3 +184,47 @@ def test_a_run_before_a_follow_up_rebuilt_the_workspace_proves_nothing(bubblewra
                            env=env(fake_model, "cite-before-rejection"))
     assert followed.returncode == 1, followed.stderr
     assert "c2 ran before the workspace was rebuilt for a follow-up" in followed.stderr, followed.stderr
+
+
+@pytest.mark.parametrize(("how", "code", "reason"), [
+    ("sed-after-test", 1, "c2 ran before the last edit (c3)"),  # `sed -i` broke the fix after the passing run
+    ("formatter", 1, "c2 ran before the last edit (c3)"),  # a script rewrote calc.py after it
+    ("test-after-sed", 0, ""),  # the fix made with `sed -i`, then the passing run
+    ("edit-and-test", 0, ""),  # `sed -i … && python3 -m unittest -q`: the run saw the edited file
+    ("ignored-cache", 0, ""),  # a command that wrote only ignored caches after the passing run is no edit
+])
+def test_a_shell_command_that_changes_files_is_an_edit(bubblewrap, fake_model, sample_repo, how, code, reason):
+    (sample_repo / "AGENTS.md").unlink()  # nothing else to prove: the Testing line alone decides
+    (sample_repo / ".gitignore").write_text("__pycache__/\n")
+    commit(sample_repo, "no agents file, caches ignored")
+    proc = offload_cli("run", f"Fix add, then: {how}", "--repo", str(sample_repo),
+                       env=env(fake_model, "edit-by-command"))
+    assert proc.returncode == code, proc.stderr
+    record, events = record_and_events(sample_repo)
+    (check,) = record["checks"]
+    results = [e for e in events if e["type"] == "tool.result"]
+    if code:
+        assert "finished, but its checks are not proven" in proc.stderr and reason in proc.stderr, proc.stderr
+        assert (check["status"], check["claimed"]) == ("unverified", "passed") and reason in check["reason"]
+        assert results[2]["files"] == ["calc.py"] and "Files changed by this command: calc.py" in results[2]["output"]
+    else:
+        assert check["status"] == "passed", check
+        assert [bool(e.get("files")) for e in results] == {
+            "test-after-sed": [True, False], "edit-and-test": [True], "ignored-cache": [True, False, False]}[how]
+
+
+def test_a_shell_edit_of_an_earlier_run_still_counts_in_a_follow_up(bubblewrap, fake_model, sample_repo):
+    """The log keeps the files a command changed: a follow-up, rebuilding its chunks from the log,
+    still finds the run it cites made before the last edit."""
+    (sample_repo / "AGENTS.md").unlink()
+    commit(sample_repo, "no agents file")
+    proc = offload_cli("run", "Fix add, then: sed-after-test", "--repo", str(sample_repo),
+                       env=env(fake_model, "edit-by-command"))
+    assert proc.returncode == 1, proc.stderr
+    record, _ = record_and_events(sample_repo)
+    followed = offload_cli("followup", record["id"], "Report again", cwd=sample_repo,
+                           env=env(fake_model, "edit-by-command"))
+    assert followed.returncode == 1, followed.stderr
+    assert "c2 ran before the last edit (c3)" in followed.stderr, followed.stderr
+    record, _ = record_and_events(sample_repo)
+    assert [c["status"] for c in record["checks"]] == ["unverified"]
