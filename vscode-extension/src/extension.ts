@@ -102,8 +102,12 @@ export function activate(context: vscode.ExtensionContext): void {
     "offload.discardTask": (arg) => taskCommand(arg, reviewable, "discard",
       (t) => server.command("offload.discard", { taskId: t.id })),
     "offload.showTaskLog": (arg) => taskCommand(arg, () => true, "show", (t) => pages.show(t.id)),
-    "offload.acceptFile": (uri?: vscode.Uri) => review.acceptFile(fileOf(uri)),
-    "offload.rejectFile": (uri?: vscode.Uri) => review.rejectFile(fileOf(uri)),
+    "offload.acceptFile": (target?: vscode.Uri | vscode.CommentThread) => review.acceptFile(fileOf(target)),
+    "offload.rejectFile": (target?: vscode.Uri | vscode.CommentThread) => review.rejectFile(fileOf(target)),
+    "offload.acceptChange": (thread?: vscode.CommentThread) => review.acceptChange(thread),
+    "offload.rejectChange": (thread?: vscode.CommentThread) => review.rejectChange(thread),
+    "offload.nextChange": () => review.goToChange(true),
+    "offload.previousChange": () => review.goToChange(false),
     "offload.showProposedDiff": (target?: vscode.Uri | TaskFile) => review.showProposedDiff(target),
     "offload.refreshTasks": () => list.reload(),
     "offload.restartServer": () => server.restart(),
@@ -152,8 +156,9 @@ export function activate(context: vscode.ExtensionContext): void {
 
 const WALKTHROUGH = "offload.offload#setUp";
 
-function fileOf(uri: vscode.Uri | undefined): vscode.Uri {
-  const file = uri ?? vscode.window.activeTextEditor?.document.uri;
+/** The file a command is about: the one given, a change's thread's (from its title), else the active editor's. */
+function fileOf(target: vscode.Uri | vscode.CommentThread | undefined): vscode.Uri {
+  const file = target instanceof vscode.Uri ? target : target?.uri ?? vscode.window.activeTextEditor?.document.uri;
   if (!file) throw new Error("open the file to review first");
   return file;
 }

@@ -1,20 +1,30 @@
 /**
  * Inline review of a finished task's change. The server publishes each pending hunk as an
  * Information diagnostic (source "offload", data {taskId, hunkId}) where the hunk sits now, with
- * accept/reject code actions and CodeLens; this adds what only an editor can show: the hunk's
- * lines (from the server's own hunk list, `offload.showTask` → `hunks`) as decorations there,
- * Accept/Reject all for a file, and a side-by-side diff of the proposed file. Every change to a
- * file goes through the server (`workspace/applyEdit`), never from here.
+ * accept/reject code actions and CodeLens; this adds what only an editor can show: the replaced
+ * lines tinted, and under each hunk its whole change (every removed and added line, from the
+ * server's own hunk list, `offload.showTask` → `hunks`) as a comment thread with Accept / Reject /
+ * Accept File in its title (a decoration holds one line of text; a thread holds them all); moving
+ * between pending hunks, and accepting or rejecting the one at the cursor; Accept/Reject all for a
+ * file, and a side-by-side diff of the proposed file. Every change to a file goes through the
+ * server (`workspace/applyEdit`), never from here.
  */
 
 import * as path from "node:path";
 import * as vscode from "vscode";
 import { type FileDiff, parseUnifiedDiff, proposedText } from "./diff";
-import { type Placed, type ServerHunk, applyDecision, pendingIds, reviewViews } from "./hunks";
+import {
+  type HunkView, type Placed, type ServerHunk, type Spot, applyDecision, changeMarkdown, changeTitle, hunkAt, isLong, nextSpot,
+  pendingIds, reviewViews,
+} from "./hunks";
 import type { OffloadServer } from "./server";
 import type { TaskFile, TaskList } from "./taskList";
 
 const PROPOSAL_SCHEME = "offload-proposal";
+/** The context key the review's keybindings need: the active editor has pending hunks. */
+const HAS_CHANGES = "offload.hasPendingChanges";
+/** The comment threads' `commentThread` context value, which their title actions match. */
+const THREAD_CONTEXT = "offloadChange";
 
 /** What review needs of a task, from one `offload.showTask`: its diff and its hunks. */
 interface TaskChange {
@@ -22,17 +32,30 @@ interface TaskChange {
   hunks: ServerHunk[];
 }
 
+/** The offload hunk of a diagnostic, if it is one. */
+function placedOf(diagnostic: vscode.Diagnostic): Placed | undefined {
+  // vscode-languageclient keeps the LSP diagnostic's `data` on the VS Code diagnostic
+  const data = (diagnostic as { data?: { taskId?: unknown; hunkId?: unknown } }).data;
+  if (diagnostic.source !== "offload" || typeof data?.taskId !== "string" || typeof data.hunkId !== "string") return undefined;
+  return { taskId: data.taskId, hunkId: data.hunkId, line: diagnostic.range.start.line, end: diagnostic.range.end.line };
+}
+
 /** The hunks of `uri` waiting for a decision, where the server's diagnostics place them. */
 function placedHunks(uri: vscode.Uri): Placed[] {
-  const found: Placed[] = [];
-  for (const diagnostic of vscode.languages.getDiagnostics(uri)) {
-    // vscode-languageclient keeps the LSP diagnostic's `data` on the VS Code diagnostic
-    const data = (diagnostic as { data?: { taskId?: unknown; hunkId?: unknown } }).data;
-    if (diagnostic.source === "offload" && typeof data?.taskId === "string" && typeof data.hunkId === "string") {
-      found.push({ taskId: data.taskId, hunkId: data.hunkId, line: diagnostic.range.start.line });
-    }
-  }
-  return found.sort((a, b) => a.line - b.line);
+  return vscode.languages.getDiagnostics(uri).map(placedOf).filter((p): p is Placed => !!p).sort((a, b) => a.line - b.line);
+}
+
+/** Every pending hunk's first line, in every file the server published some for. */
+function allSpots(): Spot[] {
+  return vscode.languages.getDiagnostics().flatMap(([uri, diagnostics]) => diagnostics.map(placedOf)
+    .filter((p): p is Placed => !!p).map((p) => ({ file: String(uri), line: p.line })));
+}
+
+/** A hunk's comment thread and what it shows. */
+interface Shown {
+  thread: vscode.CommentThread;
+  taskId: string;
+  hunkId: string;
 }
 
 export class Review implements vscode.CodeLensProvider, vscode.TextDocumentContentProvider, vscode.Disposable {
@@ -45,26 +68,24 @@ export class Review implements vscode.CodeLensProvider, vscode.TextDocumentConte
     overviewRulerColor: new vscode.ThemeColor("editorOverviewRuler.deletedForeground"),
     overviewRulerLane: vscode.OverviewRulerLane.Left,
   });
-  private readonly addedLines = vscode.window.createTextEditorDecorationType({
-    after: {
-      color: new vscode.ThemeColor("gitDecoration.addedResourceForeground"),
-      backgroundColor: new vscode.ThemeColor("diffEditor.insertedLineBackground"),
-      margin: "0 0 0 2em",
-    },
-    overviewRulerColor: new vscode.ThemeColor("editorOverviewRuler.addedForeground"),
-    overviewRulerLane: vscode.OverviewRulerLane.Left,
-  });
+  private readonly comments = vscode.comments.createCommentController("offload.review", "Offload");
+  /** Each hunk's thread, by `uri \n taskId \n hunkId`. */
+  private readonly threads = new Map<string, Shown>();
   private readonly subscriptions: vscode.Disposable[];
 
   constructor(private readonly server: OffloadServer, private readonly list: TaskList) {
     this.subscriptions = [
-      this.lensesChanged, this.removedLines, this.addedLines,
+      this.lensesChanged, this.removedLines, this.comments,
       vscode.languages.onDidChangeDiagnostics((e) => {
         const changed = new Set(e.uris.map(String));
         vscode.window.visibleTextEditors.filter((ed) => changed.has(String(ed.document.uri))).forEach((ed) => void this.decorate(ed));
+        e.uris.filter((u) => !vscode.window.visibleTextEditors.some((ed) => String(ed.document.uri) === String(u)))
+          .forEach((u) => this.keepThreads(u, placedHunks(u)));
         this.lensesChanged.fire();
+        this.updateContext();
       }),
       vscode.window.onDidChangeVisibleTextEditors((editors) => editors.forEach((ed) => void this.decorate(ed))),
+      vscode.window.onDidChangeActiveTextEditor(() => this.updateContext()),
       // A task that runs again (a follow-up) will have another change.
       list.onDidChange((task) => task && task.state !== "finished" && this.changes.delete(task.id)),
       // Decisions arrive as events: the hunks' statuses follow them without asking again;
@@ -104,27 +125,94 @@ export class Review implements vscode.CodeLensProvider, vscode.TextDocumentConte
     return byTask;
   }
 
-  /** Removed lines tinted where they are now; the added ones shown after the line they follow. */
+  /** Removed lines tinted where they are now; each hunk's whole change in a thread under it. */
   private async decorate(editor: vscode.TextEditor): Promise<void> {
     const placed = placedHunks(editor.document.uri);
     const hunks = await this.hunksOf(placed);
     const document = editor.document;
-    const removed: vscode.DecorationOptions[] = [];
-    const added: vscode.DecorationOptions[] = [];
-    for (const view of reviewViews(placed, (id) => hunks.get(id), (i) => document.lineAt(i).text, document.lineCount)) {
-      const hover = new vscode.MarkdownString().appendCodeblock(view.hover, "diff");
-      if (view.removed) removed.push({ range: new vscode.Range(view.removed.start, 0, view.removed.end, 0), hoverMessage: hover });
-      if (view.added) {
-        const end = document.lineAt(view.added.after).range.end;
-        const more = view.added.more ? `   (+${view.added.more} more lines)` : "";
-        added.push({
-          range: new vscode.Range(end, end), hoverMessage: hover,
-          renderOptions: { after: { contentText: `+ ${view.added.first}${more}` } },
-        });
+    const views = reviewViews(placed, (id) => hunks.get(id), (i) => document.lineAt(i).text, document.lineCount);
+    editor.setDecorations(this.removedLines, views.filter((v) => v.removed).map((v) => ({
+      range: new vscode.Range(v.removed!.start, 0, v.removed!.end, 0),
+      hoverMessage: new vscode.MarkdownString(changeMarkdown(v)),
+    })));
+    this.keepThreads(document.uri, views);
+    for (const view of views) this.showThread(document.uri, view);
+  }
+
+  /** Removes the threads of `uri` whose hunk is not among `kept` (decided, or no longer where it was). */
+  private keepThreads(uri: vscode.Uri, kept: { taskId: string; hunkId: string }[]): void {
+    const keys = new Set(kept.map((k) => threadKey(uri, k)));
+    for (const [key, shown] of this.threads) {
+      if (String(shown.thread.uri) === String(uri) && !keys.has(key)) {
+        shown.thread.dispose();
+        this.threads.delete(key);
       }
     }
-    editor.setDecorations(this.removedLines, removed);
-    editor.setDecorations(this.addedLines, added);
+  }
+
+  /** The hunk's thread under its lines: its title says how big the change is, its body shows every line of it. */
+  private showThread(uri: vscode.Uri, view: HunkView): void {
+    const key = threadKey(uri, view);
+    const range = new vscode.Range(view.removed?.start ?? view.anchor, 0, view.anchor, 0);
+    const task = this.list.get(view.taskId)?.prompt.split("\n")[0].slice(0, 60) ?? view.taskId;
+    const known = this.threads.get(key);
+    if (known) {
+      if (!known.thread.range?.isEqual(range)) known.thread.range = range;
+      return;
+    }
+    const comment: vscode.Comment = {
+      body: new vscode.MarkdownString(changeMarkdown(view)),
+      mode: vscode.CommentMode.Preview,
+      author: { name: "Offload" },
+    };
+    const thread = this.comments.createCommentThread(uri, range, [comment]);
+    thread.label = changeTitle(view, task);
+    thread.contextValue = THREAD_CONTEXT;
+    thread.canReply = false;
+    thread.collapsibleState = isLong(view) ? vscode.CommentThreadCollapsibleState.Collapsed
+      : vscode.CommentThreadCollapsibleState.Expanded;
+    this.threads.set(key, { thread, taskId: view.taskId, hunkId: view.hunkId });
+  }
+
+  /** Whether the active editor has pending hunks: the review's keybindings apply only then. */
+  private updateContext(): void {
+    const editor = vscode.window.activeTextEditor;
+    void vscode.commands.executeCommand("setContext", HAS_CHANGES, !!editor && placedHunks(editor.document.uri).length > 0);
+  }
+
+  /** The hunk a command is about: its thread's (from the thread's title), else the one at the cursor. */
+  private target(arg: unknown): { taskId: string; hunkId: string } {
+    const shown = [...this.threads.values()].find((s) => s.thread === arg);
+    if (shown) return shown;
+    const editor = vscode.window.activeTextEditor;
+    const found = editor && hunkAt(placedHunks(editor.document.uri), editor.selection.active.line);
+    if (!found) throw new Error("no change from Offload at the cursor (Alt+F5 goes to the next one)");
+    return found;
+  }
+
+  /** Accepts the hunk of a thread, or the one at the cursor. */
+  async acceptChange(arg?: unknown): Promise<void> {
+    const { taskId, hunkId } = this.target(arg);
+    await this.server.command("offload.acceptHunk", { taskId, hunkId });
+  }
+
+  /** Rejects the hunk of a thread, or the one at the cursor. */
+  async rejectChange(arg?: unknown): Promise<void> {
+    const { taskId, hunkId } = this.target(arg);
+    await this.server.command("offload.rejectHunk", { taskId, hunkId });
+  }
+
+  /** Moves the cursor to the next (or previous) pending hunk: down the file, then on to the next file with one, round. */
+  async goToChange(forward: boolean): Promise<void> {
+    const editor = vscode.window.activeTextEditor;
+    const at = editor ? { file: String(editor.document.uri), line: editor.selection.active.line } : { file: "", line: -1 };
+    const spot = nextSpot(allSpots(), at, forward);
+    if (!spot) throw new Error("no change from Offload waiting for review");
+    const position = new vscode.Position(spot.line, 0);
+    const target = editor && String(editor.document.uri) === spot.file ? editor
+      : await vscode.window.showTextDocument(vscode.Uri.parse(spot.file));
+    target.selection = new vscode.Selection(position, position);
+    target.revealRange(new vscode.Range(position, position), vscode.TextEditorRevealType.InCenterIfOutsideViewport);
   }
 
   provideCodeLenses(document: vscode.TextDocument): vscode.CodeLens[] {
@@ -210,8 +298,13 @@ export class Review implements vscode.CodeLensProvider, vscode.TextDocumentConte
   }
 
   dispose(): void {
+    this.threads.forEach((s) => s.thread.dispose());
     this.subscriptions.forEach((d) => d.dispose());
   }
+}
+
+function threadKey(uri: vscode.Uri, hunk: { taskId: string; hunkId: string }): string {
+  return `${uri}\n${hunk.taskId}\n${hunk.hunkId}`;
 }
 
 /** Resolves once `ready()` holds after a diagnostics change for `uri`; rejects with `failure` after `ms`. */

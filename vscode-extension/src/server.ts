@@ -14,6 +14,7 @@ import {
   CancellationToken, DidChangeConfigurationNotification, ExecuteCommandRequest, LanguageClient, MessageType, ShowMessageNotification,
   type ShowDocumentResult,
 } from "vscode-languageclient/node";
+import { columnBesidePage } from "./citation";
 import { PYTHON_CHECK, type PythonExtensionApi, inWords, pythonCommand, pythonProblem } from "./interpreter";
 import { PROMPT_CAPABILITY, withPrompt } from "./prompt";
 import { serverSettings } from "./settings";
@@ -94,9 +95,21 @@ export class OffloadServer implements vscode.Disposable {
             return ready && next(command, ready);
           },
           window: {
-            // an Ask's answer is shown on its task page, which opens by itself
-            showDocument: async (params, next) => /\/offload\/tasks\/[^/]+\/answer\.md$/.test(params.uri)
-              ? { success: true } : next(params, CancellationToken.None) as Promise<ShowDocumentResult>,
+            showDocument: async (params, next) => {
+              // an Ask's answer is shown on its task page, which opens by itself
+              if (/\/offload\/tasks\/[^/]+\/answer\.md$/.test(params.uri)) return { success: true };
+              // from a task's page (a citation clicked), beside the page rather than over it
+              const tabs = vscode.window.tabGroups;
+              const column = columnBesidePage(tabs.all.map((g) => ({ viewColumn: g.viewColumn, isActive: g.isActive })),
+                tabs.activeTabGroup.activeTab?.input instanceof vscode.TabInputWebview);
+              if (params.external || column === undefined) return next(params, CancellationToken.None) as Promise<ShowDocumentResult>;
+              const s = params.selection;
+              await vscode.window.showTextDocument(vscode.Uri.parse(params.uri), {
+                viewColumn: column, preserveFocus: !params.takeFocus,
+                selection: s && new vscode.Range(s.start.line, s.start.character, s.end.line, s.end.character),
+              });
+              return { success: true };
+            },
           },
         },
         initializationOptions: { settings: userSettings() },

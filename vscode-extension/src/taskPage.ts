@@ -1,14 +1,14 @@
 /**
  * A task's page: a webview with Accept All / Follow Up / Discard, each run's summary (citations
- * open the cited lines, `[cN]` goes to the run in the log) and checks, the plan, the changed files
+ * open the cited lines through the server's `offload.openCitation`, where they are now, `[cN]` goes to the run in the log) and checks, the plan, the changed files
  * and the readable log; an Ask's answer is Markdown with Mermaid diagrams drawn.
  * The page script (dist/webview.js) renders; this side fetches `offload.showTask` and forwards
  * live events. Strict CSP: only our own bundled script runs, nothing is fetched from the network.
  */
 
 import { randomBytes } from "node:crypto";
-import * as path from "node:path";
 import * as vscode from "vscode";
+import { citationArgument } from "./citation";
 import type { Review } from "./review";
 import type { OffloadServer } from "./server";
 import { FINAL, type Task, reviewText, reviewable } from "./tasks";
@@ -91,13 +91,8 @@ export class TaskPages implements vscode.Disposable {
     if (message.type === "ready") return this.load(taskId);
     if (!task) return;
     if (message.type === "open") {
-      const document = await vscode.workspace.openTextDocument(vscode.Uri.file(path.join(task.repo, message.path)));
-      const last = Math.min(message.end, document.lineCount) - 1;
-      const start = Math.min(message.start - 1, last);
-      await vscode.window.showTextDocument(document, {
-        viewColumn: vscode.ViewColumn.One,
-        selection: new vscode.Range(start, 0, last, document.lineAt(last).text.length),
-      });
+      // the server finds the cited lines of the task's result in the file as it is now, and shows them
+      await this.server.command("offload.openCitation", citationArgument(taskId, message));
     } else if (message.type === "diff") {
       const change = task.changes.find((c) => c.path === message.path);
       if (change) await this.review.showProposedDiff({ task, change });

@@ -29,10 +29,14 @@ async function steps(vscode, run) {
   }
 }
 
-/** Editor elements whose ::after content (decoration text) contains `text`. */
-function decorationsWith(page, text) {
-  return page.evaluate((wanted) => [...document.querySelectorAll(".monaco-editor .view-line span")]
-    .filter((e) => getComputedStyle(e, "::after").content.includes(wanted)).length, text);
+/** The text of the editor's change widgets (Offload's comment threads), spaces as typed. */
+async function changeWidgets(page) {
+  return (await page.locator(".monaco-editor .review-widget").allInnerTexts().catch(() => [])).map((t) => t.replace(/\u00a0/g, " "));
+}
+
+/** Where the status bar says the cursor is: "Ln 5, Col 1", with what is selected. */
+function cursor(page) {
+  return page.locator("#status\\.editor\\.selection").innerText().catch(() => "");
 }
 
 describe("a Code task reviewed hunk by hunk", () => {
@@ -60,7 +64,8 @@ describe("a Code task reviewed hunk by hunk", () => {
       // the review: one CodeLens per hunk, decorations for the proposed lines
       const accepts = page.locator(".codelens-decoration a", { hasText: /^Offload: Accept(?! All)/ });
       await until(async () => (await accepts.count()) === 2, 30_000, "a CodeLens on each of the two hunks");
-      await until(() => decorationsWith(page, "# the product of a and b"), 10_000, "the proposed comment as a decoration");
+      await until(async () => (await changeWidgets(page)).some((t) => t.includes("+    # the product of a and b")), 10_000,
+        "the proposed comment under its line");
       await vscode.screenshot("3-review");
 
       // the side-by-side diff of the proposed file, from the file's own CodeLens
@@ -115,6 +120,75 @@ async function byHeight(links, which) {
   boxes.sort((p, q) => p.y - q.y);
   return (which === "top" ? boxes[0] : boxes[boxes.length - 1]).a;
 }
+
+describe("a change reviewed by keys", () => {
+  test("every line of each change shown; next/previous across files; accept and reject at the cursor; a citation where its lines are now",
+    { timeout: 200_000 }, async () => {
+      const repo = sampleRepo(tempDir("repo"));
+      const calc = path.join(repo, "calc.py");
+      const original = fs.readFileSync(calc, "utf8");
+      const vscode = await openVSCode("keys", repo, {
+        "offload.pythonPath": PYTHON, "offload.model.name": "fix-and-rewrite", "offload.model.baseUrl": model.url,
+      });
+      const { page } = vscode;
+      await steps(vscode, async () => {
+        await vscode.openFile("calc.py");
+        await vscode.command("Offload: New Code Task");
+        await vscode.answer("Offload: New Code Task", "Fix add and rewrite multiply");
+        const task = await taskRow(page, "Fix add and rewrite multiply");
+        await until(async () => /finished/.test(await task.innerText()), 120_000, "the task to finish");
+
+        // each hunk's whole change under it in the editor: every removed and every added line
+        const rewrite = ["-    return a * b", "+    # the product of a and b", "+    product = a * b", "+    return product"];
+        await until(async () => {
+          const widgets = await changeWidgets(page);
+          return widgets.some((t) => rewrite.every((line) => t.includes(line)))
+            && widgets.some((t) => t.includes("-    return a - b") && t.includes("+    return a + b"));
+        }, 30_000, "both changes of calc.py shown whole, under their lines");
+        assert.match((await changeWidgets(page)).find((t) => t.includes("product = a * b")), /Offload: \+3 −1 — Fix add and rewrite multiply/);
+        await vscode.screenshot("1-changes-shown");
+
+        // Alt+F5 / Shift+Alt+F5: down the file, on to the next file with a change, round
+        const at = async (key, file, line) => {
+          await page.keyboard.press(key);
+          await page.locator(`.tab.active[data-resource-name="${file}"]`).waitFor();
+          await until(async () => new RegExp(`^Ln ${line}, Col 1$`).test(await cursor(page)), 10_000, `${key} to ${file} line ${line}`);
+        };
+        await vscode.goToLine(1);
+        await at("Alt+F5", "calc.py", 5);
+        await at("Alt+F5", "calc.py", 9);
+        await at("Alt+F5", "test_calc.py", 12);
+        await vscode.screenshot("2-next-file");
+        await at("Alt+F5", "calc.py", 5);
+        await at("Shift+Alt+F5", "test_calc.py", 12);
+        await at("Shift+Alt+F5", "calc.py", 9);
+
+        // accept the rewrite at the cursor, reject the fix at the cursor
+        await page.keyboard.press("Control+Alt+y");
+        await until(async () => !(await changeWidgets(page)).some((t) => t.includes("product = a * b")), 20_000,
+          "the accepted change to leave the review");
+        await at("Alt+F5", "calc.py", 5);
+        await page.keyboard.press("Control+Alt+n");
+        await until(async () => (await changeWidgets(page)).length === 0, 20_000, "no change of calc.py left to review");
+        await vscode.screenshot("3-decided");
+        await vscode.command("File: Save");
+        const rewritten = original.replace("    return a * b", "    # the product of a and b\n    product = a * b\n    return product");
+        await until(() => fs.readFileSync(calc, "utf8") === rewritten, 10_000, "calc.py with the rewrite and without the fix");
+
+        // two lines added on top: the citation of the result's lines 8-11 opens where they are now, 10-13
+        await vscode.goToLine(1);
+        await page.keyboard.press("Home");
+        await page.keyboard.type("import math\n\n");
+        await task.click();
+        const taskPage = vscode.taskPage();
+        await taskPage.locator("#run-1 a.citation", { hasText: "calc.py:L8-L11" }).click();
+        await page.locator('.tab.active[data-resource-name="calc.py"]').waitFor();
+        await until(async () => /^Ln 13, Col 1 \(\d+ selected\)$/.test(await cursor(page)), 10_000,
+          "the rewritten multiply selected, two lines down");
+        await vscode.screenshot("4-citation");
+      });
+    });
+});
 
 describe("a follow-up on a finished task", () => {
   test("reject a hunk, follow up from the palette, accept the new change", { timeout: 180_000 }, async () => {

@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { type Placed, type ServerHunk, applyDecision, hunkLines, hunkView, pendingIds, reviewViews } from "../../src/hunks";
+import {
+  LONG_CHANGE, type Placed, type ServerHunk, applyDecision, changeMarkdown, changeTitle, hunkAt, hunkLines, hunkView, isLong, nextSpot,
+  pendingIds, reviewViews,
+} from "../../src/hunks";
 
 // What `offload.showTask` lists for the scenario "fix-and-document" on examples/calc: the fix of
 // `add` and a comment inserted above `return a * b` (server/tasks/review.py `Hunk.as_dict`).
@@ -20,19 +23,19 @@ function views(lines: string[], placed: Placed[], hunks: ServerHunk[] = [FIX, CO
 }
 
 describe("reviewViews", () => {
-  test("tints the replaced lines and shows the proposed ones after them, top to bottom", () => {
+  test("tints the replaced lines and shows the whole change under them, top to bottom", () => {
     assert.deepEqual(views(CALC, AT_BASE), [
-      { taskId: TASK, hunkId: "calc.py#1", removed: { start: 4, end: 4 }, added: { after: 4, first: "return a + b", more: 0 },
-        hover: "-    return a - b\n+    return a + b" },
-      { taskId: TASK, hunkId: "calc.py#2", removed: null, added: { after: 7, first: "# the product of a and b", more: 0 },
-        hover: "+    # the product of a and b" },
+      { taskId: TASK, hunkId: "calc.py#1", removed: { start: 4, end: 4 }, anchor: 4, counts: { removed: 1, added: 1 },
+        diff: "-    return a - b\n+    return a + b" },
+      { taskId: TASK, hunkId: "calc.py#2", removed: null, anchor: 7, counts: { removed: 0, added: 1 },
+        diff: "+    # the product of a and b" },
     ]);
   });
 
   test("follows the server's new place for a hunk after the user adds lines above it", () => {
     const edited = ["import math", "", ...CALC];
     const moved = AT_BASE.map((p) => ({ ...p, line: p.line + 2 }));
-    assert.deepEqual(views(edited, moved).map((v) => [v.hunkId, v.removed, v.added?.after]),
+    assert.deepEqual(views(edited, moved).map((v) => [v.hunkId, v.removed, v.anchor]),
       [["calc.py#1", { start: 6, end: 6 }, 6], ["calc.py#2", null, 9]]);
   });
 
@@ -49,19 +52,22 @@ describe("reviewViews", () => {
     assert.deepEqual(views(CALC, [{ ...AT_BASE[0], taskId: "another" }]), []);
   });
 
-  test("a multi-line proposal shows its first line and how many follow", () => {
-    const docstring = { ...FIX, added: '    """Sum of a and b."""\n    return a + b\n' };
-    const [view] = views(CALC, [AT_BASE[1]], [docstring]);
-    assert.deepEqual(view.added, { after: 4, first: '"""Sum of a and b."""', more: 1 });
+  test("a multi-line change shows every removed and every added line", () => {
+    const rewrite = { ...COMMENT, hunkId: "calc.py#1", removed: "def multiply(a, b):\n    return a * b\n",
+      added: "def multiply(a, b):\n    # the product of a and b\n    product = a * b\n    return product\n" };
+    const [view] = views(CALC, [{ taskId: TASK, hunkId: "calc.py#1", line: 7 }], [rewrite]);
+    assert.deepEqual([view.removed, view.anchor, view.counts], [{ start: 7, end: 8 }, 8, { removed: 2, added: 4 }]);
+    assert.equal(changeMarkdown(view), "```diff\n-def multiply(a, b):\n-    return a * b\n+def multiply(a, b):\n"
+      + "+    # the product of a and b\n+    product = a * b\n+    return product\n```");
   });
 
   test("a new file's lines go after its first line; a deleted file's lines are all tinted", () => {
     const created: ServerHunk = { hunkId: "new.txt#1", path: "new.txt", baseStart: 0, removed: "", added: "hello\nworld", status: "pending" };
-    assert.deepEqual(hunkView(created, { taskId: TASK, hunkId: "new.txt#1", line: 0 }, () => "", 1)?.added,
-      { after: 0, first: "hello", more: 1 });
+    const made = hunkView(created, { taskId: TASK, hunkId: "new.txt#1", line: 0 }, () => "", 1);
+    assert.deepEqual([made?.anchor, made?.diff], [0, "+hello\n+world"]);
     const deleted: ServerHunk = { hunkId: "old.txt#1", path: "old.txt", baseStart: 0, removed: "a\r\nb\r\n", added: "", status: "pending" };
     const view = hunkView(deleted, { taskId: TASK, hunkId: "old.txt#1", line: 0 }, (i) => ["a", "b"][i], 2);
-    assert.deepEqual([view?.removed, view?.added], [{ start: 0, end: 1 }, null]);
+    assert.deepEqual([view?.removed, view?.anchor, view?.diff], [{ start: 0, end: 1 }, 1, "-a\n-b"]);
   });
 
   test("a hunk reaching past the end of the document does not fit", () => {
@@ -88,5 +94,68 @@ describe("the task's hunk list", () => {
     assert.deepEqual(hunkLines("a\r\n\nb\n"), ["a", "", "b"]);
     assert.deepEqual(hunkLines("a"), ["a"]);
     assert.deepEqual(hunkLines(""), []);
+  });
+});
+
+describe("the whole change under a hunk", () => {
+  const long = (n: number) => ({ diff: Array.from({ length: n }, (_, i) => `+line ${i + 1}`).join("\n"), counts: { removed: 0, added: n } });
+
+  test("a long change keeps every line, folded at first, its title saying how many", () => {
+    const view = long(LONG_CHANGE + 25);
+    const body = changeMarkdown(view).split("\n");
+    assert.equal(body.length, LONG_CHANGE + 25 + 2);
+    assert.equal(body[LONG_CHANGE + 25], `+line ${LONG_CHANGE + 25}`);
+    assert.ok(isLong(view));
+    assert.equal(changeTitle(view, "Fix add"), `Offload: +${LONG_CHANGE + 25} −0 — Fix add · ${LONG_CHANGE + 25} lines, folded: expand to see them`);
+    assert.ok(!isLong(long(LONG_CHANGE)));
+    assert.equal(changeTitle({ counts: { removed: 1, added: 2 } }, "Fix add"), "Offload: +2 −1 — Fix add");
+  });
+
+  test("a line of backticks cannot end the block early", () => {
+    const body = changeMarkdown({ diff: "-```\n+````js" });
+    assert.ok(body.startsWith("`````diff\n") && body.endsWith("\n`````"), body);
+  });
+});
+
+describe("the hunk at the cursor", () => {
+  const placed: Placed[] = [{ taskId: TASK, hunkId: "calc.py#1", line: 4, end: 5 }, { taskId: TASK, hunkId: "calc.py#3", line: 10, end: 13 },
+    { taskId: TASK, hunkId: "calc.py#2", line: 8, end: 8 }];
+
+  test("is the one whose lines the cursor is on; none between hunks", () => {
+    assert.equal(hunkAt(placed, 4)?.hunkId, "calc.py#1");
+    assert.equal(hunkAt(placed, 12)?.hunkId, "calc.py#3");
+    assert.equal(hunkAt(placed, 8)?.hunkId, "calc.py#2"); // a diagnostic covers one line at least
+    assert.equal(hunkAt(placed, 5), undefined);
+    assert.equal(hunkAt(placed, 13), undefined);
+  });
+});
+
+describe("the next and previous change", () => {
+  const A = "file:///repo/a.py";
+  const B = "file:///repo/b.py";
+  const C = "file:///repo/c.py";
+  const spots = [{ file: B, line: 9 }, { file: A, line: 20 }, { file: B, line: 2 }, { file: A, line: 4 }, { file: C, line: 0 }];
+
+  test("goes down the file, then to the next file's first, and round to the first file", () => {
+    assert.deepEqual(nextSpot(spots, { file: A, line: 0 }, true), { file: A, line: 4 });
+    assert.deepEqual(nextSpot(spots, { file: A, line: 4 }, true), { file: A, line: 20 });
+    assert.deepEqual(nextSpot(spots, { file: A, line: 25 }, true), { file: B, line: 2 });
+    assert.deepEqual(nextSpot(spots, { file: C, line: 0 }, true), { file: A, line: 4 });
+  });
+
+  test("backwards, up the file, then to the previous file's last, and round to the last file", () => {
+    assert.deepEqual(nextSpot(spots, { file: B, line: 9 }, false), { file: B, line: 2 });
+    assert.deepEqual(nextSpot(spots, { file: B, line: 2 }, false), { file: A, line: 20 });
+    assert.deepEqual(nextSpot(spots, { file: A, line: 4 }, false), { file: C, line: 0 });
+    assert.deepEqual(nextSpot(spots, { file: A, line: 10 }, false), { file: A, line: 4 }); // inside a hunk: to its start
+  });
+
+  test("wraps within the only file; from a file without any, to the next file that has one", () => {
+    const one = [{ file: A, line: 4 }, { file: A, line: 20 }];
+    assert.deepEqual(nextSpot(one, { file: A, line: 20 }, true), { file: A, line: 4 });
+    assert.deepEqual(nextSpot(one, { file: A, line: 4 }, false), { file: A, line: 20 });
+    assert.deepEqual(nextSpot(spots, { file: "file:///repo/abc.py", line: 3 }, true), { file: B, line: 2 });
+    assert.deepEqual(nextSpot(one, { file: "", line: -1 }, false), { file: A, line: 20 });
+    assert.equal(nextSpot([], { file: A, line: 0 }, true), undefined);
   });
 });
