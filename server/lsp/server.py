@@ -138,11 +138,18 @@ class OffloadServer(LanguageServer):
             return self.protocol.notify("offload/taskUpdated", summary(record))
         if event["type"] == "state":
             self.protocol.notify("offload/taskUpdated", summary(record))
-            if event["state"] in ("finished", "failed") and (record.get("changes") or record.get("failures")):
-                self.publish_review(record["id"])
             if event["state"] in ("finished", "failed"):
-                self.tell(record)
+                self.spawn(self.ended(record))
         self.report_progress(record, event)
+
+    async def ended(self, record: dict) -> None:
+        """Publish an ended task's review and say how it ended. Its hunks are worked out on a
+        thread: sixteen tasks finishing together must not keep the editor's requests waiting."""
+        if record.get("changes") or record.get("failures"):
+            if record["state"] == "finished" and record["kind"] == "code" and not record.get("discarded"):
+                await asyncio.to_thread(self.tasks().hunks, record["id"])  # then cached by the manager
+            self.publish_review(record["id"])
+        self.tell(record)
 
     def tell(self, record: dict) -> None:
         """Say that a task ended, and how; open an Ask's answer as a Markdown file of the task."""

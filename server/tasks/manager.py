@@ -75,6 +75,7 @@ class TaskManager:
         self.listeners: list[Listener] = []
         self._running: dict[str, _Running] = {}
         self._hunks: dict[str, tuple] = {}  # task id -> (its change's stamp, its hunks, its changed files)
+        self._hunks_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
         self._slots: asyncio.Semaphore | None = None
@@ -634,9 +635,9 @@ class TaskManager:
                     ) -> dict[str, tuple[ChangedFile, list[Hunk]]]:
         """Each changed file with its hunks whose status is one of `kept` (possibly none): by
         default, those the user has not rejected."""
-        self.hunks(task_id)
-        by_file = {c.path: (c, []) for c in self._hunks[self.get(task_id)["id"]][2]}
-        for hunk, status, change in self.hunks(task_id):
+        found, changes = self._hunks_and_changes(task_id)
+        by_file = {c.path: (c, []) for c in changes}
+        for hunk, status, change in found:
             if status in kept:
                 by_file[change.path][1].append(hunk)
         return by_file
@@ -650,17 +651,22 @@ class TaskManager:
     def hunks(self, task_id: str) -> list[tuple[Hunk, str, ChangedFile]]:
         """Every hunk of a finished task with its review status: pending, accepted or rejected.
         A task's hunks are computed once per recorded change (the few latest tasks kept)."""
+        return self._hunks_and_changes(task_id)[0]
+
+    def _hunks_and_changes(self, task_id: str) -> tuple[list[tuple[Hunk, str, ChangedFile]], list[ChangedFile]]:
         record = self.get(task_id)
         review = self.store.review(record["id"])
         stamp = self.store.changes_stamp(record["id"])
-        cached = self._hunks.pop(record["id"], None)
+        with self._hunks_lock:  # the language server works them out on a thread too
+            cached = self._hunks.pop(record["id"], None)
         if cached is None or cached[0] != stamp:
             changes = self._changes(record)
             cached = (stamp, [(h, c) for c in changes for h in hunks(c)], changes)
-        self._hunks[record["id"]] = cached
-        while len(self._hunks) > 8:
-            del self._hunks[next(iter(self._hunks))]
-        return [(h, review.get(h.id, "pending"), c) for h, c in cached[1]]
+        with self._hunks_lock:
+            self._hunks[record["id"]] = cached
+            while len(self._hunks) > 8:
+                del self._hunks[next(iter(self._hunks))]
+        return [(h, review.get(h.id, "pending"), c) for h, c in cached[1]], cached[2]
 
     def _changes(self, record: dict) -> list[ChangedFile]:
         """The task's change, its files as a checkout of the user's repository writes them (line
