@@ -170,7 +170,8 @@ class WorkspaceProbe:
     repository (docs/benchmarks.md), and never touches the real index or HEAD the task's commit uses."""
 
     INDEX = "offload-probe-index"
-    SEED = 'test -e "$GIT_INDEX_FILE" || cp "$GIT_DIR/index" "$GIT_INDEX_FILE" 2>/dev/null; exec git add -A'
+    # one round trip: seed the index from the real one the first time, bring it up to date, print its tree
+    LOOK = 'test -e "$GIT_INDEX_FILE" || cp "$GIT_DIR/index" "$GIT_INDEX_FILE" 2>/dev/null; git add -A && git write-tree'
 
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
@@ -193,8 +194,11 @@ class WorkspaceProbe:
         return sorted(name for name in names.split("\0") if name)
 
     def _tree(self) -> str:
-        self._run(["sh", "-c", self.SEED], "git add -A")
-        return self._git("write-tree").output.strip()
+        output = self._run(["sh", "-c", self.LOOK], "git add -A").output  # git's warnings, if any, come first
+        tree = output.strip().rsplit("\n", 1)[-1].strip()
+        if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", tree):
+            raise SandboxError(f"git write-tree printed no tree: {output.strip()[-200:]}")
+        return tree
 
     def _git(self, *args: str):
         return self._run(["git", *args], f"git {args[0]}")
