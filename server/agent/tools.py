@@ -170,12 +170,16 @@ class WorkspaceProbe:
     repository (docs/benchmarks.md), and never touches the real index or HEAD the task's commit uses."""
 
     INDEX = "offload-probe-index"
-    # one round trip: seed the index from the real one the first time, bring it up to date, print its tree
-    LOOK = 'test -e "$GIT_INDEX_FILE" || cp "$GIT_DIR/index" "$GIT_INDEX_FILE" 2>/dev/null; git add -A && git write-tree'
+    # one round trip: seed the index from the real one the first time, bring it up to date, print its
+    # tree after a mark (git's warnings, if any, come before it), and the files changed since tree $1
+    LOOK = ('test -e "$GIT_INDEX_FILE" || cp "$GIT_DIR/index" "$GIT_INDEX_FILE" 2>/dev/null; git add -A && '
+            't=$(git write-tree) && printf "\\n%s %s\\n" "$0" "$t" && '
+            '{ test -z "$1" || test "$1" = "$t" || git diff-tree -r -z --no-renames --name-only "$1" "$t"; }')
+    MARK = "offload-probe-tree"
 
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
-        self.tree: str | None = None  # the workspace's tree when last probed; None: not known
+        self.tree: str | None = None  # the workspace's tree when last looked at; None: not known
 
     def forget(self) -> None:
         """Something other than a command (a patch) changed files: the next command starts from a new look."""
@@ -185,23 +189,12 @@ class WorkspaceProbe:
         """The files (relative to the workspace root) that changed since the last look, sorted; raises
         SandboxError when git cannot tell, and then the next look starts afresh."""
         before, self.tree = self.tree, None
-        now = self._tree()
-        if before is None or before == now:
-            self.tree = now
-            return []
-        names = self._git("diff-tree", "-r", "-z", "--no-renames", "--name-only", before, now).output
-        self.tree = now
-        return sorted(name for name in names.split("\0") if name)
-
-    def _tree(self) -> str:
-        output = self._run(["sh", "-c", self.LOOK], "git add -A").output  # git's warnings, if any, come first
-        tree = output.strip().rsplit("\n", 1)[-1].strip()
-        if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", tree):
+        output = self._run(["sh", "-c", self.LOOK, self.MARK, before or ""], "git add -A").output
+        found = re.search(rf"(?:^|\n){self.MARK} ([0-9a-f]{{40}}|[0-9a-f]{{64}})\n", output)
+        if not found:
             raise SandboxError(f"git write-tree printed no tree: {output.strip()[-200:]}")
-        return tree
-
-    def _git(self, *args: str):
-        return self._run(["git", *args], f"git {args[0]}")
+        self.tree = found[1]
+        return sorted(name for name in output[found.end():].split("\0") if name) if before else []
 
     def _run(self, argv: list[str], what: str):
         root = self.sandbox.backend.workspace
