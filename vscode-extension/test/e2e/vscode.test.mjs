@@ -167,7 +167,7 @@ describe("a change reviewed by keys", () => {
         await page.keyboard.press("Control+Alt+y");
         await until(async () => !(await changeWidgets(page)).some((t) => t.includes("product = a * b")), 20_000,
           "the accepted change to leave the review");
-        await at("Alt+F5", "calc.py", 5);
+        await at("Shift+Alt+F5", "calc.py", 5);
         await page.keyboard.press("Control+Alt+n");
         await until(async () => (await changeWidgets(page)).length === 0, 20_000, "no change of calc.py left to review");
         await vscode.screenshot("3-decided");
