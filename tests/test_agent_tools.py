@@ -208,6 +208,9 @@ def test_a_command_that_leaves_the_workspace_uncomparable_counts_as_an_edit(sand
     finally:
         sandbox.run(["bash", "-c", "rm -rf .git && mv .git-away .git"])
     assert tools.call("y", "shell", json.dumps({"command": ["true"]})).event.get("files") is None
+    # a command that spoils Offload's own index (its shared part gone) costs that command only
+    assert tools.call("z", "shell", json.dumps({"command": "rm .git/sharedindex.*"})).event["files"] == ["."]
+    assert tools.call("w", "shell", json.dumps({"command": ["true"]})).event.get("files") is None
 
 
 def test_a_read_only_task_records_no_edit(sandbox):

@@ -166,13 +166,16 @@ class WorkspaceProbe:
     """Which files of the workspace a command changed, found by git: a private index in the sandbox's
     .git (`offload-probe-index`, first copied from the real one) brought up to date with `git add -A`,
     which trusts the size and mtime of unchanged files and honours .gitignore, so that caches a test
-    run writes are no edit; its tree is compared with the last one's. It costs milliseconds on a large
+    run writes are no edit; its tree is compared with the last one's. The index is split, so that
+    a change rewrites a small file rather than the whole index. It costs milliseconds on a large
     repository (docs/benchmarks.md), and never touches the real index or HEAD the task's commit uses."""
 
     INDEX = "offload-probe-index"
-    # one round trip: seed the index from the real one the first time, bring it up to date, print its
-    # tree after a mark (git's warnings, if any, come before it), and the files changed since tree $1
-    LOOK = ('test -e "$GIT_INDEX_FILE" || cp "$GIT_DIR/index" "$GIT_INDEX_FILE" 2>/dev/null; git add -A && '
+    # one round trip: seed the index from the real one the first time, bring it up to date (an index git
+    # cannot read is dropped, so the next look starts afresh), print its tree after a mark (git's
+    # warnings, if any, come before it), and the files changed since tree $1
+    LOOK = ('test -e "$GIT_INDEX_FILE" || cp "$GIT_DIR/index" "$GIT_INDEX_FILE" 2>/dev/null; '
+            'git add -A || { rm -f "$GIT_INDEX_FILE"; exit 1; }; '
             't=$(git write-tree) && printf "\\n%s %s\\n" "$0" "$t" && '
             '{ test -z "$1" || test "$1" = "$t" || git diff-tree -r -z --no-renames --name-only "$1" "$t"; }')
     MARK = "offload-probe-tree"
@@ -198,8 +201,12 @@ class WorkspaceProbe:
 
     def _run(self, argv: list[str], what: str):
         root = self.sandbox.backend.workspace
+        count = int(COMMAND_ENV["GIT_CONFIG_COUNT"])
         env = {**COMMAND_ENV, "PATH": self.sandbox.env["PATH"], "GIT_DIR": f"{root}/.git", "GIT_WORK_TREE": root,
-               "GIT_INDEX_FILE": f"{root}/.git/{self.INDEX}"}
+               "GIT_INDEX_FILE": f"{root}/.git/{self.INDEX}",
+               # a split index: a look that finds a change rewrites a small file, not the whole index
+               f"GIT_CONFIG_KEY_{count}": "core.splitIndex", f"GIT_CONFIG_VALUE_{count}": "true",
+               "GIT_CONFIG_COUNT": str(count + 1)}
         result = self.sandbox.runner.run(argv, cwd=root, env=env, timeout=300)
         if result.exit_code != 0:
             raise SandboxError(f"{what} failed in the sandbox: {result.output.strip()}")
