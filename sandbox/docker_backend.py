@@ -1,9 +1,10 @@
 """Docker backend: one hardened container per sandbox, commands through the runner.
 
 The container starts with no network, a non-root user, every capability dropped and
-resource limits. On an engine of this host the workspace is an overlay volume over the cached
-snapshot (constant time, whatever the repository's size) and the root filesystem is read-only:
-all that is writable lives on one size-limited tmpfs, the layer (layer.py). On a remote engine
+resource limits. On an engine of this host the workspace is an overlay over the cached snapshot
+(constant time, whatever the repository's size), mounted by Offload on this host and bound into
+the container, and the root filesystem is read-only: all that is writable lives on one
+size-limited tmpfs, the layer (layer.py). On a remote engine
 the snapshot is copied in as a tarball owned by the sandbox user. The runner is the container's
 main process, so its init, and every command travels over the container's attached stdin and
 stdout (a fraction of a millisecond each, against ~0.1 s for an exec per command). As init it
@@ -33,7 +34,7 @@ from .environment import CA_PATH, image_env
 from .errors import SandboxError
 from .image import PATH, SANDBOX_UID, SANDBOX_USER
 from .toolset import BIN, needed, toolset
-from .snapshot import Snapshot, owned_copy, private
+from .snapshot import Snapshot, private
 
 WORKSPACE = "/workspace"
 HOME = f"/home/{SANDBOX_USER}"
@@ -100,28 +101,28 @@ class DockerSandbox:
     backend = "docker"
 
     def __init__(self, container, client: docker.DockerClient, runner: RunnerClient, labels: dict,
-                 volume=None, directory: Path | None = None, env: dict | None = None) -> None:
+                 directory: Path | None = None, env: dict | None = None) -> None:
         self.container = container
         self.env = env or {}  # the image's own environment, for its commands
         self.client = client
         self.runner = runner
         self.labels = labels
-        self.volume = volume
         self.directory = directory
         self.id = labels["offload.sandbox"]
         self.workspace = WORKSPACE
 
     def destroy(self) -> None:
-        """Stop and remove the container, its volume and its layer; idempotent."""
+        """Stop and remove the container and its layer; idempotent."""
         try:
             self.runner.close()
         except Exception:
             pass
-        _remove(self.client, self.container.id, self.volume.name if self.volume else None, self.directory)
+        _remove(self.client, self.container.id, None, self.directory)
 
 
 def _remove(client: docker.DockerClient, container: str | None, volume: str | None, directory: Path | None) -> None:
-    """Remove a sandbox's container, then its volume (free once the container is gone), then its layer."""
+    """Remove a sandbox's container, then its volume (one an earlier version made; free once the container
+    is gone), then its layer."""
     if container:
         try:
             client.api.remove_container(container, force=True)
@@ -257,10 +258,11 @@ def create(
     """Start a container from `image` holding the snapshot, with its runner connected.
 
     On an engine that shares this host's filesystem (`local`, by default when it answers on a
-    unix socket) and with root, the workspace is an overlay volume over the cached snapshot and
+    unix socket) and with root, the workspace is an overlay over the cached snapshot and
     everything writable lives on one tmpfs of `disk` bytes under `cache_dir` (see layer.py);
     otherwise the snapshot is copied in as a tarball and the disk is not capped. Without a
-    snapshot the sandbox is warm: its workspace comes when it is claimed (`claim`)."""
+    snapshot the sandbox is warm: its workspace comes when it is claimed (`claim`).
+    `snapshot_cache` is no longer used (nothing is added to the snapshot cache)."""
     all_labels = {**labels, "offload.sandbox": sandbox_id, "offload.created": str(int(time.time())),
                   "offload.backend": "docker", owner.LABEL: owner.label()}
     memory_bytes, disk_bytes = layer.parse_size(memory), layer.parse_size(disk)
@@ -281,7 +283,7 @@ def create(
         # No container log: the runner's stray output would be stored on the host's disk without bound.
         log_config=docker.types.LogConfig(type=docker.types.LogConfig.types.NONE),
     )
-    volume = directory = container = None
+    directory = container = None
     try:
         local = is_local(client) if local is None else local
         additions = Additions(client, image, ca_bundle, local)
@@ -292,19 +294,12 @@ def create(
             all_labels["offload.directory"] = str(directory)
             written = layer.mount(directory, disk_bytes, SANDBOX_UID)
             additions.carry_ca(written)
-            below = [layer.overlay_path(p) for p in lowers]  # cached setup layers: the snapshot wins over them
             if snapshot is None:  # warm: the workspace mounted there when claimed reaches it by propagation
-                workspace = Mount(WORKSPACE, str(layer.share(written)), type="bind", propagation="rslave")
-            elif read_only and not below:  # the cached snapshot itself, which no one may change
-                workspace = Mount(WORKSPACE, str(snapshot.path), type="bind", read_only=True)
-            else:
-                top = snapshot.path if read_only else owned_copy(snapshot, SANDBOX_UID, cache_dir, snapshot_cache)
-                options = f"lowerdir={':'.join([layer.overlay_path(top), *below])}"
-                volume = client.volumes.create(
-                    name=f"offload-{sandbox_id}", driver="local", labels=all_labels,
-                    driver_opts={"type": "overlay", "device": "overlay", "o": options + (
-                        "" if read_only else f",upperdir={written}/upper,workdir={written}/work")})
-                workspace = Mount(WORKSPACE, volume.name, type="volume", read_only=read_only)
+                layer.share(written)
+                workspace = Mount(WORKSPACE, str(written / "ws"), type="bind", propagation="rslave")
+            else:  # cached setup layers under the snapshot: the snapshot wins over them
+                layer.mount_workspace(written, snapshot.path, list(lowers), read_only, SANDBOX_UID)
+                workspace = Mount(WORKSPACE, str(written / "ws"), type="bind")
             if home_lower is not None:
                 layer.mount_home(written, home_lower, SANDBOX_UID)
             settings.update(
@@ -323,13 +318,13 @@ def create(
         additions.copy_in(container)
         runner = _attach_runner(client, container)
     except Exception as e:
-        _remove(client, container.id if container else None, volume.name if volume else None, directory)
+        _remove(client, container.id if container else None, None, directory)
         if isinstance(e, docker.errors.ImageNotFound):
             raise SandboxError(f"sandbox image {image!r} is missing: run `offload image build`") from e
         if isinstance(e, docker.errors.DockerException):
             raise SandboxError(f"could not create a sandbox container: {e}") from e
         raise
-    return DockerSandbox(container, client, runner, all_labels, volume, directory, additions.env)
+    return DockerSandbox(container, client, runner, all_labels, directory, additions.env)
 
 
 def _runner_argv(*options: str, python: list[str] = ("python3",)) -> list[str]:
@@ -389,10 +384,9 @@ def _exec_ending(client: docker.DockerClient, container, exec_id: str) -> tuple[
 
 def claim(sandbox: DockerSandbox, snapshot: Snapshot, labels: dict, read_only: bool = False,
           lowers: tuple[Path, ...] = (), cache_dir: Path | None = None, snapshot_cache: int | None = None) -> None:
-    """Give a warm sandbox its workspace: the overlay over the snapshot (the sandbox user's copy of it,
-    or the snapshot itself read-only), mounted on this host, where the container sees it."""
-    top = snapshot.path if read_only else owned_copy(snapshot, SANDBOX_UID, cache_dir, snapshot_cache)
-    layer.mount_workspace(sandbox.directory / "layer", [top, *lowers], read_only)
+    """Give a warm sandbox its workspace: the overlay over the snapshot, mounted on this host, where the
+    container sees it. `cache_dir` and `snapshot_cache` are no longer used."""
+    layer.mount_workspace(sandbox.directory / "layer", snapshot.path, list(lowers), read_only, SANDBOX_UID)
     sandbox.labels = layer.relabel(sandbox.directory, labels)
 
 
@@ -406,7 +400,8 @@ def list_sandboxes(client: docker.DockerClient, owner_name: str | None = None) -
 
 def sweep(client: docker.DockerClient | None, cache_dir: Path) -> list[str]:
     """Remove what Docker sandboxes of processes of this machine that died left: containers,
-    volumes, setup networks and layers (the layers of this cache even when no engine answers)."""
+    setup networks, layers (those of this cache even when no engine answers) and the volumes
+    earlier versions made."""
     removed, left = [], {}
     if client is not None:
         for c in client.api.containers(all=True, filters={"label": ["offload.sandbox", owner.LABEL]}):

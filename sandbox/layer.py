@@ -15,13 +15,17 @@ import errno
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
+from . import idmap
 from .errors import SandboxError
 
 WRITABLE = ("upper", "work", "tmp", "home", "shm")  # the layer's directories
+_PLACES = ("ws", "lower", "empty")  # the workspace's mount point, the snapshot's, an empty lower layer
 _MNT_DETACH = 2
 _MS_SHARED = 1 << 20
+_CLONE_FS = 0x200
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -72,18 +76,50 @@ def can_mount() -> str | None:
 
 def mount(directory: Path, size: int, uid: int) -> Path:
     """A tmpfs of `size` bytes at `<directory>/layer` holding the writable directories, owned by
-    the sandbox user (the overlay's root takes the upper directory's owner)."""
+    the sandbox user (the overlay's root takes the upper directory's owner), and the places the
+    workspace is mounted from (see `mount_workspace`)."""
     layer = directory / "layer"
     layer.mkdir()
     if _libc.mount(b"offload", bytes(layer), b"tmpfs", 0, f"size={size},mode=0755".encode()) != 0:
         raise SandboxError(f"could not mount the sandbox's layer at {layer}: {os.strerror(ctypes.get_errno())}")
-    for name in WRITABLE:
+    for name in (*WRITABLE, *_PLACES):
         (layer / name).mkdir()
-        if name != "work":
+        if name in WRITABLE and name != "work":
             os.chown(layer / name, uid, uid)
     for name in ("tmp", "shm"):
         os.chmod(layer / name, 0o1777)
     return layer
+
+
+def _relative(path: Path, layer: Path) -> str:
+    """`path` relative to the layer, as an overlay option names it: a mount table that shows the
+    option then names no directory of this host's."""
+    text = os.path.relpath(Path(path).resolve(), layer)
+    if any(c in text for c in ",:\\"):
+        raise SandboxError(f"the path {text} holds a character overlayfs cannot take (, : \\)")
+    return text
+
+
+def _mount_overlay(layer: Path, target: str, options: str) -> None:
+    """Mount an overlay at `<layer>/<target>`, its options' paths relative to the layer: resolved on a
+    thread with a working directory of its own (unshare CLONE_FS), as other threads keep theirs."""
+    failed = []
+
+    def mount() -> None:
+        try:
+            if _libc.unshare(_CLONE_FS) != 0:
+                raise OSError(ctypes.get_errno(), "unshare")
+            os.chdir(layer)
+            if _libc.mount(b"overlay", target.encode(), b"overlay", 0, options.encode()) != 0:
+                raise OSError(ctypes.get_errno(), "mount")
+        except OSError as e:
+            failed.append(e.errno)
+
+    thread = threading.Thread(target=mount, name="offload-mount")
+    thread.start()
+    thread.join()
+    if failed:
+        raise SandboxError(f"could not mount the overlay at {layer / target}: {os.strerror(failed[0])}")
 
 
 def mount_home(layer: Path, lower: Path, uid: int) -> None:
@@ -92,37 +128,30 @@ def mount_home(layer: Path, lower: Path, uid: int) -> None:
     for name in ("home-upper", "home-work"):
         (layer / name).mkdir()
     os.chown(layer / "home-upper", uid, uid)
-    options = f"lowerdir={overlay_path(lower)},upperdir={layer}/home-upper,workdir={layer}/home-work"
-    if _libc.mount(b"overlay", bytes(layer / "home"), b"overlay", 0, options.encode()) != 0:
-        raise SandboxError(f"could not mount the sandbox's home over {lower}: {os.strerror(ctypes.get_errno())}")
+    _mount_overlay(layer, "home", f"lowerdir={_relative(lower, layer)},upperdir=home-upper,workdir=home-work")
 
 
-def share(layer: Path) -> Path:
-    """Make the layer a shared mount with an empty `ws` directory on it (and `empty`, see
-    `workspace_options`), and return `ws`: bound into a warm sandbox with slave propagation, it
-    shows the workspace mounted on it later."""
-    for name in ("ws", "empty"):
-        (layer / name).mkdir()
+def share(layer: Path) -> None:
+    """Make the layer a shared mount: its `ws`, bound into a warm sandbox with slave propagation,
+    then shows the workspace mounted on it later."""
     if _libc.mount(None, bytes(layer), None, _MS_SHARED, None) != 0:
         raise SandboxError(f"could not share the sandbox's layer at {layer}: {os.strerror(ctypes.get_errno())}")
-    return layer / "ws"
 
 
-def workspace_options(layer: Path, lowers: list[Path], read_only: bool) -> str:
-    """Overlay options for a claimed warm sandbox's workspace: `lowers` top first, its upper layer on
-    `layer`; read-only without one (an overlay without an upper layer needs two lowers: an empty
-    directory goes last). Read-only is the overlay's own: a bind's read-only flag does not propagate."""
-    if read_only:
-        return f"lowerdir={':'.join(overlay_path(p) for p in [*lowers, layer / 'empty'])}"
-    return (f"lowerdir={':'.join(overlay_path(p) for p in lowers)},"
-            f"upperdir={overlay_path(layer / 'upper')},workdir={overlay_path(layer / 'work')}")
-
-
-def mount_workspace(layer: Path, lowers: list[Path], read_only: bool) -> None:
-    """Mount a claimed warm sandbox's workspace on the layer's `ws` (see `share`), on this host."""
-    options = workspace_options(layer, lowers, read_only)
-    if _libc.mount(b"overlay", bytes(layer / "ws"), b"overlay", 0, options.encode()) != 0:
-        raise SandboxError(f"could not mount the workspace at {layer / 'ws'}: {os.strerror(ctypes.get_errno())}")
+def mount_workspace(layer: Path, snapshot: Path, lowers: list[Path], read_only: bool, uid: int) -> None:
+    """Mount the workspace on the layer's `ws`: an overlay over the snapshot, then `lowers` (top
+    first), with its upper layer on the layer. The snapshot comes in as a read-only bind at
+    `lower`, idmapped so its files are `uid`'s (idmap.py), and is unbound once the overlay holds
+    it. Read-only has no upper layer and the snapshot's own owners (an overlay without an upper
+    layer needs two lowers: an empty directory goes last); it is the overlay's own, as a bind's
+    read-only flag does not propagate."""
+    idmap.bind(snapshot, layer / "lower", None if read_only else uid)
+    try:
+        below = ":".join(["lower", *(_relative(p, layer) for p in lowers)])
+        _mount_overlay(layer, "ws", f"lowerdir={below}:empty" if read_only
+                       else f"lowerdir={below},upperdir=upper,workdir=work")
+    finally:
+        _libc.umount2(bytes(layer / "lower"), _MNT_DETACH)
 
 
 def relabel(directory: Path, labels: dict) -> dict:
@@ -137,7 +166,7 @@ def relabel(directory: Path, labels: dict) -> dict:
 def remove(directory: Path) -> None:
     """Unmount the layer (if mounted) and delete the directory; idempotent."""
     _libc.umount2(bytes(directory / "layer" / "home"), 0)  # a setup's home overlay, if any
-    _libc.umount2(bytes(directory / "layer" / "ws"), 0)  # a claimed warm sandbox's workspace, if any
+    _libc.umount2(bytes(directory / "layer" / "ws"), 0)  # the workspace, if mounted
     layer = bytes(directory / "layer")
     if _libc.umount2(layer, 0) != 0 and ctypes.get_errno() == errno.EBUSY:
         _libc.umount2(layer, _MNT_DETACH)  # a process still inside: gone from the tree now, freed when it ends

@@ -4,9 +4,8 @@ A snapshot is HEAD plus uncommitted and untracked-not-ignored files. It is taken
 temporary index, so the user's index, working tree and refs never change (git only gains
 unreferenced blob and tree objects). The snapshot is materialised once per tree into
 `<cache>/snapshots/<tree>/`: a git repository whose single commit (the *base*) holds that
-tree, so sandboxes can start from it and diff against it. A Docker sandbox on this host gets a
-copy owned by its user beside it (`<tree>.uid1000`), made once: an overlay keeps the owner of
-what it copies up. That uid is often another local account's, so the cache is `private`: no other
+tree, so sandboxes can start from it and diff against it. Sandboxes' layers live in the same cache,
+owned by the sandbox user's uid, often another local account's; so the cache is `private`: no other
 account may enter it. The cache is bounded by `evict` (cache.py).
 """
 
@@ -23,8 +22,6 @@ from pathlib import Path
 from . import cache
 from .cache import evict, locked
 from .errors import SandboxError
-
-DERIVED = "offload-derived"  # in a snapshot's .git: the snapshot it was made from, and its tree
 
 # Fixed identity and date: the same tree always gives the same base commit.
 _BASE_ENV = {
@@ -66,9 +63,9 @@ def _git(args: list[str], cwd: Path, env: dict | None = None, stdin: bytes | Non
 
 
 def private(directory: str | os.PathLike) -> Path:
-    """`directory`, made if need be, that only this user may enter (0700). It holds the sandbox
-    user's copies of snapshots and sandboxes' writable layers, owned by that uid: on many machines
-    another local account's, which must neither read the next task's input nor change it."""
+    """`directory`, made if need be, that only this user may enter (0700). It holds snapshots and
+    sandboxes' writable layers, owned by the sandbox user's uid: on many machines another local
+    account's, which must neither read the next task's input nor change it."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if directory.stat().st_uid != os.getuid():
@@ -155,93 +152,6 @@ def take_snapshot(directory: str | os.PathLike, cache_dir: str | os.PathLike, li
         evict(cache_dir, limit, keep=name)
     base = _git(["rev-parse", "HEAD"], cwd=final)
     return Snapshot(root=root, subdir=subdir, tree=name, base=base, path=final, head=head)
-
-
-def owned_copy(snapshot: Snapshot, uid: int, cache_dir: str | os.PathLike, limit: int | None = None) -> Path:
-    """The snapshot's work tree owned by `uid`, made once beside it (needs root)."""
-    target = snapshot.path.with_name(f"{snapshot.tree}.uid{uid}")
-    snapshots = private(snapshot.path.parent)
-    with locked(snapshots):
-        if target.is_dir():
-            os.utime(target)
-            return target
-    with tempfile.TemporaryDirectory(dir=snapshots, prefix=".new-") as tmp:
-        copy = Path(tmp) / "copy"
-        copy.mkdir()
-        # Everything but the object store is copied and given to `uid`; the object files are
-        # linked as they are (they may be the user's own, see _link_history) and stay read-only.
-        # From the previous snapshot's copy, the files that did not change are linked instead.
-        derived = _derived_copy(snapshot, copy, uid)
-        # cp, not tar: other tasks touch the snapshot's times while it is read (tar fails on that)
-        (copy / ".git").mkdir()
-        sources = [] if derived else [(e, copy) for e in snapshot.path.iterdir() if e.name != ".git"]
-        sources += [(e, copy / ".git") for e in (snapshot.path / ".git").iterdir() if e.name != "objects"]
-        for into in {into for _, into in sources}:
-            proc = subprocess.run(["cp", "-a", "--reflink=auto", "-t", str(into),
-                                   *[str(e) for e, where in sources if where == into]], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise SandboxError(f"could not prepare the snapshot for the sandbox user: {proc.stderr.strip()}")
-        proc = subprocess.run(["chown", "-R", f"{uid}:{uid}", str(copy / ".git" if derived else copy)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SandboxError(f"could not prepare the snapshot for the sandbox user: {proc.stderr.strip()}")
-        objects = snapshot.path / ".git" / "objects"
-        for directory, _, files in os.walk(objects):
-            into = copy / ".git" / "objects" / os.path.relpath(directory, objects)
-            into.mkdir(parents=True, exist_ok=True)
-            os.chown(into, uid, uid)  # git in the sandbox adds objects here
-            for file in files:
-                os.link(Path(directory) / file, into / file)
-        with locked(snapshots):
-            if not snapshot.path.is_dir():
-                raise SandboxError(f"the snapshot {snapshot.tree[:12]} was evicted from the cache; start the task again")
-            if not target.exists():
-                os.rename(copy, target)
-            os.utime(target)
-    if limit is not None:
-        evict(cache_dir, limit, keep=snapshot.tree)
-    return target
-
-
-def _derived_copy(snapshot: Snapshot, copy: Path, uid: int) -> bool:
-    """Fill `copy` with the work tree of `snapshot` owned by `uid` in as many steps as files
-    changed since the snapshot it was derived from, when that one's copy is still cached: the
-    unchanged files are links to it (owned by `uid` already, and never written), the changed
-    ones copied. False when there is no such copy (then everything is copied)."""
-    try:
-        name, was = (snapshot.path / ".git" / DERIVED).read_text().split()
-        previous = snapshot.path.with_name(f"{name}.uid{uid}")
-        entries = [str(e) for e in previous.iterdir() if e.name != ".git"]
-        if entries and subprocess.run(["cp", "-al", "-t", str(copy), *entries], capture_output=True).returncode:
-            raise OSError("cp -al failed")
-    except (OSError, ValueError):
-        for entry in copy.iterdir():
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-        return False
-    listing = _git(["diff-tree", "-r", "-z", "--name-status", "--no-renames", was, "HEAD"], cwd=snapshot.path)
-    fields = listing.split("\0")
-    changed = list(zip(fields[0::2], fields[1::2]))
-    for status, path in sorted(changed, key=lambda c: c[0] != "D"):  # deletions first: a file may become a dir
-        target = copy / path
-        if target.is_symlink() or target.exists():
-            target.unlink()
-        if status == "D":
-            for parent in target.parents:
-                if parent == copy or any(parent.iterdir()):
-                    break
-                parent.rmdir()
-            continue
-        for parent in reversed([p for p in target.parents if copy in p.parents and not p.exists()]):
-            parent.mkdir()
-            os.chown(parent, uid, uid)
-        source = snapshot.path / path
-        if source.is_symlink():
-            os.symlink(os.readlink(source), target)
-        else:
-            shutil.copy2(source, target)
-        os.lchown(target, uid, uid)
-    os.chown(copy, uid, uid)
-    return True
 
 
 def _tree_of_repo(root: Path) -> str:
@@ -384,7 +294,6 @@ def _check_out_from(work: Path, tree: str, previous: Path) -> bool:
         shutil.copyfile(previous / ".git" / "index", work / ".git" / "index")
         was = _git(["rev-parse", "HEAD^{tree}"], cwd=previous)
         _git(["read-tree", "-m", "-u", was, tree], cwd=work)
-        (work / ".git" / DERIVED).write_text(f"{previous.name} {was}\n")
         return True
     except (OSError, SandboxError):
         for entry in work.iterdir():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 import uuid
@@ -177,11 +178,11 @@ def test_destroy_leaves_nothing_behind(make_manager, sample_repo, backend, reque
     sandbox.run(["sh", "-c", "echo x > file.txt"])
     if backend == "docker":
         client, container = request.getfixturevalue("docker_engine"), sandbox.backend.container.id
-        volume, directory = sandbox.backend.volume.name, sandbox.backend.directory
-        assert directory.exists() and client.volumes.get(volume)
+        directory = sandbox.backend.directory
+        assert directory.exists() and str(directory) in Path("/proc/self/mountinfo").read_text()
         manager.destroy(sandbox.id)
         assert not client.containers.list(ignore_removed=True, all=True, filters={"id": container})
-        assert not client.volumes.list(filters={"name": volume}) and not directory.exists()
+        assert not directory.exists()
         assert str(directory) not in Path("/proc/self/mountinfo").read_text()
     else:
         directory, pid = sandbox.backend.directory, sandbox.backend.pid
@@ -292,30 +293,46 @@ def test_only_the_workspace_tmp_and_home_are_writable(sandbox):
 # --- how the workspace reaches a Docker sandbox ---------------------------------------------
 
 
+def owners(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.lstat().st_uid, p.lstat().st_gid) for p in [root, *root.rglob("*")]}
+
+
+# In a Docker sandbox: every file outside the object store is the sandbox user's; it edits, adds,
+# removes and renames files and directories, commits, reads an object file of another owner and
+# has git gc delete it.
+EDITS = """set -e
+test "$(find . -path ./.git/objects -prune -o ! -user 1000 -print)" = ""
+echo changed > calc.py && echo new > new.txt && rm test_calc.py && mkdir -p pkg/inner && mv new.txt pkg/inner/
+mv pkg pkg2 && git add -A && git commit -qm x && git cat-file -p "$1$2" > /dev/null
+git gc -q && test ! -e ".git/objects/$1/$2"
+git status --porcelain && git log --oneline | wc -l
+"""
+
+
+@pytest.mark.parametrize("warm", [0, 1], ids=["cold", "warm"])
 @pytest.mark.parametrize("backend", [pytest.param("docker", marks=pytest.mark.docker)], indirect=True)
-def test_a_docker_workspace_is_an_overlay_over_the_cached_snapshot(docker_engine, make_manager, sample_repo):
-    manager = make_manager()
+def test_a_docker_workspace_is_the_cached_snapshot_shown_as_the_sandbox_users(make_manager, sample_repo, warm):
+    objects = sample_repo / ".git" / "objects"
+    foreign = next(p for p in sorted(objects.glob("??/*")))  # the user's, linked into the snapshot
+    os.chown(foreign, 4242, 4242)
+    manager = make_manager(warm=warm)
+    manager.prewarm()
+    assert wait_until(lambda: manager.warm_ready() == warm, timeout=60)
     snapshot = manager.snapshot(sample_repo)
+    before = tree_digest(snapshot.path), owners(snapshot.path)
     sandbox = manager.create(snapshot)
-    options = docker_engine.volumes.get(sandbox.backend.volume.name).attrs["Options"]
-    lower = Path(snapshot.path.parent, f"{snapshot.tree}.uid1000")
-    assert options["type"] == "overlay" and f"lowerdir={lower}," in options["o"]
-    objects = lower / ".git" / "objects"
-    files = [p for p in [lower, *lower.rglob("*")] if objects not in p.parents or p.is_dir()]
-    assert {p.stat().st_uid for p in files} == {1000}  # the sandbox user's, once
-    # the object store is the user's own files, linked, never given away to the sandbox user
-    linked = [p for p in objects.rglob("*") if p.is_file()]
-    assert linked and all(p.stat().st_ino == (sample_repo / ".git" / "objects" / p.relative_to(objects)).stat().st_ino
-                          for p in linked)
-    before = tree_digest(lower)
-    sandbox.write_file("calc.py", b"changed\n")
-    sandbox.run(["sh", "-c", "echo new > new.txt && rm test_calc.py && git add -A && git commit -qm x"])
-    upper = sandbox.backend.directory / "layer" / "upper"
-    assert (upper / "calc.py").read_bytes() == b"changed\n" and (upper / "new.txt").exists()
-    assert tree_digest(lower) == before
-    second = manager.create(snapshot)  # the copy is made once and shared
-    assert f"lowerdir={lower}," in docker_engine.volumes.get(second.backend.volume.name).attrs["Options"]["o"]
-    assert b"def add" in second.read_file("calc.py")
+    assert sandbox.warm == bool(warm)
+    edited = sandbox.run(["sh", "-c", EDITS, "sh", foreign.parent.name, foreign.name])
+    assert edited.exit_code == 0 and edited.output == "2\n", edited.output
+    assert sandbox.read_file("pkg2/inner/new.txt") == b"new\n" and sandbox.read_file("test_calc.py") is None
+    assert (tree_digest(snapshot.path), owners(snapshot.path)) == before  # written only through the overlay
+    assert (foreign.stat().st_uid, foreign.exists()) == (4242, True)
+    assert [p.name for p in snapshot.path.parent.iterdir() if not p.name.startswith(".")] == [snapshot.tree]
+    second = manager.create(snapshot)
+    assert b"def add" in second.read_file("calc.py") and second.read_file("pkg2/inner/new.txt") is None
+    directory = sandbox.backend.directory
+    manager.destroy(sandbox.id)
+    assert str(directory) not in Path("/proc/self/mountinfo").read_text() and not directory.exists()
 
 
 @pytest.mark.parametrize("backend", [pytest.param("docker", marks=pytest.mark.docker)], indirect=True)
@@ -323,7 +340,7 @@ def test_a_remote_engine_gets_the_workspace_copied_in(docker_engine, make_manage
     manager = make_manager()
     snapshot = manager.snapshot(sample_repo)
     sandbox = manager.create(snapshot, local=False)
-    assert sandbox.backend.volume is None and sandbox.backend.directory is None
+    assert sandbox.backend.directory is None
     sandbox.write_file("calc.py", b"changed\n")
     assert sandbox.commit("change") and "+changed" in diff_of(sandbox)
     reader = manager.create(snapshot, read_only=True, local=False)
@@ -335,10 +352,17 @@ def test_a_remote_engine_gets_the_workspace_copied_in(docker_engine, make_manage
 
 
 def test_a_cache_path_an_overlay_cannot_take_is_refused_and_leaves_nothing(backend, sample_repo, tmp_path):
+    """Bubblewrap's overlay options reach the snapshot through the cache's path, which must then hold
+    no `,`; Docker's name only directories of the sandbox's layer, so any cache path serves."""
     cache = tmp_path / "odd,cache"
     manager = SandboxManager(SandboxConfig(backend=backend), cache, owner=f"offload-test-{uuid.uuid4().hex[:8]}")
-    with pytest.raises(SandboxError, match="overlayfs cannot take.*XDG_CACHE_HOME"):
-        manager.create(manager.snapshot(sample_repo))
+    if backend == "docker":
+        sandbox = manager.create(manager.snapshot(sample_repo))
+        assert sandbox.read_file("calc.py") == (sample_repo / "calc.py").read_bytes()
+        manager.destroy(sandbox.id)
+    else:
+        with pytest.raises(SandboxError, match="overlayfs cannot take.*XDG_CACHE_HOME"):
+            manager.create(manager.snapshot(sample_repo))
     assert not list((cache / "sandboxes").glob("*")) and str(cache) not in Path("/proc/self/mountinfo").read_text()
     assert manager.list() == []
 

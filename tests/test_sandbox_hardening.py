@@ -30,6 +30,7 @@ from tests.test_sandbox_safety import (  # noqa: F401  (fixtures)
     sandbox_factory,
     start,
 )
+from tests.test_sandbox_setup import managers, repo  # noqa: F401  (fixtures)
 
 # Run inside: every way a command of the runner's uid could read or steer the runner, or speak on
 # the host's channel. The runner is the command's parent; every other process of the sandbox is
@@ -251,11 +252,19 @@ def test_no_host_path_or_environment_is_seen_inside(make_manager, sample_repo, b
     assert "PWD=" not in environs and "OLDPWD" not in environs, environs
     for text in host_strings(tmp_path):
         assert text not in environs, environs
-        lines = [line for line in mounts.splitlines() if text in line]
-        if backend == "docker":  # what remains: the workspace the engine mounts names its directories
-            assert [line.split()[4] for line in lines] in ([], ["/workspace"]), mounts
-        else:
-            assert not lines, mounts
+        assert text not in mounts, mounts
+
+
+@pytest.mark.parametrize("read_only", [False, True], ids=["code", "ask"])
+def test_no_host_path_is_seen_inside_over_a_setup(managers, repo, backend, tmp_path, read_only):
+    """A setup adds lower layers to the workspace and an overlay on home: their options name no host path either."""
+    manager = managers()
+    sandbox = manager.create(manager.snapshot(repo), read_only=read_only)
+    assert sandbox.run(["cat", "deps/lib.txt", "/home/offload/.setup-home"]).output == "setup\nhome\n"
+    mounts = sandbox.run(["cat", "/proc/self/mountinfo"]).output
+    assert any(" /home/offload " in line and " overlay " in line for line in mounts.splitlines()), mounts
+    for text in host_strings(tmp_path):
+        assert text not in mounts, mounts
 
 
 def as_account(uid: int, script: str) -> subprocess.CompletedProcess:
@@ -277,22 +286,20 @@ def open_dir():
 
 def test_no_other_account_can_reach_the_cache(backend, sample_repo, open_dir):
     """Other accounts, the sandbox user's uid first, try to read and change a task's input (the
-    snapshot, and on Docker the sandbox user's copy of it) and to plant a file in its layer."""
+    snapshot) and to plant a file in its layer or its workspace."""
     cache = open_dir / "cache"
     manager = SandboxManager(SandboxConfig(backend=backend), cache, owner=f"offload-test-{secrets.token_hex(4)}")
     try:
         sandbox = manager.create(manager.snapshot(sample_repo))
         sandbox.run(["sh", "-c", "echo mine > new.txt"])
         snapshot = sandbox.snapshot.path
-        inputs = [snapshot, *([snapshot.with_name(f"{snapshot.name}.uid1000")] if backend == "docker" else [])]
         for uid in (SANDBOX_UID, 65534):
-            for tree in inputs:
-                assert tree.is_dir()
-                tried = as_account(uid, f"ls {tree}; echo changed >> {tree}/calc.py; touch {tree}/planted")
-                assert "calc.py" not in tried.stdout, tried
-                assert b"changed" not in (tree / "calc.py").read_bytes() and not (tree / "planted").exists()
+            tried = as_account(uid, f"ls {snapshot}; echo changed >> {snapshot}/calc.py; touch {snapshot}/planted")
+            assert "calc.py" not in tried.stdout, tried
+            assert b"changed" not in (snapshot / "calc.py").read_bytes() and not (snapshot / "planted").exists()
             tried = as_account(uid, f"find {cache} -name new.txt; "
-                                    f"find {cache} -name upper -exec touch '{{}}/planted' ';'")
+                                    f"find {cache} -name upper -exec touch '{{}}/planted' ';'; "
+                                    f"find {cache} -name ws -exec touch '{{}}/planted' ';'")
             assert "new.txt" not in tried.stdout and "planted" not in sandbox.run(["ls"]).output, tried
     finally:
         manager.close()
