@@ -56,6 +56,7 @@ interface Shown {
   thread: vscode.CommentThread;
   taskId: string;
   hunkId: string;
+  diff: string;
 }
 
 export class Review implements vscode.CodeLensProvider, vscode.TextDocumentContentProvider, vscode.Disposable {
@@ -155,23 +156,28 @@ export class Review implements vscode.CodeLensProvider, vscode.TextDocumentConte
     const key = threadKey(uri, view);
     const range = new vscode.Range(view.removed?.start ?? view.anchor, 0, view.anchor, 0);
     const task = this.list.get(view.taskId)?.prompt.split("\n")[0].slice(0, 60) ?? view.taskId;
-    const known = this.threads.get(key);
-    if (known) {
-      if (!known.thread.range?.isEqual(range)) known.thread.range = range;
-      return;
-    }
-    const comment: vscode.Comment = {
+    const comments: vscode.Comment[] = [{
       body: new vscode.MarkdownString(changeMarkdown(view)),
       mode: vscode.CommentMode.Preview,
       author: { name: "Offload" },
-    };
-    const thread = this.comments.createCommentThread(uri, range, [comment]);
+    }];
+    const known = this.threads.get(key);
+    if (known) {
+      if (!known.thread.range?.isEqual(range)) known.thread.range = range;
+      if (known.diff !== view.diff) { // a follow-up's hunk under the same id: its change is another
+        known.thread.comments = comments;
+        known.thread.label = changeTitle(view, task);
+        known.diff = view.diff;
+      }
+      return;
+    }
+    const thread = this.comments.createCommentThread(uri, range, comments);
     thread.label = changeTitle(view, task);
     thread.contextValue = THREAD_CONTEXT;
     thread.canReply = false;
     thread.collapsibleState = isLong(view) ? vscode.CommentThreadCollapsibleState.Collapsed
       : vscode.CommentThreadCollapsibleState.Expanded;
-    this.threads.set(key, { thread, taskId: view.taskId, hunkId: view.hunkId });
+    this.threads.set(key, { thread, taskId: view.taskId, hunkId: view.hunkId, diff: view.diff });
   }
 
   /** Whether the active editor has pending hunks: the review's keybindings apply only then. */

@@ -186,6 +186,9 @@ export async function openVSCode(name, folder, settings, { pythonExtension = fal
     "editor.codeLens": true,
     "editor.lightbulb.enabled": "on",
     "files.autoSave": "off", // the web build saves after a delay by default; the desktop one does not
+    // the Comments panel opens by itself on the first file with Offload's change threads, and the
+    // editor it shrinks would no longer show every hunk of the sample at once
+    "comments.openView": "never",
     ...settings,
   }, null, 2));
   const port = await freePort();

@@ -186,6 +186,17 @@ describe("a change reviewed by keys", () => {
         await until(async () => /^Ln 13, Col 1 \(\d+ selected\)$/.test(await cursor(page)), 10_000,
           "the rewritten multiply selected, two lines down");
         await vscode.screenshot("4-citation");
+
+        // the last change, in test_calc.py (the keys are for files under review; the palette has Next Change everywhere),
+        // accepted by its thread's title button
+        await vscode.command("Offload: Next Change");
+        await page.locator('.tab.active[data-resource-name="test_calc.py"]').waitFor();
+        await page.locator(".review-widget .action-label[aria-label^='Accept Change']").click();
+        await until(async () => (await changeWidgets(page)).length === 0, 20_000, "the accepted test to leave the review");
+        await vscode.command("File: Save");
+        await until(() => fs.readFileSync(path.join(repo, "test_calc.py"), "utf8").includes("multiply(0, 5), 0)"), 10_000,
+          "test_calc.py with the new test");
+        await vscode.screenshot("5-accepted-by-title");
       });
     });
 });
@@ -216,7 +227,8 @@ describe("a follow-up on a finished task", () => {
       await vscode.command("Offload: Follow Up");
       await vscode.answer("Offload: Follow Up", "Also document add");
       // the task runs again; its new change (the fix and a docstring) is up for review where it goes
-      await until(() => decorationsWith(page, "Sum of a and b."), 120_000, "the follow-up's docstring as a decoration");
+      await until(async () => (await changeWidgets(page)).some((t) => t.includes('+    """Sum of a and b."""')), 120_000,
+        "the follow-up's docstring under its line");
       await until(async () => /finished/.test(await task.innerText()), 10_000, "the task to show finished again");
       await until(async () => (await accepts.count()) === 1, 10_000, "one hunk: the fix with the docstring above it");
       await vscode.screenshot("2-follow-up-review");
