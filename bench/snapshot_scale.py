@@ -6,8 +6,9 @@ one-file edit, beside `cp -a` and `git clone --local` of the same repository in 
 The repository is generated: 26,000 files in nested packages (mostly small sources, some large
 ones, some binaries), 160 MB, and a history of 1,000 commits with a tag every 100 (git
 fast-import). Measured: from nothing to a sandbox's first command answered (snapshot, sandbox,
-`git describe` run in it); then the same after one uncommitted edit; and how much the cache grew
-for that edit (`du`, which counts a file linked twice once). Exits non-zero when a goal is missed.
+`git describe` run in it), and of that the sandbox's part (from the snapshot taken to the answer);
+then the same after one uncommitted edit; and how much the cache grew for that edit (`du`, which
+counts a file linked twice once). Exits non-zero when a goal is missed.
 """
 
 from __future__ import annotations
@@ -89,11 +90,15 @@ def main() -> int:
         shutil.rmtree(f"{tmp}/cp")
         shutil.rmtree(f"{tmp}/clone")
         manager = SandboxManager(SandboxConfig(backend=args.backend), Path(tmp) / "cache", owner="offload-bench")
+        sandbox_part = []
         try:
             def first_command() -> None:
-                sandbox = manager.create(manager.snapshot(repo))
+                snapshot = manager.snapshot(repo)
+                start = time.perf_counter()
+                sandbox = manager.create(snapshot)
                 described = sandbox.run(["git", "describe", "--tags"]).output.strip()
                 assert described.startswith("v9"), described
+                sandbox_part.append(time.perf_counter() - start)
                 manager.destroy(sandbox.id)
 
             cold = timed(first_command)
@@ -108,8 +113,9 @@ def main() -> int:
              ("after a one-file edit", edited, 1.0, edited <= 1.0)]
     print(f"repository: {FILES} files, {size / 1e6:.0f} MB of files, {COMMITS} commits ({args.backend})")
     print(f"cp -a: {cp:.2f} s   git clone --local: {clone:.2f} s")
-    for name, value, goal, ok in goals:
-        print(f"{name:<28} {value:6.2f} s   goal ≤ {goal:.2f} s   {'ok' if ok else 'MISSED'}")
+    for (name, value, goal, ok), part in zip(goals, sandbox_part):
+        print(f"{name:<28} {value:6.2f} s   goal ≤ {goal:.2f} s   {'ok' if ok else 'MISSED'}   "
+              f"(the sandbox, over the snapshot: {part:.2f} s)")
     print(f"cache growth for the edit     {growth / 1e6:6.2f} MB  goal ≤ 1 MB   {'ok' if growth <= 1e6 else 'MISSED'}")
     return 0 if all(ok for *_, ok in goals) and growth <= 1e6 else 1
 
