@@ -299,7 +299,7 @@ def create(
                 workspace = Mount(WORKSPACE, str(written / "ws"), type="bind", propagation="rslave")
             else:  # cached setup layers under the snapshot: the snapshot wins over them
                 layer.mount_workspace(written, snapshot.path, list(lowers), read_only, SANDBOX_UID)
-                workspace = Mount(WORKSPACE, str(written / "ws"), type="bind")
+                workspace = Mount(WORKSPACE, str(written / "ws"), type="bind", read_only=read_only)
             if home_lower is not None:
                 layer.mount_home(written, home_lower, SANDBOX_UID)
             settings.update(

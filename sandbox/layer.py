@@ -5,7 +5,9 @@ Every sandbox that depends on this host gets `<cache>/sandboxes/<id>/` holding `
 the snapshot cache can tell which snapshots are in use. A Docker sandbox's writable layer is
 one size-limited tmpfs mounted at `<id>/layer`: the overlay's upper layer, /tmp, home and
 /dev/shm all live on it, as in a bubblewrap sandbox (which mounts its own tmpfs inside its
-namespace), so filling the disk stops at `sandbox.disk` and nothing outlives the sandbox.
+namespace), so filling the disk stops at `sandbox.disk` and nothing outlives the sandbox. The
+workspace's overlay is mounted on it too, by Offload, from options that name only its own
+directories: the container's mount table then shows no path of this host's.
 """
 
 from __future__ import annotations
@@ -103,23 +105,23 @@ def _relative(path: Path, layer: Path) -> str:
 def _mount_overlay(layer: Path, target: str, options: str) -> None:
     """Mount an overlay at `<layer>/<target>`, its options' paths relative to the layer: resolved on a
     thread with a working directory of its own (unshare CLONE_FS), as other threads keep theirs."""
-    failed = []
+    failed: list[str] = []
 
     def mount() -> None:
         try:
             if _libc.unshare(_CLONE_FS) != 0:
                 raise OSError(ctypes.get_errno(), "unshare")
             os.chdir(layer)
-            if _libc.mount(b"overlay", target.encode(), b"overlay", 0, options.encode()) != 0:
+            if _libc.mount(b"overlay", os.fsencode(target), b"overlay", 0, os.fsencode(options)) != 0:
                 raise OSError(ctypes.get_errno(), "mount")
-        except OSError as e:
-            failed.append(e.errno)
+        except Exception as e:
+            failed.append(os.strerror(e.errno) if isinstance(e, OSError) and e.errno else str(e))
 
     thread = threading.Thread(target=mount, name="offload-mount")
     thread.start()
     thread.join()
     if failed:
-        raise SandboxError(f"could not mount the overlay at {layer / target}: {os.strerror(failed[0])}")
+        raise SandboxError(f"could not mount the overlay at {layer / target}: {failed[0]}")
 
 
 def mount_home(layer: Path, lower: Path, uid: int) -> None:

@@ -298,12 +298,13 @@ def owners(root: Path) -> dict[str, tuple[int, int]]:
 
 
 # In a Docker sandbox: every file outside the object store is the sandbox user's; it edits, adds,
-# removes and renames files and directories, commits, reads an object file of another owner and
-# has git gc delete it.
+# removes and renames files and directories (in .git too), commits, reads an object file of
+# another owner and has git gc delete it.
 EDITS = """set -e
 test "$(find . -path ./.git/objects -prune -o ! -user 1000 -print)" = ""
 echo changed > calc.py && echo new > new.txt && rm test_calc.py && mkdir -p pkg/inner && mv new.txt pkg/inner/
-mv pkg pkg2 && git add -A && git commit -qm x && git cat-file -p "$1$2" > /dev/null
+mv pkg pkg2 && mv .git/hooks .git/hooks-renamed && rm -r .git/hooks-renamed && mkdir .git/mine
+git add -A && git commit -qm x && git cat-file -p "$1$2" > /dev/null
 git gc -q && test ! -e ".git/objects/$1/$2"
 git status --porcelain && git log --oneline | wc -l
 """
