@@ -372,6 +372,8 @@ def run_the_script(req):
     out = yield shell(script, timeout_ms=600_000)
     status = "passed" if "Exit code: 0" in out else "failed"
     yield say(report(["Ran the script."], [("the script", status)]))
+    # reminded of the repository's checks (the script changed files): the same report, and the harness runs them
+    yield say(report(["Ran the script."], [("the script", status)]))
 
 
 @scenario("flood-output")
