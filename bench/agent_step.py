@@ -47,7 +47,9 @@ def working(req):
     yield shell(["git", "status", "--short"])
     yield shell(["echo", "done"])
     yield update_plan([("look", "completed"), ("fix", "completed")])
-    yield say("## Summary\n- Nothing changed in the end (calc.py:L4-L5).\n\n## Testing\n- `echo done` passed [c9]")
+    final = "## Summary\n- Nothing changed in the end (calc.py:L4-L5).\n\n## Testing\n- `echo done` passed [c9]"
+    yield say(final)
+    yield say(final)  # reminded of the sample's required check: the harness runs it
 
 
 def overheads(events: list[tuple[float, str, dict]]) -> list[tuple[float, float, float]]:

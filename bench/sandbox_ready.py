@@ -6,10 +6,10 @@ Ready means the repository is in the sandbox and its first command has answered:
 `SandboxManager.create` over a snapshot already in the cache to the answer of `true`. Measured
 for a 10-file and a large (50,000 files by default) repository on each way a sandbox can be
 had: claimed from the warm pool (`sandbox.warm`, refilled between tasks) on Docker and on
-bubblewrap; started cold, on Docker with the overlay volume (this machine's engine), with the
-copy (what a remote engine gets) and on bubblewrap. Beside them the naive way, measured in the
-same run: `docker run` per task with the repository piped in as a tarball. The first sandbox over each snapshot is not counted (it makes
-the sandbox user's copy of the snapshot, once per tree). Exits non-zero when a goal is missed.
+bubblewrap; started cold, on Docker with Offload's overlay over an idmapped bind of the snapshot
+(this machine's engine), with the copy (what a remote engine gets) and on bubblewrap. Beside
+them the naive way, measured in the same run: `docker run` per task with the repository piped
+in as a tarball. Exits non-zero when a goal is missed.
 """
 
 from __future__ import annotations

@@ -249,7 +249,6 @@ def create(
     read_only: bool = False,
     disk: str = "4g",
     cache_dir: Path | None = None,
-    snapshot_cache: int | None = None,
     local: bool | None = None,
     lowers: tuple[Path, ...] = (),
     home_lower: Path | None = None,
@@ -261,8 +260,7 @@ def create(
     unix socket) and with root, the workspace is an overlay over the cached snapshot and
     everything writable lives on one tmpfs of `disk` bytes under `cache_dir` (see layer.py);
     otherwise the snapshot is copied in as a tarball and the disk is not capped. Without a
-    snapshot the sandbox is warm: its workspace comes when it is claimed (`claim`).
-    `snapshot_cache` is no longer used (nothing is added to the snapshot cache)."""
+    snapshot the sandbox is warm: its workspace comes when it is claimed (`claim`)."""
     all_labels = {**labels, "offload.sandbox": sandbox_id, "offload.created": str(int(time.time())),
                   "offload.backend": "docker", owner.LABEL: owner.label()}
     memory_bytes, disk_bytes = layer.parse_size(memory), layer.parse_size(disk)
@@ -383,9 +381,9 @@ def _exec_ending(client: docker.DockerClient, container, exec_id: str) -> tuple[
 
 
 def claim(sandbox: DockerSandbox, snapshot: Snapshot, labels: dict, read_only: bool = False,
-          lowers: tuple[Path, ...] = (), cache_dir: Path | None = None, snapshot_cache: int | None = None) -> None:
+          lowers: tuple[Path, ...] = ()) -> None:
     """Give a warm sandbox its workspace: the overlay over the snapshot, mounted on this host, where the
-    container sees it. `cache_dir` and `snapshot_cache` are no longer used."""
+    container sees it."""
     layer.mount_workspace(sandbox.directory / "layer", snapshot.path, list(lowers), read_only, SANDBOX_UID)
     sandbox.labels = layer.relabel(sandbox.directory, labels)
 

@@ -16,6 +16,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -73,7 +74,14 @@ def can_mount() -> str | None:
     """None when this process may mount the layer's tmpfs, else why not."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return "mounting a size-limited layer needs root"
+    if kernel_version() < (5, 19):
+        return f"an overlay over an idmapped snapshot needs Linux 5.19 or later (this is {os.uname().release})"
     return None
+
+
+def kernel_version() -> tuple[int, ...]:
+    """This kernel's version, as numbers: `6.1.0-18-amd64` is (6, 1)."""
+    return tuple(int(n) for n in re.findall(r"\d+", os.uname().release)[:2])
 
 
 def mount(directory: Path, size: int, uid: int) -> Path:

@@ -265,8 +265,7 @@ class SandboxManager:
                         return warm
                 return docker_backend.create(
                     client, image=environment.image, snapshot=snapshot, sandbox_id=sandbox_id, labels=all_labels,
-                    disk=self.config.disk, cache_dir=self.cache_dir, local=is_local,
-                    snapshot_cache=parse_size(self.config.snapshot_cache), lowers=environment.lowers,
+                    disk=self.config.disk, cache_dir=self.cache_dir, local=is_local, lowers=environment.lowers,
                     home_lower=environment.home, **limits)
 
             backend = self.engines().create(self.config.image, make)
@@ -321,8 +320,7 @@ class SandboxManager:
                 continue
             try:
                 if key.backend == "docker":
-                    docker_backend.claim(warm, snapshot, labels, read_only, environment.lowers, self.cache_dir,
-                                         parse_size(self.config.snapshot_cache))
+                    docker_backend.claim(warm, snapshot, labels, read_only, environment.lowers)
                 else:
                     bwrap_backend.claim(warm, snapshot.path, labels, read_only, environment.lowers)
                 if warm.runner.read_file(".git/HEAD") is None:

@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import time
+import types
 import uuid
 from pathlib import Path
 
@@ -350,6 +351,21 @@ def test_a_remote_engine_gets_the_workspace_copied_in(docker_engine, make_manage
     assert not (manager.cache_dir / "sandboxes").exists() or not list((manager.cache_dir / "sandboxes").iterdir())
     assert "engine is remote" in docker_backend.overlay_problem(docker_engine, local=False)
     assert docker_backend.overlay_problem(docker_engine) is None  # root, on this machine's socket
+
+
+@pytest.mark.parametrize("backend", [pytest.param("docker", marks=pytest.mark.docker)], indirect=True)
+def test_on_a_kernel_before_idmapped_overlays_the_workspace_is_copied_in(docker_engine, make_manager, sample_repo,
+                                                                         monkeypatch):
+    real = os.uname()
+    older = types.SimpleNamespace(sysname=real.sysname, nodename=real.nodename, release="5.15.0-91-generic",
+                                  version=real.version, machine=real.machine)  # Ubuntu 22.04's kernel
+    monkeypatch.setattr(os, "uname", lambda: older)
+    assert "needs Linux 5.19 or later (this is 5.15.0-91-generic)" in docker_backend.overlay_problem(docker_engine)
+    manager = make_manager()
+    sandbox = manager.create(manager.snapshot(sample_repo))
+    assert sandbox.backend.directory is None  # the copy, as a remote engine gets: it still works
+    sandbox.write_file("calc.py", b"changed\n")
+    assert sandbox.commit("change") and "+changed" in diff_of(sandbox)
 
 
 def test_a_cache_path_an_overlay_cannot_take_is_refused_and_leaves_nothing(backend, sample_repo, tmp_path):

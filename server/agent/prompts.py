@@ -21,7 +21,8 @@ command as a list of arguments and a timeout_ms when a command needs longer than
 - Each shell call ends everything it started: a server or watcher left running in the \
 background is gone by the next call, so start it and use it within one command.
 - After your last edit, run the checks again (every check you declared from AGENTS.md, \
-and the tests that cover your change) until they pass or you know why they cannot.
+and the tests that cover your change) until they pass or you know why they cannot. A shell \
+command that changes files (a formatter, `sed -i`, a code generator) is an edit too.
 - Do not commit; the harness commits your work when you finish.
 - Refuse to write malware or anything meant to harm people or systems.
 - Every tool output starts with its chunk id (`Chunk: c3`): the log keeps that output under \

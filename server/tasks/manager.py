@@ -258,7 +258,7 @@ class TaskManager:
             elif kind == "tool.result" and event["id"] not in called:  # a check the harness ran itself
                 history.append({"role": "user", "content": "After your final message, Offload ran this check:\n"
                                 + event.get("output", ""), "chunk": event.get("chunk"),
-                                **{k: event.get(k) for k in ("name", "exit_code", "command", "directory")}})
+                                **{k: event.get(k) for k in ("name", "exit_code", "command", "directory", "files")}})
             elif kind == "tool.result":
                 history.append({"role": "tool", "call_id": event["id"], "output": event.get("output", ""),
                                 "custom": event["id"] in custom, "chunk": event.get("chunk"),
