@@ -33,7 +33,7 @@ from .channel import RunnerClient, runner_source
 from .environment import CA_PATH, image_env
 from .errors import SandboxError
 from .image import PATH, SANDBOX_UID, SANDBOX_USER
-from .toolset import BIN, needed, toolset
+from .toolset import BIN, ROOT, needed, toolset
 from .snapshot import Snapshot, private
 
 WORKSPACE = "/workspace"
@@ -172,7 +172,7 @@ class Additions:
 
     def __init__(self, client: docker.DockerClient, image: str, ca_bundle: str, local: bool) -> None:
         attrs = client.images.get(image).attrs
-        tools = toolset() if local and needed(attrs) else None
+        tools = self.tools = toolset() if local and needed(attrs) else None
         self.python = tools.command("/usr/bin/python3") if tools else ["python3"]
         self.env = image_env((attrs.get("Config") or {}).get("Env"))
         if tools:
@@ -187,13 +187,19 @@ class Additions:
         """`env` for Offload's own commands: the tools it lends before the image's."""
         return {**env, "PATH": f"{BIN}:{env['PATH']}"} if self.lends else env
 
-    def carry_ca(self, written: Path) -> None:
-        """Bind the CA bundle from a copy on the sandbox's layer: the container's mount table then
-        names no path of this host's."""
+    def carry(self, written: Path) -> None:
+        """Bind what Offload adds from the sandbox's layer — the CA bundle and the tools' scripts
+        copied there, the toolset's root filesystem through an overlay mounted there — so that the
+        container's mount table names no path of this host's."""
+        moved = {}
         if self.ca_bundle:
             shutil.copyfile(self.ca_bundle, written / "ca.pem")
-            self.mounts = [m for m in self.mounts if m["Target"] != CA_PATH]
-            self.mounts.append(Mount(CA_PATH, str(written / "ca.pem"), type="bind", read_only=True))
+            moved[CA_PATH] = written / "ca.pem"
+        if self.tools:
+            moved[ROOT] = layer.mount_tools(written, self.tools.root)
+            moved[BIN] = Path(shutil.copytree(self.tools.wrappers(), written / "tools-bin"))
+        self.mounts = [m for m in self.mounts if m["Target"] not in moved] + \
+            [Mount(target, str(source), type="bind", read_only=True) for target, source in moved.items()]
 
     def copy_in(self, container) -> None:
         """On an engine that cannot bind this host's files, the CA bundle is copied in instead."""
@@ -291,7 +297,7 @@ def create(
             directory = layer.sandbox_dir(private(cache_dir), sandbox_id, all_labels)
             all_labels["offload.directory"] = str(directory)
             written = layer.mount(directory, disk_bytes, SANDBOX_UID)
-            additions.carry_ca(written)
+            additions.carry(written)
             if snapshot is None:  # warm: the workspace mounted there when claimed reaches it by propagation
                 layer.share(written)
                 workspace = Mount(WORKSPACE, str(written / "ws"), type="bind", propagation="rslave")

@@ -164,6 +164,19 @@ def mount_workspace(layer: Path, snapshot: Path, lowers: list[Path], read_only: 
         _libc.umount2(bytes(layer / "lower"), _MNT_DETACH)
 
 
+def mount_tools(layer: Path, root: Path) -> Path:
+    """The toolset's root filesystem (toolset.py) read-only at the layer's `tools`: an overlay over
+    a bind of it that is unbound at once, so the overlay's options name only `tools-lower`."""
+    for name in ("tools", "tools-lower"):
+        (layer / name).mkdir()
+    idmap.bind(root, layer / "tools-lower")
+    try:
+        _mount_overlay(layer, "tools", "lowerdir=tools-lower:empty")
+    finally:
+        _libc.umount2(bytes(layer / "tools-lower"), _MNT_DETACH)
+    return layer / "tools"
+
+
 def relabel(directory: Path, labels: dict) -> dict:
     """Add `labels` to a sandbox directory's labels (a claimed warm sandbox's tree and task); returns them all."""
     merged = {**json.loads((directory / "labels.json").read_text()), **labels}
@@ -177,6 +190,7 @@ def remove(directory: Path) -> None:
     """Unmount the layer (if mounted) and delete the directory; idempotent."""
     _libc.umount2(bytes(directory / "layer" / "home"), 0)  # a setup's home overlay, if any
     _libc.umount2(bytes(directory / "layer" / "ws"), 0)  # the workspace, if mounted
+    _libc.umount2(bytes(directory / "layer" / "tools"), 0)  # the toolset lent to a user's image, if any
     layer = bytes(directory / "layer")
     if _libc.umount2(layer, 0) != 0 and ctypes.get_errno() == errno.EBUSY:
         _libc.umount2(layer, _MNT_DETACH)  # a process still inside: gone from the tree now, freed when it ends

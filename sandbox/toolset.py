@@ -40,9 +40,9 @@ class Toolset:
 
     def mounts(self) -> list[Mount]:
         return [Mount(ROOT, str(self.root), type="bind", read_only=True),
-                Mount(BIN, str(self._wrappers()), type="bind", read_only=True)]
+                Mount(BIN, str(self.wrappers()), type="bind", read_only=True)]
 
-    def _wrappers(self) -> Path:
+    def wrappers(self) -> Path:
         """A directory of shell scripts that start the root filesystem's programs, next to it."""
         directory = self.root.parent / f"{self.root.name}.bin"
         directory.mkdir(mode=0o755, exist_ok=True)

@@ -168,6 +168,9 @@ def test_an_image_without_python_or_git_gets_offloads_own(docker_engine, busybox
     assert commits == "1"
     sandbox.write_file("made.txt", b"made\n")
     assert sandbox.commit("made a file")
+    mounts = run(sandbox, "cat /proc/self/mountinfo")  # the lent tools come through the layer
+    assert str(rootfs().parent) not in mounts and str(rootfs().name) not in mounts, mounts
+    assert run(sandbox, "touch /opt/offload/root/x 2>&1 || echo refused").strip().endswith("refused")
     # doctor's check: nothing missing where Offload lends its tools, both named where it cannot
     assert missing(docker_engine, busybox, local=True) == []
     assert missing(docker_engine, busybox, local=False) == ["git", "python3 3.9 or newer"]
