@@ -264,8 +264,9 @@ def _check_out(work: Path, tree: str, head: str | None = None, previous: Path | 
     (`head`), the base is HEAD itself when nothing is uncommitted — `git describe` then says
     what it says in the developer's checkout — and otherwise a commit of the uncommitted work
     on top of HEAD. From a `previous` snapshot of the repository, only what differs is written."""
-    # Snapshots are never written, so their files may be shared; git trusts their size and mtime
-    for key, value in (("core.trustctime", "false"), ("core.checkStat", "minimal")):
+    # Snapshots are never written, so their files may be shared; git trusts their size and mtime.
+    # A split index puts the entries in a shared file the next snapshot links: it writes the few that differ.
+    for key, value in (("core.trustctime", "false"), ("core.checkStat", "minimal"), ("core.splitIndex", "true")):
         _git(["config", key, value], cwd=work)
     if previous is None or not _check_out_from(work, tree, previous):
         _git(["read-tree", tree], cwd=work)
@@ -281,6 +282,19 @@ def _check_out(work: Path, tree: str, head: str | None = None, previous: Path | 
     cache.record_size(work)
 
 
+def _rebase_index(git_dir: Path) -> None:
+    """Write a new shared index when the entries that differ from the linked one are many: a cold
+    checkout's own files are racily clean in its index, so the first snapshot after it refreshes
+    them all. The next snapshots link the new one and write only what differs."""
+    shared = list(git_dir.glob("sharedindex.*"))
+    if shared and (git_dir / "index").stat().st_size * 5 > min(p.stat().st_size for p in shared):
+        _git(["update-index", "--split-index"], cwd=git_dir.parent)
+        used = Path(_git(["rev-parse", "--shared-index-path"], cwd=git_dir.parent)).name
+        for old in shared:
+            if old.name != used:
+                old.unlink()
+
+
 def _check_out_from(work: Path, tree: str, previous: Path) -> bool:
     """Populate `work` by hard links to `previous`'s files, then let git replace those that differ
     (it unlinks a file before writing it, so `previous` never changes): a one-file edit costs one
@@ -292,8 +306,11 @@ def _check_out_from(work: Path, tree: str, previous: Path) -> bool:
             if linked.returncode != 0:
                 raise SandboxError(linked.stderr.strip())
         shutil.copyfile(previous / ".git" / "index", work / ".git" / "index")
+        for shared in (previous / ".git").glob("sharedindex.*"):
+            os.link(shared, work / ".git" / shared.name)
         was = _git(["rev-parse", "HEAD^{tree}"], cwd=previous)
         _git(["read-tree", "-m", "-u", was, tree], cwd=work)
+        _rebase_index(work / ".git")
         return True
     except (OSError, SandboxError):
         for entry in work.iterdir():

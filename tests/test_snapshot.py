@@ -17,7 +17,7 @@ from offload.sandbox import cache
 from offload.sandbox.errors import SandboxError
 from offload.sandbox.manager import SandboxConfig, SandboxManager
 from offload.sandbox.snapshot import find_root, load_snapshot, take_snapshot
-from tests.conftest import git
+from tests.conftest import git, make_repo
 from tests.test_sandbox_backends import (  # noqa: F401  (fixtures)
     backend,
     make_manager,
@@ -234,3 +234,24 @@ def test_a_new_snapshot_shares_the_files_its_repository_did_not_change(sample_re
     assert (second.path / "pkg" / "new.py").read_text() == "x = 1\n"
     for snap in (first, second):
         assert git(snap.path, "status", "--porcelain") == ""
+
+
+def test_a_one_file_edit_costs_the_cache_its_directories_not_an_index_of_every_file(tmp_path):
+    source = tmp_path / "source"
+    for d in range(50):
+        (source / f"pkg{d}").mkdir(parents=True)
+        for f in range(100):
+            (source / f"pkg{d}" / f"module_{f}.py").write_text(f"VALUE = {d * 100 + f}\n")
+    repo = make_repo(tmp_path / "repo", source)
+    cache_dir = tmp_path / "cache"
+    first = take_snapshot(repo, cache_dir)
+    index = sum(p.stat().st_size for p in (first.path / ".git").glob("*index*"))  # its 5,000 entries
+    time.sleep(1.1)  # the user edits later: files a second old are no longer racily clean for git
+    for n in range(3):
+        (repo / "pkg3" / "module_7.py").write_text(f"VALUE = 'edited {n}'\n")
+        edited = take_snapshot(repo, cache_dir)
+        assert (edited.path / "pkg3" / "module_7.py").read_text() == f"VALUE = 'edited {n}'\n"
+        assert git(edited.path, "status", "--porcelain") == ""  # the index agrees with the files
+        grew = int((edited.path / ".git" / cache.SIZE_FILE).read_text())
+        if n:  # the first may write the entries once more: the cold checkout's own were racily clean
+            assert grew < index, (n, grew, index)  # the entries are shared (a split index), not written again
