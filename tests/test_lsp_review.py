@@ -323,7 +323,7 @@ async def test_a_citation_opens_the_lines_it_means_in_the_file_as_it_is_now(clie
     buffer.type(types.Position(0, 0), "# two lines\n# of the user's\n")
     opened = await execute(client, "offload.openCitation", {"taskId": task_id, "path": "calc.py", "line": 4,
                                                              "endLine": 5})
-    assert opened["range"] == {"start": {"line": 5, "character": 0}, "end": {"line": 6, "character": 0}}
+    assert opened["range"] == {"start": {"line": 5, "character": 0}, "end": {"line": 7, "character": 0}}  # L6-L7 whole
     await editor.until(lambda: client.shown_documents, timeout=10)
     assert client.shown_documents[-1].selection.start.line == 5
 

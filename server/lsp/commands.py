@@ -236,7 +236,7 @@ async def open_citation(ls: OffloadServer, *args):
     now = ls.current_bytes(root, arg["path"])
     result = changed[arg["path"]].result if arg["path"] in changed else now
     start, stop = follow(line - 1, result, now), follow(end - 1, result, now)
-    where = types.Range(types.Position(start, 0), types.Position(max(stop, start), 0))
+    where = types.Range(types.Position(start, 0), types.Position(max(stop, start) + 1, 0))  # the last line whole
     uri = ls.uri(root, arg["path"])
     if edits.supports(ls, "window", "show_document", "support"):
         ls.after_answer(ls.window_show_document_async(types.ShowDocumentParams(uri=uri, take_focus=True,

@@ -183,8 +183,8 @@ describe("a change reviewed by keys", () => {
         const taskPage = vscode.taskPage();
         await taskPage.locator("#run-1 a.citation", { hasText: "calc.py:L8-L11" }).click();
         await page.locator('.tab.active[data-resource-name="calc.py"]').waitFor();
-        await until(async () => /^Ln 13, Col 1 \(\d+ selected\)$/.test(await cursor(page)), 10_000,
-          "the rewritten multiply selected, two lines down");
+        await until(async () => /^Ln 14, Col 1 \(\d+ selected\)$/.test(await cursor(page)), 10_000,
+          "the rewritten multiply selected whole, two lines down");
         await vscode.screenshot("4-citation");
 
         // the last change, in test_calc.py (the keys are for files under review; the palette has Next Change everywhere),
@@ -366,7 +366,7 @@ describe("an Ask answered with a diagram", () => {
       await vscode.screenshot("1-answer");
       await taskPage.locator("#run-1 a.citation", { hasText: "calc.py:L4-L5" }).click();
       await page.locator('.tab.active[data-resource-name="calc.py"]').waitFor();
-      await until(async () => /Ln 5, Col \d+ \(\d+ selected\)/.test(
+      await until(async () => /Ln 6, Col 1 \(\d+ selected\)/.test(
         await page.locator("#status\\.editor\\.selection").innerText().catch(() => "")), 10_000, "lines 4-5 selected");
       await vscode.screenshot("2-cited-lines");
     });
