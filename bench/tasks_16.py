@@ -60,7 +60,9 @@ def bench(req):
     if "every module" in req.prompt:
         out = yield shell(["bash", "-lc", "sed -i 's/value/VALUE/' pkg/*.py && git diff --shortstat"])
         assert f"{FILES} files changed" in out, out
-        return (yield say(f"## Summary\n- Renamed value in every module (pkg/mod_000.py:L1-L{LINES})."))
+        summary = f"## Summary\n- Renamed value in every module (pkg/mod_000.py:L1-L{LINES})."
+        yield say(summary)
+        return (yield say(summary))  # reminded of the sample's required check (the sed is an edit): the harness runs it
     for command in (["cat", "calc.py"], UNITTEST, ["grep", "-n", "def add", "calc.py"], ["ls", "-la"]):
         yield hang(DELAY)
         yield shell(command)
