@@ -150,9 +150,15 @@ class Sandbox:
         self.runner.delete_file(self._rel(path))
 
     def commit(self, message: str) -> str | None:
-        """Commit everything the agent changed; None when nothing changed."""
+        """Commit everything the agent changed; None when nothing changed. An index the agent's
+        commands left unreadable is rebuilt from HEAD: the work tree is what is committed."""
         with self._lock:
-            self.git("add", "-A")
+            try:
+                self.git("add", "-A")
+            except SandboxError:
+                self.runner.run(["rm", "-f", ".git/index"], cwd=self.backend.workspace, env=self._git_env())
+                self.git("read-tree", "HEAD")
+                self.git("add", "-A")
             if self.git("status", "--porcelain").output.strip() == "":
                 return None
             self.git("commit", "-q", "--no-verify", "-m", message)

@@ -208,9 +208,13 @@ def test_a_command_that_leaves_the_workspace_uncomparable_counts_as_an_edit(sand
     finally:
         sandbox.run(["bash", "-c", "rm -rf .git && mv .git-away .git"])
     assert tools.call("y", "shell", json.dumps({"command": ["true"]})).event.get("files") is None
-    # a command that spoils Offload's own index (its shared part gone) costs that command only
-    assert tools.call("z", "shell", json.dumps({"command": "rm .git/sharedindex.*"})).event["files"] == ["."]
-    assert tools.call("w", "shell", json.dumps({"command": ["true"]})).event.get("files") is None
+    # a command that spoils the indexes (their shared part gone) changes no file: the look and the
+    # commit rebuild theirs from HEAD, and the edit made after it is still seen and committed
+    assert tools.call("z", "shell", json.dumps({"command": "rm .git/sharedindex.*"})).event.get("files") is None
+    assert sandbox.run(["git", "status"]).exit_code != 0  # git itself can't read the real index now
+    assert tools.call("w", "shell", json.dumps({"command": "echo more >> calc.py"})).event["files"] == ["calc.py"]
+    assert sandbox.commit("more") is not None
+    assert sandbox.git("show", "--name-only", "--format=", "HEAD").output.split() == ["calc.py"]
 
 
 def test_a_read_only_task_records_no_edit(sandbox):

@@ -172,10 +172,12 @@ class WorkspaceProbe:
 
     INDEX = "offload-probe-index"
     # one round trip: seed the index from the real one the first time, bring it up to date (an index git
-    # cannot read is dropped, so the next look starts afresh), print its tree after a mark (git's
-    # warnings, if any, come before it), and the files changed since tree $1
+    # cannot read — the command spoiled it or the real one — is rebuilt from HEAD, and when even that
+    # fails the next look starts afresh), print its tree after a mark (git's warnings, if any, come
+    # before it), and the files changed since tree $1
     LOOK = ('test -e "$GIT_INDEX_FILE" || cp "$GIT_DIR/index" "$GIT_INDEX_FILE" 2>/dev/null; '
-            'git add -A || { rm -f "$GIT_INDEX_FILE"; exit 1; }; '
+            'git add -A 2>/dev/null || { rm -f "$GIT_INDEX_FILE"; git read-tree HEAD && git add -A; } '
+            '|| { rm -f "$GIT_INDEX_FILE"; exit 1; }; '
             't=$(git write-tree) && printf "\\n%s %s\\n" "$0" "$t" && '
             '{ test -z "$1" || test "$1" = "$t" || git diff-tree -r -z --no-renames --name-only "$1" "$t"; }')
     MARK = "offload-probe-tree"
