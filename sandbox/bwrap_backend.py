@@ -286,8 +286,7 @@ def available() -> None:
     runner_python(system())
 
 
-def _bwrap_argv(directory: Path, root: Path, network: bool, rlimits: list[str], read_only: bool = False,
-                binds: dict[str, str] | None = None) -> list[str]:
+def _bwrap_argv(directory: Path, root: Path, network: bool, rlimits: list[str], read_only: bool = False) -> list[str]:
     layer = directory / "layer"
     argv = ["bwrap", "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
             "--disable-userns", "--die-with-parent", "--new-session", "--as-pid-1", "--hostname", "offload",
@@ -319,8 +318,6 @@ def _bwrap_argv(directory: Path, root: Path, network: bool, rlimits: list[str], 
             argv += ["--ro-bind", "/dev/null", f"/proc/{name}"]
     argv += ["--dev", "/dev", "--bind", f"{layer}/shm", "/dev/shm", "--remount-ro", "/dev",
              "--bind", f"{layer}/tmp", "/tmp", "--bind", f"{layer}/home", HOME, "--ro-bind" if read_only else "--bind", f"{layer}/ws", WORKSPACE]
-    for host, inside in (binds or {}).items():
-        argv += ["--bind", host, inside]
     argv += ["--remount-ro", "/", "--chdir", WORKSPACE, "--clearenv"]
     for key, value in RUNNER_ENV.items():
         argv += ["--setenv", key, value]
@@ -355,13 +352,11 @@ def create(
     read_only: bool = False,
     lowers: tuple[Path, ...] = (),
     home_lower: Path | None = None,
-    binds: dict[str, str] | None = None,
     ca_bundle: str = "",
     image: str = DEFAULT_IMAGE,
 ) -> BwrapSandbox:
     """Start a sandbox over `snapshot_path` with its runner connected: `lowers` (a cached setup's
-    workspace) lie under the snapshot, `home_lower` under the home, `binds` are host directories
-    it may write (a setup's export), `image` names the root filesystem (system). Without a snapshot the
+    workspace) lie under the snapshot, `home_lower` under the home, `image` names the root filesystem (system). Without a snapshot the
     sandbox is warm: its workspace comes when it is claimed (`claim`)."""
     available()
     root = system(image)
@@ -390,7 +385,7 @@ def create(
     if root != Path("/"):
         Path(f"{root}.empty").mkdir(exist_ok=True)
     argv = ["sh", "-c", outer, "offload-sandbox", str(directory), workspace, str(disk_bytes), home,
-            "" if root == Path("/") else str(root), *_bwrap_argv(directory, root, network, rlimits, read_only, binds)]
+            "" if root == Path("/") else str(root), *_bwrap_argv(directory, root, network, rlimits, read_only)]
     sandbox = BwrapSandbox(sandbox_id, directory, None, cgroups)
     try:
         transport = _SPAWNER.submit(local_transport, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}).result()

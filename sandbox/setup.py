@@ -12,9 +12,11 @@ the repository's lockfiles (never the secrets' values). What it leaves is cached
 
 Only paths that git does not track are kept from the workspace, so the user's newer sources
 always win over what setup saw; they are added to the sandbox's `.git/info/exclude` so they
-never show in a task's diff. Secrets named in `sandbox.setup_secrets` reach the script's own
-environment only; afterwards everything setup wrote is searched for their values, and a hit
-fails the setup with nothing cached.
+never show in a task's diff. What this host keeps leaves the setup sandbox as a tar stream that
+tar writes inside and tarfile checks here (nothing lands outside its directory, no device
+files): no directory of this host's is bound into a setup sandbox. Secrets named in
+`sandbox.setup_secrets` reach the script's own environment only; afterwards everything setup
+wrote is searched for their values, and a hit fails the setup with nothing cached.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tarfile
 import threading
 import time
 import uuid
@@ -39,16 +42,15 @@ from pathlib import Path, PurePosixPath
 import docker
 import docker.errors
 import docker.types
-from docker.types import Mount
 
 from . import bwrap_backend, cache, docker_backend, layer, owner
 from .environment import command_env
 from .errors import SandboxError
 from .image import DEFAULT_IMAGE, SANDBOX_UID
+from .snapshot import private
 
 IMAGE = "offload-setup"  # the repository of setup images: offload-setup:<key16>
 OWNER = ".owner"  # in an unfinished result's directory: the process making it
-EXPORT = "/offload-export"  # where a setup sandbox copies what later sandboxes keep
 LOCKFILES = frozenset({
     "pyproject.toml", "setup.py", "setup.cfg", "poetry.lock", "uv.lock", "Pipfile", "Pipfile.lock",
     "package.json", "package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml", "bun.lockb",
@@ -60,29 +62,24 @@ _REQUIREMENTS = re.compile(r"requirements[^/]*\.(txt|in)$")
 # package managers use (owners, modes, dropping to an unprivileged user).
 _ROOT_CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETUID", "SETGID", "KILL"]
 _ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Inside the setup sandbox, in the workspace: copy the kept paths (NUL-separated on stdin) to
-# $1/workspace, and with $2 = home the home directory to $1/home. Run in the sandbox, so no
-# symlink setup made can lead a copy outside it.
-_EXPORT = """set -e
-mkdir -p "$1/workspace"
-xargs -0 -r cp -a --no-preserve=xattr --parents -t "$1/workspace" --
-if [ "$2" = home ]; then mkdir -p "$1/home"; cp -a --no-preserve=xattr "$HOME/." "$1/home/"; fi
-"""
-
 # After a Docker setup, what the image keeps besides system paths, all of it owned by the sandbox
 # user ($1): nothing of the workspace and home when they are layers on this host, else the kept
-# workspace paths (copied to _KEEP by _EXPORT) and the home.
+# workspace paths (NUL-separated on stdin) and the home.
 _KEEP = "/offload-keep"
-_DOCKER_LAYERS = f"""set -e
+_DOCKER_LAYERS = """set -e
 find /workspace "$HOME" -mindepth 1 -delete
-chown -R "$1" /workspace "$HOME" {EXPORT}
+chown -R "$1" /workspace "$HOME"
 """
 _DOCKER_IMAGE = f"""set -e
+mkdir -p {_KEEP}
+xargs -0 -r cp -a --no-preserve=xattr --parents -t {_KEEP} --
 find /workspace -mindepth 1 -delete
-cp -a {_KEEP}/workspace/. /workspace/
+cp -a {_KEEP}/. /workspace/
 rm -rf {_KEEP}
 chown -R "$1" /workspace "$HOME"
 """
+_MAX_EXPORT = 64 << 30  # bytes of one tar stream out of a setup sandbox
+_CARRIED = 64 << 20  # bytes of the layer a Docker setup container's additions are carried on
 
 
 class SetupError(SandboxError):
@@ -184,10 +181,10 @@ class Setup:
 
     # -- the phase, on either backend -----------------------------------------------------------
 
-    def _run(self, runner, key: str, argv: list[str], env: dict, secrets: dict[str, str], export: str,
-             home: bool, helpers: dict | None = None) -> tuple[str, ...]:
-        """Run the script and copy what is kept to `export` (`home`: the home too); the kept workspace paths.
-        `helpers` is the environment of Offload's own commands after it (default: the script's)."""
+    def _run(self, runner, key: str, argv: list[str], env: dict, secrets: dict[str, str],
+             helpers: dict | None = None) -> tuple[str, ...]:
+        """Run the script; the workspace paths it made that are kept. `helpers` is the environment
+        of Offload's own commands after it (default: the script's)."""
         started = time.monotonic()
         self._status("running", f"running the setup script, {'with' if self.network else 'without'} network",
                      key=key[:16], network=self.network, command=shlex.join(argv))
@@ -203,9 +200,7 @@ class Setup:
         if result.exit_code != 0:
             raise SetupError(f"the setup script failed with exit code {result.exit_code}; nothing was cached. "
                              f"Its last output (all of it is in the task's log):\n{tail}")
-        kept = self._untracked(runner, helpers or env)
-        self._command(runner, ["bash", "-c", _EXPORT, "export", export, "home" if home else ""], helpers or env,
-                      stdin="".join(p.rstrip("/") + "\0" for p in kept))
+        kept = tuple(p.rstrip("/") for p in self._untracked(runner, helpers or env))
         seconds = round(time.monotonic() - started, 1)
         self._status("ran", f"the setup script finished in {seconds} s", seconds=seconds, kept=list(kept))
         return kept
@@ -213,6 +208,30 @@ class Setup:
     def _untracked(self, runner, env: dict) -> tuple[str, ...]:
         listing = self._command(runner, ["git", "ls-files", "--others", "--directory", "-z"], env).output
         return tuple(p for p in listing.split("\0") if p)
+
+    def _export(self, runner, env: dict, kept: tuple[str, ...], staging: Path, uid: int | None) -> None:
+        """Bring the kept workspace paths and the home out to `staging`'s `workspace` and `home`, owned
+        by `uid` (None: whoever runs Offload). Each comes as a tar stream GNU tar writes in the
+        sandbox, spooled to a file (memory stays bounded), and is extracted here through `_layer_member`."""
+        parts = (("workspace", docker_backend.WORKSPACE, kept), ("home", docker_backend.HOME, (".",)))
+        for name, directory, paths in parts:
+            (staging / name).mkdir()
+            if not paths:
+                continue
+            spool = staging / f"{name}.tar"
+            with open(spool, "wb") as out:
+                made = runner.run(["tar", "-c", "-f", "-", "--null", "--verbatim-files-from", "-T", "-"], cwd=directory,
+                                  env=env, stdin="".join(p + "\0" for p in paths), timeout=self.timeout,
+                                  max_output=_MAX_EXPORT, binary=True, on_output=out.write)
+            if made.output_limited or made.exit_code != 0:
+                why = f"over {_MAX_EXPORT >> 30} GiB" if made.output_limited else made.output.strip()[-2000:]
+                raise SetupError(f"could not bring the setup's {name} out of its sandbox ({why}); nothing was cached")
+            try:
+                with tarfile.open(spool, "r:") as tar:
+                    tar.extractall(staging / name, filter=lambda member, dest: _layer_member(member, dest, uid))
+            except (tarfile.TarError, OSError) as e:
+                raise SetupError(f"the setup's {name} could not be kept ({e}); nothing was cached") from e
+            spool.unlink()
 
     def _command(self, runner, argv: list[str], env: dict, stdin: str | None = None):
         result = runner.run(argv, cwd=docker_backend.WORKSPACE, env=env, stdin=stdin, timeout=self.timeout)
@@ -233,7 +252,7 @@ class Setup:
                     hits = [h for h in result.output.split("\0") if h.startswith("/")]
                     if hits:
                         raise SetupError(f"the setup script wrote the value of {name} (sandbox.setup_secrets) into "
-                                         f"{_shown(hits[0])}; nothing was cached. A secret may be used during "
+                                         f"{hits[0]}; nothing was cached. A secret may be used during "
                                          "setup but must not stay in a file the agent would see.")
                     if result.exit_code != 1:  # 1: no match; else some file could not be read
                         raise SetupError(f"could not search every file the setup script wrote for the value of {name} "
@@ -322,9 +341,12 @@ class Setup:
         memory = layer.parse_size(self.limits["memory"])
         labels = {**self.labels, "offload.sandbox": f"setup-{setup_id}", "offload.setup": key,
                   "offload.created": str(int(time.time())), "offload.backend": "docker", owner.LABEL: owner.label()}
-        container = runner = network = None
+        container = runner = network = directory = None
         try:
             additions = docker_backend.Additions(client, base.id, self.ca_bundle, layers)
+            if layers:  # what Offload lends comes from a layer of its own, as a sandbox's does: no host path inside
+                directory = layer.sandbox_dir(private(self.cache_dir), f"setup-{setup_id}", labels)
+                additions.carry(layer.mount(directory, _CARRIED, SANDBOX_UID))
             if self.network:  # a bridge of its own: no other container on it, and no need for docker0
                 network = client.networks.create(f"offload-setup-{setup_id}", driver="bridge", labels=labels)
             container = client.containers.create(
@@ -335,7 +357,7 @@ class Setup:
                 pids_limit=self.limits["pids"], mem_limit=memory, memswap_limit=memory,
                 nano_cpus=int(self.limits["cpus"] * 1e9), init=True, auto_remove=True,
                 log_config=docker.types.LogConfig(type=docker.types.LogConfig.types.NONE),
-                mounts=([Mount(EXPORT, str(staging), type="bind")] if layers else []) + additions.mounts)
+                mounts=additions.mounts)
             container.put_archive("/", docker_backend._workspace_tar(snapshot.path))
             additions.copy_in(container)
             container.start()
@@ -343,14 +365,15 @@ class Setup:
             env = command_env({**self.env, "PATH": _ROOT_PATH}, additions.env, self.ca_bundle, self.extra_env)
             helpers = additions.own_tools_first(env)
             self._command(runner, ["mkdir", "-p", docker_backend.HOME], helpers)  # a user's image may have none
-            kept = self._run(runner, key, self.argv(snapshot), env, secrets, EXPORT if layers else _KEEP, home=layers,
-                             helpers=helpers)
+            kept = self._run(runner, key, self.argv(snapshot), env, secrets, helpers=helpers)
+            if layers:  # the workspace and home become this host's layers, as the sandbox user's
+                self._scan(runner, helpers, secrets, [_inside(p) for p in kept] + [docker_backend.HOME])
+                self._export(runner, helpers, kept, staging, SANDBOX_UID)
             self._command(runner, ["bash", "-c", _DOCKER_LAYERS if layers else _DOCKER_IMAGE, "finish",
-                                   f"{SANDBOX_UID}:{SANDBOX_UID}"], helpers)
-            changed = [c for c in container.diff() if not c["Path"].startswith(EXPORT)]
+                                   f"{SANDBOX_UID}:{SANDBOX_UID}"], helpers, stdin="".join(p + "\0" for p in kept))
+            changed = container.diff()
             added = {c["Path"] for c in changed if c["Kind"] == 1}
-            self._scan(runner, helpers, secrets, [p for p in added if str(PurePosixPath(p).parent) not in added]
-                       + ([EXPORT] if layers else []),
+            self._scan(runner, helpers, secrets, [p for p in added if str(PurePosixPath(p).parent) not in added],
                        [c["Path"] for c in changed if c["Kind"] == 0])
             user = (base.attrs.get("Config") or {}).get("User") or "root"
             container.commit(repository=IMAGE, tag=tag.split(":")[1],
@@ -361,8 +384,8 @@ class Setup:
         finally:
             if runner is not None:
                 runner.close()
-            if container is not None:
-                docker_backend._remove(client, container.id, None, None)
+            if container is not None or directory is not None:
+                docker_backend._remove(client, container.id if container else None, None, directory)
             if network is not None:
                 with contextlib.suppress(docker.errors.DockerException):
                     network.remove()
@@ -388,11 +411,12 @@ class Setup:
             sandbox = bwrap_backend.create(
                 self.cache_dir, snapshot_path=snapshot.path, sandbox_id=f"setup-{uuid.uuid4().hex[:12]}",
                 labels={**self.labels, "offload.setup": key}, disk=self.disk, network=self.network,
-                binds={str(staging): EXPORT}, ca_bundle=self.ca_bundle, image=self.image, **self.limits)
+                ca_bundle=self.ca_bundle, image=self.image, **self.limits)
             env = command_env(self.env, {}, self.ca_bundle, self.extra_env)
             try:
-                kept = self._run(sandbox.runner, key, self.argv(snapshot), env, secrets, EXPORT, home=True)
-                self._scan(sandbox.runner, env, secrets, [EXPORT])
+                kept = self._run(sandbox.runner, key, self.argv(snapshot), env, secrets)
+                self._scan(sandbox.runner, env, secrets, [_inside(p) for p in kept] + [bwrap_backend.HOME])
+                self._export(sandbox.runner, env, kept, staging, None)
             finally:
                 sandbox.destroy()
             self._publish(key, staging, kept)
@@ -487,12 +511,26 @@ def _redact(text: str, secrets: dict[str, str]) -> str:
     return text
 
 
-def _shown(path: str) -> str:
-    """A path found in the setup sandbox, as the agent would see it."""
-    for prefix, shown in ((f"{EXPORT}/workspace", docker_backend.WORKSPACE), (f"{EXPORT}/home", docker_backend.HOME)):
-        if path == prefix or path.startswith(prefix + "/"):
-            return shown + path[len(prefix):]
-    return path
+def _inside(path: str) -> str:
+    """A workspace path setup kept, as the setup sandbox names it."""
+    return f"{docker_backend.WORKSPACE}/{path}"
+
+
+def _layer_member(member: tarfile.TarInfo, dest: str, uid: int | None) -> tarfile.TarInfo | None:
+    """A member of a setup's tar stream as it may land in a cached layer: tarfile's `data` filter
+    (nothing written outside `dest` or through a link, no set-id bits), except that a symlink may
+    point anywhere — a venv's python points at the system's, and a layer's links are only ever
+    followed inside a sandbox. Device files and pipes are left out; everything is `uid`'s."""
+    if member.ischr() or member.isblk() or member.isfifo():
+        return None
+    try:
+        kept = tarfile.data_filter(member, dest)
+    except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError):
+        if not member.issym():
+            raise
+        kept = tarfile.tar_filter(member, dest)
+    mode = member.mode & 0o755 if member.isdir() else kept.mode  # a ~/.ssh stays 0700
+    return kept.replace(uid=uid, gid=uid, uname="", gname="", mode=mode, deep=False)
 
 
 def _gitignore_escape(path: str) -> str:

@@ -22,7 +22,7 @@ from .image import rootfs
 MOUNT = "/opt/offload"
 ROOT = f"{MOUNT}/root"
 BIN = f"{MOUNT}/bin"
-LENT = ("git", "bash", "cp", "find", "xargs", "chown", "grep", "mkdir")
+LENT = ("git", "bash", "cp", "find", "xargs", "chown", "grep", "mkdir", "tar")
 _LOADERS = ("usr/lib64/ld-linux-x86-64.so.2", "usr/lib/ld-linux-aarch64.so.1", "usr/lib/ld-linux-armhf.so.3")
 
 

@@ -45,6 +45,12 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, 
     return dirs
 
 
+def host_strings(tmp_path: Path) -> list[str]:
+    """What names this host's user and files: the test's own directory (the cache lives in it),
+    the working directory and the home directory."""
+    return [str(tmp_path), os.getcwd(), str(Path.home()) + "/"]
+
+
 def part_missing(problem: str) -> NoReturn:
     """A real part the tests need is not here: a failure under CI=true, where everything must be
     installed (scripts/install.sh), a skip on a developer's machine."""

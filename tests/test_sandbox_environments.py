@@ -17,7 +17,7 @@ from offload.sandbox.image import build_image, is_ours, rootfs
 from offload.sandbox.manager import SandboxConfig, SandboxManager
 from offload.sandbox.toolset import missing
 from offload.server import config as cfg
-from tests.conftest import make_repo, offload_cli, part_missing
+from tests.conftest import host_strings, make_repo, offload_cli, part_missing
 from tests.test_real_projects import import_busybox
 from tests.test_sandbox_backends import backend  # noqa: F401 (a fixture)
 from tests.test_sandbox_setup import remove_setup_images
@@ -217,10 +217,15 @@ def setup_images(docker_engine, tmp_path):
 
 
 @pytest.mark.docker
-def test_setup_runs_in_an_image_with_nothing_but_a_shell(busybox, setup_images, sandbox_of):
+def test_setup_runs_in_an_image_with_nothing_but_a_shell(busybox, setup_images, sandbox_of, tmp_path):
     sandbox = sandbox_of("docker", image=busybox, setup='mkdir -p deps && echo made > deps/lib.txt '
-                                                     '&& echo "$GREETING" > "$HOME/greeting"')
+                                                     '&& echo "$GREETING" > "$HOME/greeting" '
+                                                     '&& cat /proc/self/mountinfo > deps/mounts.txt')
     assert run(sandbox, 'cat deps/lib.txt "$HOME/greeting"; git status --porcelain').split() == ["made", "hello"]
+    mounts = run(sandbox, "cat deps/mounts.txt")  # what setup saw: the lent toolset names no path of the host's
+    assert " /opt/offload/root " in mounts, mounts
+    for text in [*host_strings(tmp_path), str(rootfs())]:
+        assert text not in mounts, mounts
 
 
 def test_image_build_without_docker_makes_bubblewraps_root_filesystem():

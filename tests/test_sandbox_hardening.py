@@ -20,7 +20,7 @@ import pytest
 from offload.sandbox import seccomp
 from offload.sandbox.image import SANDBOX_UID
 from offload.sandbox.manager import SandboxConfig, SandboxManager
-from tests.conftest import part_missing
+from tests.conftest import host_strings, part_missing
 from tests.test_sandbox_backends import host_processes_mentioning
 from tests.test_sandbox_safety import (  # noqa: F401  (fixtures)
     backend,
@@ -224,12 +224,6 @@ def test_ordinary_work_still_runs(sandbox):
     assert result.exit_code == 0, result.output
     assert result.output.split() == ["compiled", "threads", "3", "from", "a", "pool", "spawned", "venv",
                                      "a", "change"], result.output
-
-
-def host_strings(tmp_path: Path) -> list[str]:
-    """What names this host's user and files: the test's own directory (the cache lives in it),
-    the working directory and the home directory."""
-    return [str(tmp_path), os.getcwd(), str(Path.home()) + "/"]
 
 
 ENVIRONS = r"""

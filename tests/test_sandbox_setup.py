@@ -21,7 +21,7 @@ from offload.sandbox.setup import SetupError
 from offload.server import config as cfg
 from offload.server.tasks.manager import TaskManager
 from tests.changes import changes_of, diff_of
-from tests.conftest import git, make_repo, offload_cli
+from tests.conftest import git, host_strings, make_repo, offload_cli
 from tests.test_sandbox_backends import backend  # noqa: F401 (a fixture)
 
 # Writes into the workspace (an untracked directory), into home and, as root on Docker, into a
@@ -322,6 +322,61 @@ def assert_nothing_cached(cache: Path, backend: str, manager: SandboxManager) ->
         client = manager.engines().engines[0].client
         mine = {c["Labels"].get("offload.owner") for c in client.api.containers(all=True, filters={"label": "offload.setup"})}
         assert manager.owner not in mine  # no setup container left either
+
+
+# What real setups leave that the cache must keep as it was: a venv (its python a symlink to the
+# system's), an outward symlink, a private directory and a pipe; and the mount table setup saw.
+KEEPS = """set -e
+mkdir -p deps && cat /proc/self/mountinfo > deps/mounts.txt
+python3 -m venv --without-pip deps/venv
+ln -s /etc/hostname deps/outward && mkfifo deps/pipe
+mkdir -p "$HOME/.ssh" && chmod 700 "$HOME/.ssh" && echo key > "$HOME/.ssh/id"
+"""
+
+
+def test_what_setup_keeps_comes_out_as_it_was_and_setup_sees_no_host_path(managers, repo, backend, tmp_path):
+    sandbox, _ = create(managers(KEEPS), repo)
+    mounts = output(sandbox, "cat deps/mounts.txt")
+    for text in host_strings(tmp_path):
+        assert text not in mounts, mounts
+    assert output(sandbox, "deps/venv/bin/python -c 'import sys; print(sys.prefix)'") == "/workspace/deps/venv\n"
+    assert output(sandbox, "readlink deps/outward; test -e deps/pipe || echo no pipe; stat -c %a ~/.ssh; "
+                           "cat ~/.ssh/id") == "/etc/hostname\nno pipe\n700\nkey\n"
+
+
+# A Docker setup is root in its container: it can put a tar of its own before the system's, whose
+# archive climbs out of the directory it is unpacked in, through "..", a symlink, or a hard link.
+FORGED_TAR = """set -e
+cat > /usr/local/bin/tar <<'EOF'
+#!/usr/bin/python3
+import io, sys, tarfile
+with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as tar:
+    for name, kind, link in %r:
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname, info.size = kind.encode(), link, 6 if kind == "0" else 0
+        tar.addfile(info, io.BytesIO(b"pwned\\n") if kind == "0" else None)
+EOF
+chmod +x /usr/local/bin/tar
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("members", [
+    [("../../../../escaped", "0", "")],
+    [("up", "2", "../../../.."), ("up/escaped", "0", "")],
+    [("hosts", "1", "/etc/hosts"), ("hosts", "0", "")],
+], ids=["dotdot", "symlink", "hardlink"])
+def test_a_forged_archive_out_of_a_setup_is_refused_and_lands_nowhere(docker_engine, repo, tmp_path, members):
+    manager = SandboxManager(SandboxConfig(backend="docker", setup=FORGED_TAR % (members,)), tmp_path / "cache",
+                             owner=f"offload-test-{uuid.uuid4().hex[:8]}")
+    hosts = Path("/etc/hosts").read_bytes()
+    try:
+        with pytest.raises(SetupError, match="could not be kept"):
+            create(manager, repo)
+        assert not list(tmp_path.rglob("escaped")) and Path("/etc/hosts").read_bytes() == hosts
+        assert_nothing_cached(tmp_path / "cache", "docker", manager)
+    finally:
+        manager.close()
 
 
 # -- failures ---------------------------------------------------------------------------------------
