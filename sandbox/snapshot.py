@@ -270,7 +270,8 @@ def _check_out(work: Path, tree: str, head: str | None = None, previous: Path | 
         _git(["config", key, value], cwd=work)
     if previous is None or not _check_out_from(work, tree, previous):
         _git(["read-tree", tree], cwd=work)
-        _git(["checkout-index", "-a", "-f", "-u"], cwd=work)  # -u: the index keeps their stat
+        # -u: the index keeps their stat; workers=0: a worker per core (git's parallel checkout)
+        _git(["-c", "checkout.workers=0", "checkout-index", "-a", "-f", "-u"], cwd=work)
     if head is not None and _git(["rev-parse", f"{head}^{{tree}}"], cwd=work) == tree:
         commit = head
     else:
