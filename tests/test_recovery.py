@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from offload.sandbox import owner
+from offload.sandbox.manager import SandboxConfig, SandboxManager
 from tests.conftest import ROOT, offload_cli
 from tests.lsp_wire import StdioServer
 
@@ -37,6 +38,15 @@ def read_until(proc: subprocess.Popen, predicate) -> list[dict]:
     raise AssertionError(f"the run ended before the expected event: {proc.stderr.read()}")
 
 
+def swept_clean() -> None:
+    """What a killed process mounted for its sandbox (the layer's tmpfs, the workspace overlay)
+    stays until the next start's sweep, and goes then."""
+    cache = Path(os.environ["XDG_CACHE_HOME"]) / "offload"
+    assert str(cache) in Path("/proc/self/mountinfo").read_text()
+    assert SandboxManager(SandboxConfig(backend="docker"), cache).sweep()
+    assert str(cache) not in Path("/proc/self/mountinfo").read_text()
+
+
 def test_cli_killed_mid_task_keeps_the_task_and_its_history(docker_engine, fake_model, sample_repo):
     proc = start_run(fake_model, sample_repo, "slow-command")
     events = read_until(proc, lambda e: e["type"] == "tool.call")
@@ -52,6 +62,7 @@ def test_cli_killed_mid_task_keeps_the_task_and_its_history(docker_engine, fake_
     kinds = [e["type"] for e in shown["events"]]
     assert kinds[:3] == ["state", "state", "sandbox"] and "tool.call" in kinds
     assert [e["state"] for e in shown["events"] if e["type"] == "state"][-1] == "failed"
+    swept_clean()
 
 
 def test_cli_killed_while_its_task_prepares_keeps_the_task_and_a_follow_up_finishes_it(docker_engine, fake_model,
@@ -114,6 +125,7 @@ def test_a_sandbox_whose_owner_is_killed_stops_by_itself(docker_engine, fake_mod
                                         filters={"label": f"offload.task={task_id}"}):
         assert time.monotonic() < deadline, "the orphaned sandbox is still there"
         time.sleep(0.2)
+    swept_clean()
 
 
 # -- the language server and its task worker --------------------------------------------------------
