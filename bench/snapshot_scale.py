@@ -7,8 +7,9 @@ The repository is generated: 26,000 files in nested packages (mostly small sourc
 ones, some binaries), 160 MB, and a history of 1,000 commits with a tag every 100 (git
 fast-import). Measured: from nothing to a sandbox's first command answered (snapshot, sandbox,
 `git describe` run in it), and of that the sandbox's part (from the snapshot taken to the answer):
-the rest, the snapshot, is held to `git clone --local`; then the same after one uncommitted edit; and how much the cache grew for that edit (`du`, which
-counts a file linked twice once). Exits non-zero when a goal is missed.
+the rest, the snapshot, is held to `git clone --local`; then the same after one uncommitted edit;
+and how much the cache grew for that edit (`du`, which counts a file linked twice once). Exits
+non-zero when a goal is missed.
 """
 
 from __future__ import annotations
@@ -103,20 +104,22 @@ def main() -> int:
 
         # Rounds interleave the naive ways with a cold start on an empty cache: the disk's pace
         # drifts within a minute, and each figure is the median of its rounds.
+        cache = Path(tmp) / "cache"
         cps, clones, colds, snapshots = [], [], [], []
-        for i in range(args.rounds):
+        for _ in range(args.rounds):
             cps.append(measure(lambda: subprocess.run(["cp", "-a", str(repo), f"{tmp}/cp"], check=True)))
             clones.append(measure(lambda: subprocess.run(["git", "clone", "-q", "--local", str(repo), f"{tmp}/clone"],
                                                          check=True)))
-            shutil.rmtree(f"{tmp}/cp")
-            shutil.rmtree(f"{tmp}/clone")
-            if i:
+            for directory in (f"{tmp}/cp", f"{tmp}/clone", cache):
+                shutil.rmtree(directory, ignore_errors=True)
+            manager = SandboxManager(SandboxConfig(backend=args.backend), cache, owner="offload-bench")
+            try:
+                colds.append(measure(lambda: first_command(manager)))
+            finally:
                 manager.close()
-                shutil.rmtree(Path(tmp) / "cache")
-            manager = SandboxManager(SandboxConfig(backend=args.backend), Path(tmp) / "cache", owner="offload-bench")
-            colds.append(measure(lambda: first_command(manager)))
             snapshots.append(colds[-1] - sandbox_part[-1])
-        try:
+        manager = SandboxManager(SandboxConfig(backend=args.backend), cache, owner="offload-bench")
+        try:  # the last round's cache: the edit's snapshot links its files
             before = du(Path(tmp) / "cache")
             with open(repo / "pkg1/mod1/file1.py", "a") as f:
                 f.write("# one uncommitted line\n")

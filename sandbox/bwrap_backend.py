@@ -356,8 +356,9 @@ def create(
     image: str = DEFAULT_IMAGE,
 ) -> BwrapSandbox:
     """Start a sandbox over `snapshot_path` with its runner connected: `lowers` (a cached setup's
-    workspace) lie under the snapshot, `home_lower` under the home, `image` names the root filesystem (system). Without a snapshot the
-    sandbox is warm: its workspace comes when it is claimed (`claim`)."""
+    workspace) lie under the snapshot, `home_lower` under the home, `image` names the root
+    filesystem (system). Without a snapshot the sandbox is warm: its workspace comes when it is
+    claimed (`claim`)."""
     available()
     root = system(image)
     memory_bytes, disk_bytes = layer.parse_size(memory), layer.parse_size(disk)

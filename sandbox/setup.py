@@ -221,7 +221,7 @@ class Setup:
             spool = staging / f"{name}.tar"
             with open(spool, "wb") as out:
                 made = runner.run(["tar", "-c", "-f", "-", "--null", "--verbatim-files-from", "-T", "-"], cwd=directory,
-                                  env=env, stdin="".join(p + "\0" for p in paths), timeout=self.timeout,
+                                  env=env, stdin=_nul(paths), timeout=self.timeout,
                                   max_output=_MAX_EXPORT, binary=True, on_output=out.write)
             if made.output_limited or made.exit_code != 0:
                 why = f"over {_MAX_EXPORT >> 30} GiB" if made.output_limited else made.output.strip()[-2000:]
@@ -370,7 +370,7 @@ class Setup:
                 self._scan(runner, helpers, secrets, [_inside(p) for p in kept] + [docker_backend.HOME])
                 self._export(runner, helpers, kept, staging, SANDBOX_UID)
             self._command(runner, ["bash", "-c", _DOCKER_LAYERS if layers else _DOCKER_IMAGE, "finish",
-                                   f"{SANDBOX_UID}:{SANDBOX_UID}"], helpers, stdin="".join(p + "\0" for p in kept))
+                                   f"{SANDBOX_UID}:{SANDBOX_UID}"], helpers, stdin=_nul(kept))
             changed = container.diff()
             added = {c["Path"] for c in changed if c["Kind"] == 1}
             self._scan(runner, helpers, secrets, [p for p in added if str(PurePosixPath(p).parent) not in added],
@@ -509,6 +509,11 @@ def _redact(text: str, secrets: dict[str, str]) -> str:
         if value:
             text = text.replace(value, f"[{name}]")
     return text
+
+
+def _nul(paths) -> str:
+    """Paths as a NUL-separated list, for `xargs -0` and `tar --null`."""
+    return "".join(p + "\0" for p in paths)
 
 
 def _inside(path: str) -> str:

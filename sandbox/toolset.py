@@ -5,10 +5,11 @@ program, and git for the task's commits) comes from the base image's root filesy
 host (image.rootfs), read-only at /opt/offload/root (an overlay Offload mounts on the container's
 layer, so the mount table names no host path; a bind where it cannot mount) and started through
 that filesystem's own dynamic loader, so nothing of the user's image (its libc included) is
-needed or changed. Git and bash (which runs `sandbox.setup`) are on the commands' PATH after the image's own directories,
-so the image's own win where it has them; Offload's own commands around the setup script put the
-lent GNU tools first (`LENT`), whatever the image's are (busybox's lack options they use). Images
-built from Offload's base (they carry its recipe label) have all this themselves.
+needed or changed. Git and bash (which runs `sandbox.setup`) are on the commands' PATH after the
+image's own directories, so the image's own win where it has them; Offload's own commands around
+the setup script put the lent GNU tools first (`LENT`), whatever the image's are (busybox's lack
+options they use). Images built from Offload's base (they carry its recipe label) have all this
+themselves.
 """
 
 from __future__ import annotations
